@@ -1,0 +1,16 @@
+//! A Sans-IO implementation of CoAP, the Constrained Application Protocol (RFC 7252).
+//!
+//! (Crate documentation is completed as the layers land.)
+
+#![no_std]
+#![forbid(unsafe_code)]
+#![cfg_attr(docsrs, feature(doc_cfg))]
+
+extern crate alloc;
+#[cfg(any(feature = "std", test))]
+extern crate std;
+
+pub mod msg;
+pub mod time;
+
+pub use time::Instant;
