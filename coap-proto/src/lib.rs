@@ -10,7 +10,10 @@ extern crate alloc;
 #[cfg(any(feature = "std", test))]
 extern crate std;
 
+pub mod cache_key;
+pub mod link_format;
 pub mod msg;
 pub mod time;
+pub mod uri;
 
 pub use time::Instant;
