@@ -1,0 +1,153 @@
+//! Encoding messages into caller buffers (RFC 7252 §3, RFC 8974 §2.1).
+
+use super::error::EncodeError;
+use super::message::Message;
+use super::token::Token;
+
+/// The largest value the 4-bit field plus two extension bytes can carry: 65535 + 269.
+const MAX_EXTENDED: usize = 65535 + 269;
+
+/// The nibble and the number of extension bytes for an option delta, option length or token
+/// length of `v` (at most [`MAX_EXTENDED`]).
+#[inline(always)]
+const fn nibble(v: usize) -> (u8, usize) {
+    if v < 13 {
+        (v as u8, 0)
+    } else if v < 269 {
+        (13, 1)
+    } else {
+        (14, 2)
+    }
+}
+
+/// Writes into a slice front to back; running out of room is an error, never a panic.
+struct Writer<'b> {
+    rest: &'b mut [u8],
+}
+
+impl Writer<'_> {
+    #[inline(always)]
+    fn put(&mut self, bytes: &[u8], needed: usize) -> Result<(), EncodeError> {
+        let rest = core::mem::take(&mut self.rest);
+        let (head, tail) = rest
+            .split_at_mut_checked(bytes.len())
+            .ok_or(EncodeError::BufferTooSmall { needed })?;
+        head.copy_from_slice(bytes);
+        self.rest = tail;
+        Ok(())
+    }
+
+    /// Writes the extension bytes for a field whose nibble was chosen by [`nibble`].
+    #[inline(always)]
+    fn put_extension(&mut self, v: usize, needed: usize) -> Result<(), EncodeError> {
+        match nibble(v).1 {
+            0 => Ok(()),
+            1 => self.put(&[(v - 13) as u8], needed),
+            _ => self.put(&((v - 269) as u16).to_be_bytes(), needed),
+        }
+    }
+}
+
+impl Message {
+    /// The encoded length in bytes, checking that the message can be encoded at all.
+    pub(crate) fn checked_encoded_len(&self) -> Result<usize, EncodeError> {
+        let token_len = self.token.len();
+        if token_len > Token::MAX_LEN {
+            return Err(EncodeError::TokenTooLong { len: token_len });
+        }
+        if self.code.is_empty()
+            && (token_len != 0 || !self.options.is_empty() || !self.payload.is_empty())
+        {
+            return Err(EncodeError::EmptyMessageHasContent);
+        }
+        let mut len = 4 + nibble(token_len).1 + token_len;
+        let mut previous = 0u16;
+        for (number, value) in self.options.iter() {
+            if value.len() > MAX_EXTENDED {
+                return Err(EncodeError::OptionValueTooLong {
+                    number,
+                    len: value.len(),
+                });
+            }
+            let delta = usize::from(number.0 - previous);
+            previous = number.0;
+            len += 1 + nibble(delta).1 + nibble(value.len()).1 + value.len();
+        }
+        if !self.payload.is_empty() {
+            len += 1 + self.payload.len();
+        }
+        Ok(len)
+    }
+
+    /// The encoded length in bytes. For a message that cannot be encoded (see
+    /// [`EncodeError`]) this is the length it would have if it could.
+    pub fn encoded_len(&self) -> usize {
+        let mut len = 4 + nibble(self.token.len()).1 + self.token.len();
+        let mut previous = 0u16;
+        for (number, value) in self.options.iter() {
+            let delta = usize::from(number.0 - previous);
+            previous = number.0;
+            len += 1 + nibble(delta).1 + nibble(value.len()).1 + value.len();
+        }
+        if !self.payload.is_empty() {
+            len += 1 + self.payload.len();
+        }
+        len
+    }
+
+    /// Encodes the message at the start of `buf` and returns its length. The token and each
+    /// option use the shortest length encoding; a payload marker is written only before a
+    /// non-empty payload. Never panics: a short buffer gives [`EncodeError::BufferTooSmall`]
+    /// with the length needed.
+    pub fn encode(&self, buf: &mut [u8]) -> Result<usize, EncodeError> {
+        let needed = self.checked_encoded_len()?;
+        if buf.len() < needed {
+            return Err(EncodeError::BufferTooSmall { needed });
+        }
+        let mut w = Writer { rest: buf };
+        let token = self.token.as_bytes();
+        let (tkl, _) = nibble(token.len());
+        let [id_hi, id_lo] = self.message_id.to_be_bytes();
+        w.put(
+            &[
+                0x40 | (self.mtype.to_bits() << 4) | tkl,
+                self.code.to_u8(),
+                id_hi,
+                id_lo,
+            ],
+            needed,
+        )?;
+        w.put_extension(token.len(), needed)?;
+        w.put(token, needed)?;
+        let mut previous = 0u16;
+        for (number, value) in self.options.iter() {
+            let delta = usize::from(number.0 - previous);
+            previous = number.0;
+            let (dn, _) = nibble(delta);
+            let (ln, _) = nibble(value.len());
+            w.put(&[(dn << 4) | ln], needed)?;
+            w.put_extension(delta, needed)?;
+            w.put_extension(value.len(), needed)?;
+            w.put(value, needed)?;
+        }
+        if !self.payload.is_empty() {
+            w.put(&[0xff], needed)?;
+            w.put(&self.payload, needed)?;
+        }
+        Ok(needed)
+    }
+
+    /// Appends the encoded message to `buf`, growing it as needed. On error `buf` is unchanged.
+    pub fn encode_into(&self, buf: &mut bytes::BytesMut) -> Result<(), EncodeError> {
+        let needed = self.checked_encoded_len()?;
+        let start = buf.len();
+        buf.resize(start + needed, 0);
+        match self.encode(buf.get_mut(start..).unwrap_or(&mut [])) {
+            Ok(_) => Ok(()),
+            Err(e) => {
+                buf.truncate(start);
+                Err(e)
+            }
+        }
+    }
+}
