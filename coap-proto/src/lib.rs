@@ -11,9 +11,17 @@ extern crate alloc;
 extern crate std;
 
 pub mod cache_key;
+pub mod endpoint;
 pub mod link_format;
 pub mod msg;
+pub mod request;
+pub mod rng;
+#[cfg(feature = "sim")]
+#[cfg_attr(docsrs, doc(cfg(feature = "sim")))]
+pub mod sim;
 pub mod time;
 pub mod uri;
 
+pub use endpoint::{Config, Endpoint, Event, IncomingId, RequestId, Transmit};
+pub use request::{Request, Response};
 pub use time::Instant;

@@ -1,0 +1,317 @@
+//! Configuration of an [`Endpoint`](super::Endpoint): transmission parameters and table bounds.
+
+use alloc::vec::Vec;
+use core::fmt;
+use core::time::Duration;
+
+use crate::msg::{MessageType, OptionNumber};
+
+/// Configuration of an endpoint.
+///
+/// [`Config::default()`] gives the transmission parameters of RFC 7252 §4.8 and bounds sized for
+/// a server handling thousands of peers. Every table whose size a peer can influence has a bound
+/// here; reaching it gives a defined answer (5.03 Service Unavailable with Max-Age for incoming
+/// requests, a typed error to the caller for outgoing ones), never unbounded growth.
+///
+/// Check a hand-made configuration with [`Config::validate`]; [`Endpoint::new`](super::Endpoint::new)
+/// does so too.
+#[derive(Clone, Debug, PartialEq)]
+#[non_exhaustive]
+pub struct Config {
+    /// ACK_TIMEOUT (RFC 7252 §4.8): the base timeout before the first retransmission of a
+    /// Confirmable message. Default 2 s.
+    pub ack_timeout: Duration,
+    /// ACK_RANDOM_FACTOR (RFC 7252 §4.8): the initial timeout is drawn uniformly from
+    /// `[ACK_TIMEOUT, ACK_TIMEOUT × ACK_RANDOM_FACTOR]`. Default 1.5; must be at least 1.0.
+    pub ack_random_factor: f64,
+    /// MAX_RETRANSMIT (RFC 7252 §4.8): retransmissions of a Confirmable message before giving
+    /// up. Default 4.
+    pub max_retransmit: u32,
+    /// NSTART (RFC 7252 §4.7): outstanding interactions per peer; further requests to that peer
+    /// wait in order. Default 1.
+    pub nstart: usize,
+    /// DEFAULT_LEISURE (RFC 7252 §8.2): the window within which a server spreads its responses
+    /// to a multicast request. Default 5 s.
+    pub default_leisure: Duration,
+    /// PROBING_RATE (RFC 7252 §4.7) in bytes per second. Default 1. Kept for completeness and
+    /// reported by [`Config::probing_rate`]; the engine does not throttle NON traffic by it.
+    pub probing_rate: u32,
+    /// MAX_LATENCY (RFC 7252 §4.8.2): the longest a datagram is expected to travel. Default 100 s.
+    pub max_latency: Duration,
+    /// How long a server waits for the application's response before it sends an empty ACK
+    /// and makes the response a separate one (RFC 7252 §5.2.2). Default 100 ms.
+    pub empty_ack_delay: Duration,
+    /// How long a client waits for a separate response after the server acknowledged its
+    /// request with an empty ACK. Default: EXCHANGE_LIFETIME (247 s with defaults).
+    pub separate_response_timeout: Option<Duration>,
+    /// How long a client waits for the response to a Non-confirmable request. Default:
+    /// MAX_TRANSMIT_WAIT (93 s with defaults).
+    pub non_response_timeout: Option<Duration>,
+    /// How long a client collects responses to a multicast request. Default 10 s.
+    pub multicast_response_window: Duration,
+    /// Message type of requests that do not choose one. Default Confirmable.
+    pub default_request_type: MessageType,
+    /// Length of the tokens this endpoint generates, 0 to 8 bytes. Default 8 (RFC 7252 §5.3.1
+    /// asks for enough randomness to make tokens hard to guess).
+    pub token_len: usize,
+    /// Longest token accepted in incoming requests (RFC 8974). Requests with longer tokens are
+    /// handled as message-format errors, as RFC 8974 §2.2.1 prescribes. Default 8; at most
+    /// 65804.
+    pub max_token_len: usize,
+    /// Largest datagram the endpoint will send or expects to receive. Default 1152 bytes, the
+    /// size RFC 7252 §4.6 recommends when nothing is known about the path MTU.
+    pub max_message_size: usize,
+    /// Option numbers the application understands beyond those the engine knows. A request
+    /// carrying an unknown critical option is answered 4.02 Bad Option (RFC 7252 §5.4.1).
+    pub extra_critical_options: Vec<OptionNumber>,
+    /// Whether the application acts as a forward proxy. If false, requests with Proxy-Uri or
+    /// Proxy-Scheme are answered 5.05 Proxying Not Supported (RFC 7252 §5.7.2). Default false.
+    pub proxy: bool,
+    /// Emit [`Event::Progress`](super::Event::Progress) for each step of each client exchange
+    /// (queued, sent, retransmitted, acknowledged). Default false: no cost when nobody listens.
+    pub report_progress: bool,
+    /// Most client exchanges (queued or in flight) at once. Default 65 536.
+    pub max_client_exchanges: usize,
+    /// Most incoming requests handed to the application and not yet answered. Over the bound,
+    /// new requests are answered 5.03 Service Unavailable with Max-Age. Default 16 384.
+    pub max_server_exchanges: usize,
+    /// Most requests queued for one peer behind NSTART or Message ID exhaustion. Default 4096.
+    pub max_queued_per_peer: usize,
+    /// Most peers this endpoint keeps message-layer state for (those it sent its own messages
+    /// to). Default 65 536.
+    pub max_peers: usize,
+    /// Most entries in the deduplication cache. The oldest entry is evicted first when full
+    /// (RFC 7252 §4.5 lets idempotent requests be reprocessed; evictions are counted in
+    /// [`Stats`](super::Stats)). Default 131 072.
+    pub max_dedup_entries: usize,
+    /// Most bytes of cached responses held by the deduplication cache. Default 16 MiB.
+    pub max_dedup_bytes: usize,
+    /// Most datagrams waiting for [`Endpoint::poll_transmit`](super::Endpoint::poll_transmit).
+    /// Past it, new datagrams are dropped as if lost on the network (and counted). Default 65 536.
+    pub max_transmit_queue: usize,
+    /// Max-Age (seconds) carried by 5.03 Service Unavailable answers when a table is full.
+    /// Default 2.
+    pub overload_max_age: u32,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            ack_timeout: Duration::from_secs(2),
+            ack_random_factor: 1.5,
+            max_retransmit: 4,
+            nstart: 1,
+            default_leisure: Duration::from_secs(5),
+            probing_rate: 1,
+            max_latency: Duration::from_secs(100),
+            empty_ack_delay: Duration::from_millis(100),
+            separate_response_timeout: None,
+            non_response_timeout: None,
+            multicast_response_window: Duration::from_secs(10),
+            default_request_type: MessageType::Con,
+            token_len: 8,
+            max_token_len: 8,
+            max_message_size: 1152,
+            extra_critical_options: Vec::new(),
+            proxy: false,
+            report_progress: false,
+            max_client_exchanges: 65_536,
+            max_server_exchanges: 16_384,
+            max_queued_per_peer: 4096,
+            max_peers: 65_536,
+            max_dedup_entries: 131_072,
+            max_dedup_bytes: 16 << 20,
+            max_transmit_queue: 65_536,
+            overload_max_age: 2,
+        }
+    }
+}
+
+/// A configuration value that cannot work.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum ConfigError {
+    /// `ack_timeout` is zero.
+    ZeroAckTimeout,
+    /// `ack_random_factor` is below 1.0 or not a finite number.
+    BadAckRandomFactor,
+    /// `max_retransmit` is above 20 (the back-off would overflow any sensible time).
+    TooManyRetransmits,
+    /// `nstart` is zero: no request could ever be sent.
+    ZeroNstart,
+    /// `token_len` is above 8.
+    TokenTooLong,
+    /// `max_token_len` is below 8 or above 65804 (RFC 8974 §2.2.1).
+    BadMaxTokenLen,
+    /// `max_message_size` is below 64 bytes or above 65507 (the largest UDP payload).
+    BadMaxMessageSize,
+    /// A table bound is zero.
+    ZeroBound(&'static str),
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ConfigError::ZeroAckTimeout => f.write_str("ack_timeout must be greater than zero"),
+            ConfigError::BadAckRandomFactor => {
+                f.write_str("ack_random_factor must be a finite number of at least 1.0")
+            }
+            ConfigError::TooManyRetransmits => f.write_str("max_retransmit must be at most 20"),
+            ConfigError::ZeroNstart => f.write_str("nstart must be at least 1"),
+            ConfigError::TokenTooLong => f.write_str("token_len must be at most 8 bytes"),
+            ConfigError::BadMaxTokenLen => {
+                f.write_str("max_token_len must be between 8 and 65804 bytes")
+            }
+            ConfigError::BadMaxMessageSize => {
+                f.write_str("max_message_size must be between 64 and 65507 bytes")
+            }
+            ConfigError::ZeroBound(name) => write!(f, "{name} must be at least 1"),
+        }
+    }
+}
+
+#[cfg(feature = "std")]
+impl std::error::Error for ConfigError {}
+
+impl Config {
+    /// Checks that every value can work.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if self.ack_timeout.is_zero() {
+            return Err(ConfigError::ZeroAckTimeout);
+        }
+        if !(self.ack_random_factor.is_finite() && self.ack_random_factor >= 1.0) {
+            return Err(ConfigError::BadAckRandomFactor);
+        }
+        if self.max_retransmit > 20 {
+            return Err(ConfigError::TooManyRetransmits);
+        }
+        if self.nstart == 0 {
+            return Err(ConfigError::ZeroNstart);
+        }
+        if self.token_len > 8 {
+            return Err(ConfigError::TokenTooLong);
+        }
+        if !(8..=65804).contains(&self.max_token_len) {
+            return Err(ConfigError::BadMaxTokenLen);
+        }
+        if !(64..=65507).contains(&self.max_message_size) {
+            return Err(ConfigError::BadMaxMessageSize);
+        }
+        for (name, v) in [
+            ("max_client_exchanges", self.max_client_exchanges),
+            ("max_server_exchanges", self.max_server_exchanges),
+            ("max_queued_per_peer", self.max_queued_per_peer),
+            ("max_peers", self.max_peers),
+            ("max_dedup_entries", self.max_dedup_entries),
+            ("max_transmit_queue", self.max_transmit_queue),
+        ] {
+            if v == 0 {
+                return Err(ConfigError::ZeroBound(name));
+            }
+        }
+        Ok(())
+    }
+
+    /// MAX_TRANSMIT_SPAN (RFC 7252 §4.8.2): from the first transmission of a Confirmable
+    /// message to its last retransmission. 45 s with the defaults.
+    pub fn max_transmit_span(&self) -> Duration {
+        self.scaled_ack_timeout((1u64 << self.max_retransmit) - 1)
+    }
+
+    /// MAX_TRANSMIT_WAIT (RFC 7252 §4.8.2): from the first transmission of a Confirmable
+    /// message to giving up on an acknowledgement. 93 s with the defaults.
+    pub fn max_transmit_wait(&self) -> Duration {
+        self.scaled_ack_timeout((1u64 << (self.max_retransmit + 1)) - 1)
+    }
+
+    /// PROCESSING_DELAY (RFC 7252 §4.8.2), taken equal to ACK_TIMEOUT.
+    pub fn processing_delay(&self) -> Duration {
+        self.ack_timeout
+    }
+
+    /// MAX_RTT (RFC 7252 §4.8.2): `2 × MAX_LATENCY + PROCESSING_DELAY`. 202 s with the defaults.
+    pub fn max_rtt(&self) -> Duration {
+        self.max_latency * 2 + self.processing_delay()
+    }
+
+    /// EXCHANGE_LIFETIME (RFC 7252 §4.8.2): how long a Confirmable message's Message ID stays
+    /// in use. `MAX_TRANSMIT_SPAN + 2 × MAX_LATENCY + PROCESSING_DELAY`, 247 s with the defaults.
+    pub fn exchange_lifetime(&self) -> Duration {
+        self.max_transmit_span() + self.max_latency * 2 + self.processing_delay()
+    }
+
+    /// NON_LIFETIME (RFC 7252 §4.8.2): how long a Non-confirmable message's Message ID stays in
+    /// use. `MAX_TRANSMIT_SPAN + MAX_LATENCY`, 145 s with the defaults.
+    pub fn non_lifetime(&self) -> Duration {
+        self.max_transmit_span() + self.max_latency
+    }
+
+    /// PROBING_RATE in bytes per second.
+    pub fn probing_rate(&self) -> u32 {
+        self.probing_rate
+    }
+
+    /// The wait for a separate response after an empty ACK, resolving the default.
+    pub(crate) fn separate_timeout(&self) -> Duration {
+        self.separate_response_timeout
+            .unwrap_or_else(|| self.exchange_lifetime())
+    }
+
+    /// The wait for a response to a NON request, resolving the default.
+    pub(crate) fn non_timeout(&self) -> Duration {
+        self.non_response_timeout
+            .unwrap_or_else(|| self.max_transmit_wait())
+    }
+
+    /// The upper bound of the initial retransmission timeout.
+    pub(crate) fn max_initial_timeout(&self) -> Duration {
+        self.scaled_ack_timeout(1)
+    }
+
+    /// `ACK_TIMEOUT × ACK_RANDOM_FACTOR × k`, computed in microseconds without floating-point
+    /// rounding surprises for the common factors.
+    fn scaled_ack_timeout(&self, k: u64) -> Duration {
+        let base = u64::try_from(self.ack_timeout.as_micros()).unwrap_or(u64::MAX);
+        // The factor is validated to be finite and >= 1; work in millionths to stay integral.
+        let factor_millionths = (self.ack_random_factor * 1_000_000.0) as u64;
+        let micros = (u128::from(base) * u128::from(k) * u128::from(factor_millionths)) / 1_000_000;
+        Duration::from_micros(u64::try_from(micros).unwrap_or(u64::MAX))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn derived_parameters_match_rfc7252_table_3() {
+        let c = Config::default();
+        assert_eq!(c.max_transmit_span(), Duration::from_secs(45));
+        assert_eq!(c.max_transmit_wait(), Duration::from_secs(93));
+        assert_eq!(c.processing_delay(), Duration::from_secs(2));
+        assert_eq!(c.max_rtt(), Duration::from_secs(202));
+        assert_eq!(c.exchange_lifetime(), Duration::from_secs(247));
+        assert_eq!(c.non_lifetime(), Duration::from_secs(145));
+        assert_eq!(c.max_initial_timeout(), Duration::from_secs(3));
+        assert_eq!(c.validate(), Ok(()));
+    }
+
+    #[test]
+    fn validation_rejects_unworkable_values() {
+        let bad = |f: fn(&mut Config)| {
+            let mut c = Config::default();
+            f(&mut c);
+            c.validate().unwrap_err()
+        };
+        assert_eq!(bad(|c| c.nstart = 0), ConfigError::ZeroNstart);
+        assert_eq!(bad(|c| c.ack_random_factor = 0.5), ConfigError::BadAckRandomFactor);
+        assert_eq!(bad(|c| c.ack_random_factor = f64::NAN), ConfigError::BadAckRandomFactor);
+        assert_eq!(bad(|c| c.token_len = 9), ConfigError::TokenTooLong);
+        assert_eq!(bad(|c| c.max_token_len = 4), ConfigError::BadMaxTokenLen);
+        assert_eq!(bad(|c| c.max_message_size = 70_000), ConfigError::BadMaxMessageSize);
+        assert_eq!(
+            bad(|c| c.max_dedup_entries = 0),
+            ConfigError::ZeroBound("max_dedup_entries")
+        );
+    }
+}

@@ -1,0 +1,1814 @@
+//! The Sans-IO CoAP endpoint: message layer (RFC 7252 §4) and exchange layer (§5), client and
+//! server in one state machine.
+//!
+//! # Driving an endpoint
+//!
+//! An [`Endpoint`] is driven by three kinds of calls, always with the current time:
+//!
+//! * **Input** — [`handle_datagram`](Endpoint::handle_datagram) (and
+//!   [`handle_multicast_datagram`](Endpoint::handle_multicast_datagram)) for each datagram that
+//!   arrives, [`handle_timeout`](Endpoint::handle_timeout) when the deadline from
+//!   `poll_timeout` passes, [`handle_unreachable`](Endpoint::handle_unreachable) when the
+//!   socket reports an ICMP error for a peer.
+//! * **Commands** — [`request`](Endpoint::request), [`cancel`](Endpoint::cancel),
+//!   [`ping`](Endpoint::ping) as a client; [`respond`](Endpoint::respond) as a server;
+//!   [`abort_peer`](Endpoint::abort_peer) and [`close`](Endpoint::close).
+//! * **Output** — after any input or command, drain
+//!   [`poll_transmit`](Endpoint::poll_transmit) (datagrams to send) and
+//!   [`poll_event`](Endpoint::poll_event) (what the application should know), then sleep until
+//!   [`poll_timeout`](Endpoint::poll_timeout).
+//!
+//! There is no hidden call-order contract: outputs queue (within bounds) until polled, an early
+//! `handle_timeout` does nothing, and polling an idle endpoint is cheap.
+//!
+//! # Guarantees
+//!
+//! * Every request started with `request` or `ping` ends in exactly one final event:
+//!   [`Event::Response`], [`Event::RequestFailed`], [`Event::Pong`] or, for multicast,
+//!   [`Event::MulticastDone`].
+//! * A request that the network duplicates reaches the application once; the duplicates get the
+//!   same answer again from the deduplication cache (RFC 7252 §4.5).
+//! * Every table a peer can grow is bounded by [`Config`]; over a bound the endpoint answers
+//!   5.03 Service Unavailable, returns a typed error, or evicts the oldest deduplication entry
+//!   (counted in [`Stats`]).
+//! * Misbehaving peers get the answer the RFC prescribes (Reset, 4.00, 4.02, 5.05, or silence);
+//!   nothing a peer sends makes a call return an error or panic.
+
+mod config;
+mod dedup;
+mod event;
+mod peer;
+mod timer;
+
+use alloc::boxed::Box;
+use alloc::collections::VecDeque;
+use alloc::sync::Arc;
+use alloc::vec::Vec;
+use core::fmt;
+use core::net::SocketAddr;
+use core::time::Duration;
+
+use bytes::Bytes;
+use hashbrown::HashMap;
+use rand_core::RngCore;
+
+use crate::msg::{
+    parse_header, Code, Message, MessageType, MessageView, OptionErrorKind, OptionNumber, Options,
+    Token,
+};
+use crate::request::{Request, Response};
+use crate::rng::SeededRng;
+use crate::time::Instant;
+
+pub use config::{Config, ConfigError};
+pub use event::{Event, Failure, IncomingId, Progress, RequestId};
+
+use dedup::{Dedup, DedupState};
+use peer::{Held, Peer};
+use timer::{Timer, Timers};
+
+/// A datagram to send, written into the caller's buffer by [`Endpoint::poll_transmit`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Transmit {
+    /// Where to send it.
+    pub remote: SocketAddr,
+    /// How many bytes of the buffer it fills.
+    pub len: usize,
+}
+
+/// The buffer given to [`Endpoint::poll_transmit`] cannot hold the next datagram, which stays
+/// queued. A buffer of [`Config::max_message_size`] bytes always suffices.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct BufferTooSmall {
+    /// The size of the waiting datagram.
+    pub needed: usize,
+}
+
+impl fmt::Display for BufferTooSmall {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "transmit buffer too small: {} bytes needed", self.needed)
+    }
+}
+
+#[cfg(feature = "std")]
+impl std::error::Error for BufferTooSmall {}
+
+/// Why [`Endpoint::request`] or [`Endpoint::ping`] refused to start an exchange.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum RequestError {
+    /// The code is not a request method (class 0, detail 1..=31).
+    NotARequest(Code),
+    /// [`Config::max_client_exchanges`] exchanges are already under way; retry when one ends.
+    TooManyExchanges,
+    /// [`Config::max_queued_per_peer`] requests already wait for this peer; retry when one ends.
+    QueueFull,
+    /// [`Config::max_peers`] peers already have state; retry when exchanges end.
+    TooManyPeers,
+    /// The encoded request exceeds [`Config::max_message_size`].
+    MessageTooBig {
+        /// Encoded size.
+        size: usize,
+        /// The configured maximum.
+        max: usize,
+    },
+    /// [`Endpoint::close`] was called.
+    ShuttingDown,
+}
+
+impl fmt::Display for RequestError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            RequestError::NotARequest(c) => write!(f, "code {c} is not a request method"),
+            RequestError::TooManyExchanges => f.write_str("too many exchanges under way"),
+            RequestError::QueueFull => f.write_str("too many requests queued for this peer"),
+            RequestError::TooManyPeers => f.write_str("too many peers with state"),
+            RequestError::MessageTooBig { size, max } => {
+                write!(f, "request of {size} bytes exceeds the maximum of {max}")
+            }
+            RequestError::ShuttingDown => f.write_str("the endpoint is shutting down"),
+        }
+    }
+}
+
+#[cfg(feature = "std")]
+impl std::error::Error for RequestError {}
+
+/// Why [`Endpoint::respond`] refused a response.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum RespondError {
+    /// No request with this id waits for an answer: it was answered already, or its peer was
+    /// aborted.
+    UnknownRequest(IncomingId),
+    /// The code is not a response code (classes 2, 4 and 5).
+    NotAResponse(Code),
+    /// The encoded response exceeds [`Config::max_message_size`]; the request still waits for
+    /// an answer.
+    MessageTooBig {
+        /// Encoded size.
+        size: usize,
+        /// The configured maximum.
+        max: usize,
+    },
+}
+
+impl fmt::Display for RespondError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            RespondError::UnknownRequest(id) => write!(f, "no request {id} waits for an answer"),
+            RespondError::NotAResponse(c) => write!(f, "code {c} is not a response code"),
+            RespondError::MessageTooBig { size, max } => {
+                write!(f, "response of {size} bytes exceeds the maximum of {max}")
+            }
+        }
+    }
+}
+
+#[cfg(feature = "std")]
+impl std::error::Error for RespondError {}
+
+/// Counters of what an endpoint has seen and done, for monitoring.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Stats {
+    /// Datagrams passed to `handle_datagram`.
+    pub datagrams_received: u64,
+    /// Datagrams handed out by `poll_transmit`.
+    pub datagrams_sent: u64,
+    /// Datagrams that could not be parsed or broke a format rule.
+    pub malformed: u64,
+    /// Duplicate CON/NON messages recognised by the deduplication cache.
+    pub duplicates: u64,
+    /// Retransmissions of Confirmable messages.
+    pub retransmissions: u64,
+    /// Deduplication entries evicted before their lifetime ended because the cache was full.
+    pub dedup_evictions: u64,
+    /// Requests answered 5.03 because a table was full.
+    pub overload_rejections: u64,
+    /// Datagrams dropped because the transmit queue was full.
+    pub transmit_queue_drops: u64,
+    /// ACK and RST messages that matched nothing.
+    pub unmatched_acks: u64,
+    /// Responses whose token matched no exchange (answered with Reset).
+    pub unmatched_responses: u64,
+}
+
+/// The sizes of an endpoint's tables (see [`Endpoint::table_sizes`]).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct TableSizes {
+    /// Client exchanges queued or in flight.
+    pub client_exchanges: usize,
+    /// Incoming requests not yet answered.
+    pub server_exchanges: usize,
+    /// Confirmable messages awaiting their ACK.
+    pub awaiting_ack: usize,
+    /// Peers with message-layer state.
+    pub peers: usize,
+    /// Deduplication cache entries.
+    pub dedup_entries: usize,
+    /// Armed timers (including stale entries not yet compacted).
+    pub timers: usize,
+    /// Datagrams waiting for `poll_transmit`.
+    pub transmit_queue: usize,
+    /// Events waiting for `poll_event`.
+    pub events: usize,
+}
+
+impl TableSizes {
+    /// Whether every table is empty.
+    pub fn is_empty(&self) -> bool {
+        *self == TableSizes::default()
+    }
+}
+
+/// Where a client exchange stands.
+#[derive(Debug)]
+enum ClientState {
+    /// Waiting for NSTART or a Message ID; holds the request until it is sent.
+    Queued(Box<Request>),
+    /// Sent as CON with this Message ID; retransmitted until acknowledged.
+    AwaitingAck { mid: u16 },
+    /// Acknowledged by an empty ACK, or sent as NON: waiting for the response until `deadline`.
+    AwaitingResponse { deadline: Instant, mid: u16 },
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum ClientKind {
+    Request,
+    Ping,
+    Multicast,
+}
+
+#[derive(Debug)]
+struct ClientExchange {
+    peer: SocketAddr,
+    token: Token,
+    kind: ClientKind,
+    message_type: MessageType,
+    method: Code,
+    timeout: Option<Duration>,
+    state: ClientState,
+    /// Whether this exchange holds one of its peer's NSTART slots.
+    outstanding: bool,
+}
+
+/// Who waits for the acknowledgement of a Confirmable message this endpoint sent.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum ConOwner {
+    Request(RequestId),
+    Response(IncomingId),
+}
+
+/// A Confirmable message waiting for its ACK (RFC 7252 §4.2).
+#[derive(Debug)]
+struct PendingCon {
+    owner: ConOwner,
+    bytes: Arc<[u8]>,
+    retransmissions: u32,
+    timeout: Duration,
+    deadline: Instant,
+}
+
+/// A request handed to the application and not yet answered.
+#[derive(Debug)]
+struct ServerExchange {
+    peer: SocketAddr,
+    mid: u16,
+    token: Token,
+    message_type: MessageType,
+    multicast: bool,
+    /// Whether the empty ACK went out, making the response a separate one.
+    ack_sent: bool,
+    /// The No-Response option (RFC 7967), 0 when absent.
+    no_response: u8,
+}
+
+/// A datagram waiting for `poll_transmit`.
+#[derive(Debug)]
+struct Outgoing {
+    remote: SocketAddr,
+    bytes: Arc<[u8]>,
+}
+
+/// Option numbers whose meaning the engine or every application understands. A critical
+/// option outside this list (and [`Config::extra_critical_options`]) is "unrecognized" in the
+/// sense of RFC 7252 §5.4.1.
+const RECOGNIZED_CRITICAL: &[OptionNumber] = &[
+    OptionNumber::IF_MATCH,
+    OptionNumber::URI_HOST,
+    OptionNumber::IF_NONE_MATCH,
+    OptionNumber::URI_PORT,
+    OptionNumber::URI_PATH,
+    OptionNumber::URI_QUERY,
+    OptionNumber::BLOCK2,
+    OptionNumber::BLOCK1,
+    OptionNumber::PROXY_URI,
+    OptionNumber::PROXY_SCHEME,
+];
+
+/// A CoAP endpoint: client and server in one Sans-IO state machine.
+///
+/// See the [module documentation](self) for how to drive it.
+pub struct Endpoint {
+    config: Config,
+    rng: Box<dyn RngCore + Send>,
+    next_request_id: u64,
+    next_incoming_id: u64,
+    clients: HashMap<RequestId, ClientExchange>,
+    tokens: HashMap<Token, RequestId>,
+    /// NON requests by (peer, Message ID), so a Reset can be matched to them.
+    non_requests: HashMap<(SocketAddr, u16), RequestId>,
+    pending_con: HashMap<(SocketAddr, u16), PendingCon>,
+    peers: HashMap<SocketAddr, Peer>,
+    servers: HashMap<IncomingId, ServerExchange>,
+    /// Empty-ACK deadlines in arrival order; the delay is constant, so this stays sorted.
+    empty_acks: VecDeque<(Instant, IncomingId)>,
+    dedup: Dedup,
+    timers: Timers,
+    /// Responses to multicast requests waiting out their random leisure (RFC 7252 §8.2).
+    delayed: VecDeque<(Instant, Outgoing)>,
+    transmits: VecDeque<Outgoing>,
+    events: VecDeque<Event>,
+    scratch: Vec<u8>,
+    stats: Stats,
+    closing: bool,
+}
+
+impl fmt::Debug for Endpoint {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Endpoint")
+            .field("client_exchanges", &self.clients.len())
+            .field("server_exchanges", &self.servers.len())
+            .field("pending_con", &self.pending_con.len())
+            .field("peers", &self.peers.len())
+            .field("dedup_entries", &self.dedup.len())
+            .field("closing", &self.closing)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Endpoint {
+    /// Creates an endpoint whose randomness (Message IDs, tokens, back-off jitter, multicast
+    /// leisure) comes from a generator seeded with `seed`: the same seed and the same inputs
+    /// give the same outputs.
+    pub fn new(config: Config, seed: u64) -> Result<Endpoint, ConfigError> {
+        Endpoint::with_rng(config, Box::new(SeededRng::new(seed)))
+    }
+
+    /// Creates an endpoint that draws its randomness from `rng`. Give it a cryptographically
+    /// strong generator when tokens must be hard to guess for off-path attackers
+    /// (RFC 7252 §5.3.1).
+    pub fn with_rng(config: Config, rng: Box<dyn RngCore + Send>) -> Result<Endpoint, ConfigError> {
+        config.validate()?;
+        let scratch = Vec::with_capacity(config.max_message_size);
+        Ok(Endpoint {
+            config,
+            rng,
+            next_request_id: 1,
+            next_incoming_id: 1,
+            clients: HashMap::new(),
+            tokens: HashMap::new(),
+            non_requests: HashMap::new(),
+            pending_con: HashMap::new(),
+            peers: HashMap::new(),
+            servers: HashMap::new(),
+            empty_acks: VecDeque::new(),
+            dedup: Dedup::default(),
+            timers: Timers::default(),
+            delayed: VecDeque::new(),
+            transmits: VecDeque::new(),
+            events: VecDeque::new(),
+            scratch,
+            stats: Stats::default(),
+            closing: false,
+        })
+    }
+
+    /// The configuration in force.
+    pub fn config(&self) -> &Config {
+        &self.config
+    }
+
+    /// Counters of what the endpoint has seen and done.
+    pub fn stats(&self) -> Stats {
+        self.stats
+    }
+
+    // ----------------------------------------------------------------------------------------
+    // Outputs
+    // ----------------------------------------------------------------------------------------
+
+    /// Writes the next datagram to send into `buf` and says where it goes, or returns
+    /// `Ok(None)` when nothing waits. If `buf` is too small the datagram stays queued.
+    ///
+    /// `now` is reserved for pacing; pass the current time.
+    pub fn poll_transmit(
+        &mut self,
+        now: Instant,
+        buf: &mut [u8],
+    ) -> Result<Option<Transmit>, BufferTooSmall> {
+        let _ = now;
+        let Some(next) = self.transmits.front() else {
+            return Ok(None);
+        };
+        let len = next.bytes.len();
+        let Some(dst) = buf.get_mut(..len) else {
+            return Err(BufferTooSmall { needed: len });
+        };
+        dst.copy_from_slice(&next.bytes);
+        let remote = next.remote;
+        self.transmits.pop_front();
+        self.stats.datagrams_sent += 1;
+        Ok(Some(Transmit { remote, len }))
+    }
+
+    /// The next event for the application, if any.
+    pub fn poll_event(&mut self) -> Option<Event> {
+        self.events.pop_front()
+    }
+
+    /// When `handle_timeout` should next be called, or `None` if no timer is armed.
+    ///
+    /// Calling `handle_timeout` earlier is harmless; calling it later delays retransmissions
+    /// and expiries by as much.
+    pub fn poll_timeout(&mut self) -> Option<Instant> {
+        // Drop timer entries at the top that no longer name live state, so the deadline
+        // reported is a real one.
+        while let Some((deadline, timer)) = self.timers.peek() {
+            if self.timer_is_live(deadline, &timer) {
+                break;
+            }
+            self.timers.pop();
+        }
+        [
+            self.timers.next_deadline(),
+            self.empty_acks.front().map(|(t, _)| *t),
+            self.dedup.next_expiry(),
+            self.delayed.front().map(|(t, _)| *t),
+        ]
+        .into_iter()
+        .flatten()
+        .min()
+    }
+
+    /// How full each table is: for monitoring, and for tests that check state drains.
+    pub fn table_sizes(&self) -> TableSizes {
+        TableSizes {
+            client_exchanges: self.clients.len(),
+            server_exchanges: self.servers.len(),
+            awaiting_ack: self.pending_con.len(),
+            peers: self.peers.len(),
+            dedup_entries: self.dedup.len(),
+            timers: self.timers.len() + self.empty_acks.len() + self.delayed.len(),
+            transmit_queue: self.transmits.len(),
+            events: self.events.len(),
+        }
+    }
+
+    /// Whether nothing is under way: no exchange in either direction, no Confirmable message
+    /// awaiting its ACK, nothing waiting to be sent. After [`close`](Endpoint::close), a driver
+    /// can stop once this is true.
+    pub fn is_idle(&self) -> bool {
+        self.clients.is_empty()
+            && self.pending_con.is_empty()
+            && self.servers.is_empty()
+            && self.delayed.is_empty()
+            && self.transmits.is_empty()
+    }
+
+    // ----------------------------------------------------------------------------------------
+    // Inputs
+    // ----------------------------------------------------------------------------------------
+
+    /// Processes a datagram that arrived from `remote` on a unicast address.
+    pub fn handle_datagram(&mut self, now: Instant, remote: SocketAddr, datagram: &[u8]) {
+        self.handle_incoming(now, remote, datagram, false);
+    }
+
+    /// Processes a datagram that arrived from `remote` addressed to a multicast group this
+    /// endpoint joined. Requests received this way are answered after a random leisure, and
+    /// error responses to them are suppressed (RFC 7252 §8.2).
+    pub fn handle_multicast_datagram(&mut self, now: Instant, remote: SocketAddr, datagram: &[u8]) {
+        self.handle_incoming(now, remote, datagram, true);
+    }
+
+    /// Reports that the network said `remote` is unreachable (for example an ICMP port
+    /// unreachable error surfaced by the socket). Every client exchange with that peer fails
+    /// with [`Failure::Unreachable`].
+    pub fn handle_unreachable(&mut self, now: Instant, remote: SocketAddr) {
+        self.fail_peer_requests(now, remote, Failure::Unreachable);
+    }
+
+    /// Advances timers to `now`: retransmissions, empty ACKs, timeouts and expiries.
+    pub fn handle_timeout(&mut self, now: Instant) {
+        while let Some(&(deadline, id)) = self.empty_acks.front() {
+            if deadline > now {
+                break;
+            }
+            self.empty_acks.pop_front();
+            self.send_empty_ack_for(id);
+        }
+        while self.delayed.front().is_some_and(|(t, _)| *t <= now) {
+            // Sorted insertion keeps the earliest first.
+            if let Some((_, out)) = self.delayed.pop_front() {
+                self.queue_transmit(out.remote, out.bytes);
+            }
+        }
+        self.dedup.expire(now);
+        while let Some((deadline, timer)) = self.timers.pop_due(now) {
+            self.fire_timer(now, deadline, timer);
+        }
+        self.compact_timers();
+    }
+
+    // ----------------------------------------------------------------------------------------
+    // Client commands
+    // ----------------------------------------------------------------------------------------
+
+    /// Starts a request to `remote`. The response, or the reason there is none, arrives as an
+    /// event naming the returned id.
+    ///
+    /// A request to a multicast address is sent Non-confirmable and collects responses from
+    /// every responder until [`Config::multicast_response_window`] (or the request's timeout)
+    /// has passed.
+    pub fn request(
+        &mut self,
+        now: Instant,
+        remote: SocketAddr,
+        request: Request,
+    ) -> Result<RequestId, RequestError> {
+        if self.closing {
+            return Err(RequestError::ShuttingDown);
+        }
+        if !request.method.is_request() {
+            return Err(RequestError::NotARequest(request.method));
+        }
+        let multicast = remote.ip().is_multicast();
+        let kind = if multicast {
+            ClientKind::Multicast
+        } else {
+            ClientKind::Request
+        };
+        let message_type = if multicast {
+            MessageType::Non
+        } else {
+            request
+                .message_type
+                .unwrap_or(self.config.default_request_type)
+        };
+        // Size check up front: the header is 4 bytes plus the token; the Message ID does not
+        // change the length.
+        let size = message_len(&request, self.config.token_len);
+        if size > self.config.max_message_size {
+            return Err(RequestError::MessageTooBig {
+                size,
+                max: self.config.max_message_size,
+            });
+        }
+        let token = self.fresh_token();
+        self.start_exchange(now, remote, kind, message_type, token, request)
+    }
+
+    /// Sends a CoAP ping (an empty Confirmable message, RFC 7252 §4.3) to `remote`. It ends
+    /// with [`Event::Pong`] when the peer answers with Reset, or [`Event::RequestFailed`].
+    pub fn ping(&mut self, now: Instant, remote: SocketAddr) -> Result<RequestId, RequestError> {
+        if self.closing {
+            return Err(RequestError::ShuttingDown);
+        }
+        let request = Request::new(Code::EMPTY).con();
+        self.start_exchange(
+            now,
+            remote,
+            ClientKind::Ping,
+            MessageType::Con,
+            Token::default(),
+            request,
+        )
+    }
+
+    /// Cancels a request. Its exchange ends with [`Failure::Cancelled`]; a response arriving
+    /// later is answered with Reset. Returns false if the request had already ended.
+    pub fn cancel(&mut self, now: Instant, id: RequestId) -> bool {
+        if self.clients.contains_key(&id) {
+            self.finish_client(now, id, Event::RequestFailed {
+                id,
+                reason: Failure::Cancelled,
+            });
+            true
+        } else {
+            false
+        }
+    }
+
+    /// The requests this endpoint has sent or queued and not yet seen end: id, peer, method
+    /// and token (empty for pings).
+    pub fn pending_requests(&self) -> impl Iterator<Item = (RequestId, SocketAddr, Code, &Token)> + '_ {
+        self.clients
+            .iter()
+            .map(|(id, ex)| (*id, ex.peer, ex.method, &ex.token))
+    }
+
+    /// The requests received and not yet answered: id and peer.
+    pub fn pending_incoming(&self) -> impl Iterator<Item = (IncomingId, SocketAddr)> + '_ {
+        self.servers.iter().map(|(id, ex)| (*id, ex.peer))
+    }
+
+    /// Ends every exchange with `remote`, in both directions: its client exchanges fail with
+    /// [`Failure::Cancelled`], its unanswered incoming requests are forgotten (a later
+    /// `respond` for them returns [`RespondError::UnknownRequest`]) and Confirmable responses
+    /// to it stop being retransmitted.
+    pub fn abort_peer(&mut self, now: Instant, remote: SocketAddr) {
+        self.fail_peer_requests(now, remote, Failure::Cancelled);
+        self.servers.retain(|_, ex| ex.peer != remote);
+        let mut ended = Vec::new();
+        self.pending_con.retain(|(peer, _), pc| {
+            if *peer == remote {
+                if let ConOwner::Response(id) = pc.owner {
+                    ended.push(id);
+                }
+                false
+            } else {
+                true
+            }
+        });
+        for id in ended {
+            self.events.push_back(Event::ResponseNotConfirmed {
+                id,
+                reason: Failure::Cancelled,
+            });
+        }
+        if let Some(peer) = self.peers.get_mut(&remote) {
+            peer.held.clear();
+        }
+    }
+
+    /// Starts shutting down: new requests are refused with [`RequestError::ShuttingDown`],
+    /// incoming requests are answered 5.03 Service Unavailable, queued requests are cancelled,
+    /// and what is in flight (including Confirmable responses awaiting their ACK) runs to its
+    /// end. Stop driving the endpoint once [`is_idle`](Endpoint::is_idle) is true.
+    pub fn close(&mut self, now: Instant) {
+        self.closing = true;
+        let queued: Vec<RequestId> = self
+            .clients
+            .iter()
+            .filter(|(_, ex)| matches!(ex.state, ClientState::Queued(_)))
+            .map(|(id, _)| *id)
+            .collect();
+        for id in queued {
+            self.finish_client(now, id, Event::RequestFailed {
+                id,
+                reason: Failure::Cancelled,
+            });
+        }
+    }
+
+    // ----------------------------------------------------------------------------------------
+    // Server commands
+    // ----------------------------------------------------------------------------------------
+
+    /// Answers the request `id` (from [`Event::Request`]), now or much later.
+    ///
+    /// If the empty ACK has not gone out yet the response is piggybacked on the ACK; otherwise
+    /// it is a separate response, Confirmable by default (RFC 7252 §5.2.2). Responses to
+    /// multicast requests wait a random leisure and error responses to them are suppressed
+    /// (§8.2); responses the request's No-Response option declines are suppressed too
+    /// (RFC 7967).
+    pub fn respond(
+        &mut self,
+        now: Instant,
+        id: IncomingId,
+        response: Response,
+    ) -> Result<(), RespondError> {
+        if !response.code.is_response() {
+            return Err(RespondError::NotAResponse(response.code));
+        }
+        let Some(ex) = self.servers.get(&id) else {
+            return Err(RespondError::UnknownRequest(id));
+        };
+        let size = message_len_response(&response, ex.token.len());
+        if size > self.config.max_message_size {
+            return Err(RespondError::MessageTooBig {
+                size,
+                max: self.config.max_message_size,
+            });
+        }
+        let Some(ex) = self.servers.remove(&id) else {
+            return Err(RespondError::UnknownRequest(id));
+        };
+        let key = (ex.peer, ex.mid);
+        if suppressed(&ex, response.code) {
+            if ex.message_type == MessageType::Con && !ex.ack_sent {
+                let bytes = self.encode_empty(MessageType::Ack, ex.mid);
+                self.queue_transmit(ex.peer, bytes);
+            }
+            self.dedup.update(key, DedupState::AckOnly);
+            return Ok(());
+        }
+        if ex.message_type == MessageType::Con && !ex.ack_sent {
+            // Piggybacked on the ACK (§5.2.1).
+            let bytes = self.encode_response(MessageType::Ack, ex.mid, &ex.token, &response);
+            self.dedup
+                .update(key, DedupState::Reply(Arc::clone(&bytes)));
+            self.queue_transmit(ex.peer, bytes);
+            return Ok(());
+        }
+        let default_type = if ex.message_type == MessageType::Con {
+            MessageType::Con
+        } else {
+            MessageType::Non
+        };
+        let message_type = match response.message_type {
+            Some(MessageType::Con) => MessageType::Con,
+            Some(MessageType::Non) => MessageType::Non,
+            _ => default_type,
+        };
+        let message_type = if ex.multicast {
+            MessageType::Non
+        } else {
+            message_type
+        };
+        self.dedup.update(key, DedupState::AckOnly);
+        self.send_separate(now, id, ex, message_type, response);
+        Ok(())
+    }
+
+    // ----------------------------------------------------------------------------------------
+    // Internals: incoming datagrams
+    // ----------------------------------------------------------------------------------------
+
+    fn handle_incoming(&mut self, now: Instant, remote: SocketAddr, data: &[u8], multicast: bool) {
+        self.stats.datagrams_received += 1;
+        let view = match MessageView::parse(data) {
+            Ok(view) => view,
+            Err(_) => {
+                // A message-format error (§4.2, §4.3): reject a CON with RST if we can read
+                // its Message ID, drop anything else.
+                self.stats.malformed += 1;
+                if let Ok(header) = parse_header(data) {
+                    // §3: a message with an unknown version is silently ignored.
+                    if header.version == 1 && header.mtype == MessageType::Con && !multicast {
+                        self.send_reset(remote, header.message_id);
+                    }
+                }
+                return;
+            }
+        };
+        let code = view.code();
+        let mtype = view.mtype();
+        let format_error = code.is_reserved_class()
+            || (code.is_empty()
+                && (!view.token().is_empty()
+                    || view.options().next().is_some()
+                    || !view.payload().is_empty()))
+            || (mtype == MessageType::Rst && !code.is_empty());
+        if format_error {
+            self.reject(remote, &view, multicast);
+            return;
+        }
+        match (mtype, code.is_empty(), code.is_request()) {
+            (MessageType::Con, true, _) => {
+                // CoAP ping (§4.3): answer with RST. Never to a multicast message.
+                if !multicast {
+                    self.send_reset(remote, view.message_id());
+                }
+            }
+            (MessageType::Non, true, _) => self.stats.malformed += 1,
+            (MessageType::Ack, true, _) => self.handle_ack(now, remote, view.message_id(), None),
+            (MessageType::Rst, _, _) => self.handle_reset(now, remote, view.message_id()),
+            (MessageType::Ack, false, true) => {
+                // A request carried in an ACK is a format error; ACKs are never rejected with
+                // RST (§4.2), so it is ignored.
+                self.stats.malformed += 1;
+            }
+            (MessageType::Ack, false, false) => {
+                self.handle_ack(now, remote, view.message_id(), Some(&view))
+            }
+            (_, false, true) => self.handle_request(now, remote, &view, multicast),
+            (_, false, false) => self.handle_separate_response(now, remote, &view, multicast),
+        }
+    }
+
+    /// Rejects a message (§4.2, §4.3): RST for a unicast CON, silence otherwise.
+    fn reject(&mut self, remote: SocketAddr, view: &MessageView<'_>, multicast: bool) {
+        self.stats.malformed += 1;
+        if view.mtype() == MessageType::Con && !multicast {
+            self.send_reset(remote, view.message_id());
+        }
+    }
+
+    fn handle_request(
+        &mut self,
+        now: Instant,
+        remote: SocketAddr,
+        view: &MessageView<'_>,
+        multicast: bool,
+    ) {
+        let mid = view.message_id();
+        let mtype = view.mtype();
+        let key = (remote, mid);
+        if let Some(state) = self.dedup.get(&key) {
+            self.stats.duplicates += 1;
+            self.answer_duplicate(remote, mid, mtype, state.clone());
+            return;
+        }
+        if view.token().len() > self.config.max_token_len {
+            // RFC 8974 §2.2.1: a token longer than we accept is a message-format error.
+            self.reject(remote, view, multicast);
+            return;
+        }
+        if multicast && mtype == MessageType::Con {
+            // Multicast requests must be NON (§8.1); a CON one cannot be acknowledged sanely.
+            self.stats.malformed += 1;
+            return;
+        }
+        let mut request = view.to_message();
+        if let Err(number) = self.check_options(&mut request.options) {
+            // §5.4.1: 4.02 for a CON request; a NON request is rejected (silently here).
+            if mtype == MessageType::Con {
+                let mut rsp = Response::new(Code::BAD_OPTION);
+                rsp.payload = bad_option_diagnostic(number);
+                self.answer_directly(now, remote, &request, rsp, multicast);
+            } else {
+                self.stats.malformed += 1;
+            }
+            return;
+        }
+        if !self.config.proxy
+            && (request.options.contains(OptionNumber::PROXY_URI)
+                || request.options.contains(OptionNumber::PROXY_SCHEME))
+        {
+            // §5.7.2: we are not a forward proxy.
+            let rsp = Response::new(Code::PROXYING_NOT_SUPPORTED);
+            self.answer_directly(now, remote, &request, rsp, multicast);
+            return;
+        }
+        if self.closing || self.servers.len() >= self.config.max_server_exchanges {
+            self.stats.overload_rejections += 1;
+            let rsp = Response::new(Code::SERVICE_UNAVAILABLE)
+                .with_max_age(self.config.overload_max_age);
+            self.answer_directly(now, remote, &request, rsp, multicast);
+            return;
+        }
+        let id = IncomingId(self.next_incoming_id);
+        self.next_incoming_id += 1;
+        let no_response = request
+            .options
+            .get_uint(OptionNumber::NO_RESPONSE)
+            .and_then(|v| u8::try_from(v).ok())
+            .unwrap_or(0);
+        self.servers.insert(
+            id,
+            ServerExchange {
+                peer: remote,
+                mid,
+                token: request.token.clone(),
+                message_type: mtype,
+                multicast,
+                ack_sent: false,
+                no_response,
+            },
+        );
+        let lifetime = lifetime(&self.config, mtype);
+        self.insert_dedup(now, key, lifetime, DedupState::Pending(id));
+        if mtype == MessageType::Con {
+            self.empty_acks
+                .push_back((now + self.config.empty_ack_delay, id));
+        }
+        self.events.push_back(Event::Request {
+            id,
+            peer: remote,
+            request,
+            multicast,
+        });
+    }
+
+    /// Answers a duplicate CON or NON message from the deduplication cache (§4.5).
+    fn answer_duplicate(&mut self, remote: SocketAddr, mid: u16, mtype: MessageType, state: DedupState) {
+        match state {
+            DedupState::Reply(bytes) => self.queue_transmit(remote, bytes),
+            DedupState::Pending(id) => {
+                // The client retransmitted before we answered: acknowledge now so it stops,
+                // and the response becomes a separate one.
+                if mtype == MessageType::Con {
+                    self.send_empty_ack_for(id);
+                }
+            }
+            DedupState::AckOnly => {
+                if mtype == MessageType::Con {
+                    let bytes = self.encode_empty(MessageType::Ack, mid);
+                    self.queue_transmit(remote, bytes);
+                }
+            }
+            DedupState::Silent => {}
+        }
+    }
+
+    /// Checks options against RFC 7252 §5.4: drops elective options that break their format,
+    /// and returns the first critical option that is unrecognized or malformed.
+    fn check_options(&self, options: &mut Options) -> Result<(), OptionNumber> {
+        for (number, _) in options.iter() {
+            if number.is_critical()
+                && !RECOGNIZED_CRITICAL.contains(&number)
+                && !self.config.extra_critical_options.contains(&number)
+            {
+                return Err(number);
+            }
+        }
+        // Bounded: each round removes one option number.
+        for _ in 0..options.len() {
+            match options.validate() {
+                Ok(()) => return Ok(()),
+                Err(e) if e.number.is_critical() => return Err(e.number),
+                Err(e) => {
+                    // §5.4.3 and §5.4.5: a malformed or supernumerary elective option is
+                    // ignored; for a repeated one, the first occurrence stays.
+                    if e.kind == OptionErrorKind::Repeated {
+                        let first: Option<smallvec::SmallVec<[u8; 16]>> =
+                            options.get(e.number).map(|v| v.into());
+                        options.remove(e.number);
+                        if let Some(first) = first {
+                            options.push(e.number, &first);
+                        }
+                    } else {
+                        options.remove(e.number);
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Sends an engine-made response (4.02, 5.03, 5.05) to a request the application never
+    /// sees, and remembers it for duplicates.
+    fn answer_directly(
+        &mut self,
+        now: Instant,
+        remote: SocketAddr,
+        request: &Message,
+        response: Response,
+        multicast: bool,
+    ) {
+        if multicast {
+            // §8.2: error responses to multicast requests are suppressed.
+            return;
+        }
+        let key = (remote, request.message_id);
+        match request.mtype {
+            MessageType::Con => {
+                let bytes = self.encode_response(
+                    MessageType::Ack,
+                    request.message_id,
+                    &request.token,
+                    &response,
+                );
+                let lifetime = lifetime(&self.config, MessageType::Con);
+                self.insert_dedup(now, key, lifetime, DedupState::Reply(Arc::clone(&bytes)));
+                self.queue_transmit(remote, bytes);
+            }
+            _ => {
+                // A NON request gets a NON response with a Message ID of our own (§5.2.3).
+                let Some(mid) = self.allocate_mid_now(now, remote, MessageType::Non) else {
+                    return;
+                };
+                let bytes = self.encode_response(MessageType::Non, mid, &request.token, &response);
+                let lifetime = lifetime(&self.config, MessageType::Non);
+                self.insert_dedup(now, key, lifetime, DedupState::Reply(Arc::clone(&bytes)));
+                self.queue_transmit(remote, bytes);
+            }
+        }
+    }
+
+    fn handle_ack(&mut self, now: Instant, remote: SocketAddr, mid: u16, response: Option<&MessageView<'_>>) {
+        let key = (remote, mid);
+        let Some(pc) = self.pending_con.get(&key) else {
+            self.stats.unmatched_acks += 1;
+            return;
+        };
+        match pc.owner {
+            ConOwner::Response(id) => {
+                self.pending_con.remove(&key);
+                self.events.push_back(Event::ResponseConfirmed { id });
+            }
+            ConOwner::Request(id) => {
+                self.pending_con.remove(&key);
+                let Some(ex) = self.clients.get(&id) else {
+                    return;
+                };
+                match response {
+                    Some(view) if view.token() == ex.token.as_bytes() => {
+                        let message = view.to_message();
+                        self.deliver_response(now, id, remote, message);
+                    }
+                    _ if ex.kind == ClientKind::Ping => {
+                        // An ACK instead of the expected RST still proves liveness.
+                        self.finish_client(now, id, Event::Pong { id });
+                    }
+                    _ => {
+                        // Empty ACK (or a response with a foreign token, which we treat as a
+                        // bare acknowledgement, §5.3.2): wait for the separate response.
+                        let wait = ex.timeout.unwrap_or_else(|| self.config.separate_timeout());
+                        let deadline = now + wait;
+                        self.release_outstanding(now, id);
+                        if let Some(ex) = self.clients.get_mut(&id) {
+                            ex.state = ClientState::AwaitingResponse { deadline, mid };
+                        }
+                        self.timers.push(deadline, Timer::ClientDeadline(id));
+                        self.progress(id, Progress::Acknowledged);
+                    }
+                }
+            }
+        }
+    }
+
+    fn handle_reset(&mut self, now: Instant, remote: SocketAddr, mid: u16) {
+        let key = (remote, mid);
+        if let Some(pc) = self.pending_con.remove(&key) {
+            match pc.owner {
+                ConOwner::Request(id) => {
+                    let ping = self
+                        .clients
+                        .get(&id)
+                        .is_some_and(|ex| ex.kind == ClientKind::Ping);
+                    let event = if ping {
+                        Event::Pong { id }
+                    } else {
+                        Event::RequestFailed {
+                            id,
+                            reason: Failure::Reset,
+                        }
+                    };
+                    self.finish_client(now, id, event);
+                }
+                ConOwner::Response(id) => self.events.push_back(Event::ResponseNotConfirmed {
+                    id,
+                    reason: Failure::Reset,
+                }),
+            }
+        } else if let Some(&id) = self.non_requests.get(&key) {
+            // §4.3: a NON request may be rejected with RST.
+            self.finish_client(now, id, Event::RequestFailed {
+                id,
+                reason: Failure::Reset,
+            });
+        } else {
+            self.stats.unmatched_acks += 1;
+        }
+    }
+
+    /// A response in a CON or NON message (a separate response, §5.2.2, or the answer to a
+    /// NON request, §5.2.3).
+    fn handle_separate_response(
+        &mut self,
+        now: Instant,
+        remote: SocketAddr,
+        view: &MessageView<'_>,
+        multicast: bool,
+    ) {
+        let mid = view.message_id();
+        let mtype = view.mtype();
+        let key = (remote, mid);
+        if let Some(state) = self.dedup.get(&key) {
+            self.stats.duplicates += 1;
+            self.answer_duplicate(remote, mid, mtype, state.clone());
+            return;
+        }
+        let token = view.token();
+        let id = (token.len() <= 8)
+            .then(|| self.tokens.get(&Token::new(token)).copied())
+            .flatten()
+            .filter(|id| {
+                self.clients.get(id).is_some_and(|ex| {
+                    ex.kind == ClientKind::Multicast || ex.peer == remote
+                })
+            });
+        let Some(id) = id else {
+            // §5.3.2 / RFC 7641 §3.6: nobody wants it; RST tells the sender so.
+            self.stats.unmatched_responses += 1;
+            if !multicast {
+                self.send_reset(remote, mid);
+            }
+            return;
+        };
+        if mtype == MessageType::Con {
+            let bytes = self.encode_empty(MessageType::Ack, mid);
+            self.queue_transmit(remote, bytes);
+        }
+        let (state, lifetime) = if mtype == MessageType::Con {
+            (DedupState::AckOnly, lifetime(&self.config, MessageType::Con))
+        } else {
+            (DedupState::Silent, lifetime(&self.config, MessageType::Non))
+        };
+        self.insert_dedup(now, key, lifetime, state);
+        let message = view.to_message();
+        self.deliver_response(now, id, remote, message);
+    }
+
+    /// Hands a matched response to the application and ends the exchange (or, for multicast,
+    /// keeps collecting).
+    fn deliver_response(&mut self, now: Instant, id: RequestId, remote: SocketAddr, response: Message) {
+        let multicast = self
+            .clients
+            .get(&id)
+            .is_some_and(|ex| ex.kind == ClientKind::Multicast);
+        if let Some(number) = self.unrecognized_critical(&response.options) {
+            if !multicast {
+                self.finish_client(now, id, Event::RequestFailed {
+                    id,
+                    reason: Failure::UnrecognizedCriticalOption(number),
+                });
+            }
+            return;
+        }
+        if multicast {
+            self.events.push_back(Event::Response {
+                id,
+                peer: remote,
+                response,
+            });
+        } else {
+            self.finish_client(now, id, Event::Response {
+                id,
+                peer: remote,
+                response,
+            });
+        }
+    }
+
+    fn unrecognized_critical(&self, options: &Options) -> Option<OptionNumber> {
+        options.iter().map(|(n, _)| n).find(|n| {
+            n.is_critical()
+                && !RECOGNIZED_CRITICAL.contains(n)
+                && !self.config.extra_critical_options.contains(n)
+        })
+    }
+
+    // ----------------------------------------------------------------------------------------
+    // Internals: client exchanges
+    // ----------------------------------------------------------------------------------------
+
+    fn start_exchange(
+        &mut self,
+        now: Instant,
+        remote: SocketAddr,
+        kind: ClientKind,
+        message_type: MessageType,
+        token: Token,
+        request: Request,
+    ) -> Result<RequestId, RequestError> {
+        if self.clients.len() >= self.config.max_client_exchanges {
+            return Err(RequestError::TooManyExchanges);
+        }
+        if !self.peers.contains_key(&remote) && self.peers.len() >= self.config.max_peers {
+            return Err(RequestError::TooManyPeers);
+        }
+        let id = RequestId(self.next_request_id);
+        let max_queued = self.config.max_queued_per_peer;
+        let peer = self.peer_entry(remote);
+        if peer.queue.len() >= max_queued {
+            return Err(RequestError::QueueFull);
+        }
+        peer.queue.push_back(id);
+        self.next_request_id += 1;
+        if !token.is_empty() {
+            self.tokens.insert(token.clone(), id);
+        }
+        self.clients.insert(
+            id,
+            ClientExchange {
+                peer: remote,
+                token,
+                kind,
+                message_type,
+                method: request.method,
+                timeout: request.timeout,
+                state: ClientState::Queued(Box::new(request)),
+                outstanding: false,
+            },
+        );
+        self.pump_peer(now, remote);
+        if self
+            .clients
+            .get(&id)
+            .is_some_and(|ex| matches!(ex.state, ClientState::Queued(_)))
+        {
+            self.progress(id, Progress::Queued);
+        }
+        Ok(id)
+    }
+
+    /// Sends queued requests to `remote` while NSTART and Message IDs allow, and sends held
+    /// separate responses once Message IDs free up.
+    fn pump_peer(&mut self, now: Instant, remote: SocketAddr) {
+        loop {
+            let Some(peer) = self.peers.get_mut(&remote) else {
+                return;
+            };
+            let has_held = !peer.held.is_empty();
+            let can_request = !peer.queue.is_empty() && peer.outstanding < self.config.nstart;
+            if !has_held && !can_request {
+                break;
+            }
+            let mtype = if has_held {
+                MessageType::Con
+            } else {
+                peer.queue
+                    .front()
+                    .and_then(|id| self.clients.get(id))
+                    .map_or(MessageType::Con, |ex| ex.message_type)
+            };
+            let lifetime = lifetime(&self.config, mtype);
+            let Some(mid) = peer.allocate(now, lifetime) else {
+                if let Some(until) = peer.next_free() {
+                    if !peer.exhaustion_reported {
+                        peer.exhaustion_reported = true;
+                        self.events
+                            .push_back(Event::MessageIdsExhausted { peer: remote, until });
+                    }
+                    self.timers.push(until, Timer::Peer(remote));
+                }
+                return;
+            };
+            peer.exhaustion_reported = false;
+            if let Some(bucket_expiry) = peer.take_new_bucket() {
+                self.timers.push(bucket_expiry, Timer::Peer(remote));
+            }
+            if has_held {
+                if let Some(held) = peer.held.pop_front() {
+                    self.transmit_held(now, held, mid);
+                }
+            } else if let Some(id) = peer.queue.pop_front() {
+                peer.outstanding += 1;
+                self.send_request(now, id, mid);
+            }
+        }
+        self.maybe_forget_peer(remote);
+    }
+
+    fn send_request(&mut self, now: Instant, id: RequestId, mid: u16) {
+        let Some(ex) = self.clients.get_mut(&id) else {
+            return;
+        };
+        let ClientState::Queued(request) =
+            core::mem::replace(&mut ex.state, ClientState::AwaitingAck { mid })
+        else {
+            return;
+        };
+        ex.outstanding = true;
+        let remote = ex.peer;
+        let message_type = ex.message_type;
+        let token = ex.token.clone();
+        let request = *request;
+        let message = Message {
+            mtype: message_type,
+            code: request.method,
+            message_id: mid,
+            token,
+            options: request.options,
+            payload: request.payload,
+        };
+        let bytes = self.encode(&message);
+        if message_type == MessageType::Con {
+            let timeout = self.initial_timeout();
+            let deadline = now + timeout;
+            self.pending_con.insert(
+                (remote, mid),
+                PendingCon {
+                    owner: ConOwner::Request(id),
+                    bytes: Arc::clone(&bytes),
+                    retransmissions: 0,
+                    timeout,
+                    deadline,
+                },
+            );
+            self.timers.push(deadline, Timer::Retransmit(remote, mid));
+        } else {
+            let ex_timeout = self.clients.get(&id).and_then(|ex| ex.timeout);
+            let multicast = self
+                .clients
+                .get(&id)
+                .is_some_and(|ex| ex.kind == ClientKind::Multicast);
+            let wait = ex_timeout.unwrap_or(if multicast {
+                self.config.multicast_response_window
+            } else {
+                self.config.non_timeout()
+            });
+            let deadline = now + wait;
+            if let Some(ex) = self.clients.get_mut(&id) {
+                ex.state = ClientState::AwaitingResponse { deadline, mid };
+            }
+            self.non_requests.insert((remote, mid), id);
+            self.timers.push(deadline, Timer::ClientDeadline(id));
+        }
+        self.queue_transmit(remote, bytes);
+        self.progress(id, Progress::Sent);
+    }
+
+    /// Ends a client exchange with its final event and frees what it held.
+    fn finish_client(&mut self, now: Instant, id: RequestId, event: Event) {
+        let Some(ex) = self.clients.remove(&id) else {
+            return;
+        };
+        if !ex.token.is_empty() {
+            self.tokens.remove(&ex.token);
+        }
+        match ex.state {
+            ClientState::AwaitingAck { mid } => {
+                self.pending_con.remove(&(ex.peer, mid));
+            }
+            ClientState::AwaitingResponse { mid, .. } => {
+                self.non_requests.remove(&(ex.peer, mid));
+            }
+            ClientState::Queued(_) => {
+                if let Some(peer) = self.peers.get_mut(&ex.peer) {
+                    peer.queue.retain(|q| *q != id);
+                }
+            }
+        }
+        self.events.push_back(event);
+        if ex.outstanding {
+            if let Some(peer) = self.peers.get_mut(&ex.peer) {
+                peer.outstanding = peer.outstanding.saturating_sub(1);
+            }
+        }
+        self.pump_peer(now, ex.peer);
+    }
+
+    /// Frees the NSTART slot of an exchange that is no longer outstanding (§4.7) but still
+    /// waits for a separate response.
+    fn release_outstanding(&mut self, now: Instant, id: RequestId) {
+        let Some(ex) = self.clients.get_mut(&id) else {
+            return;
+        };
+        if !ex.outstanding {
+            return;
+        }
+        ex.outstanding = false;
+        let remote = ex.peer;
+        if let Some(peer) = self.peers.get_mut(&remote) {
+            peer.outstanding = peer.outstanding.saturating_sub(1);
+        }
+        self.pump_peer(now, remote);
+    }
+
+    fn fail_peer_requests(&mut self, now: Instant, remote: SocketAddr, reason: Failure) {
+        let ids: Vec<RequestId> = self
+            .clients
+            .iter()
+            .filter(|(_, ex)| ex.peer == remote)
+            .map(|(id, _)| *id)
+            .collect();
+        for id in ids {
+            self.finish_client(now, id, Event::RequestFailed { id, reason });
+        }
+    }
+
+    fn progress(&mut self, id: RequestId, progress: Progress) {
+        if self.config.report_progress {
+            self.events.push_back(Event::Progress { id, progress });
+        }
+    }
+
+    fn fresh_token(&mut self) -> Token {
+        let mut bytes = [0u8; 8];
+        let len = self.config.token_len;
+        // Tokens are random (§5.3.1) and unique among our live exchanges. With 8 bytes a
+        // collision is vanishingly rare; with shorter tokens the loop may spin a few times.
+        for _ in 0..64 {
+            self.rng.fill_bytes(&mut bytes);
+            let token = Token::new(&bytes[..len]);
+            if !self.tokens.contains_key(&token) {
+                return token;
+            }
+        }
+        // A near-full short token space: fall back to a counter-derived token.
+        let mut counter = self.next_request_id;
+        loop {
+            let token = Token::new(&counter.to_be_bytes()[8 - len..]);
+            if !self.tokens.contains_key(&token) {
+                return token;
+            }
+            counter = counter.wrapping_add(1);
+        }
+    }
+
+    // ----------------------------------------------------------------------------------------
+    // Internals: server responses
+    // ----------------------------------------------------------------------------------------
+
+    fn send_empty_ack_for(&mut self, id: IncomingId) {
+        let Some(ex) = self.servers.get_mut(&id) else {
+            return;
+        };
+        if ex.ack_sent || ex.message_type != MessageType::Con {
+            return;
+        }
+        ex.ack_sent = true;
+        let (peer, mid) = (ex.peer, ex.mid);
+        let bytes = self.encode_empty(MessageType::Ack, mid);
+        self.queue_transmit(peer, bytes);
+    }
+
+    fn send_separate(
+        &mut self,
+        now: Instant,
+        id: IncomingId,
+        ex: ServerExchange,
+        message_type: MessageType,
+        response: Response,
+    ) {
+        let held = Held {
+            id,
+            peer: ex.peer,
+            request_mid: ex.mid,
+            multicast: ex.multicast,
+            message: Message {
+                mtype: message_type,
+                code: response.code,
+                message_id: 0,
+                token: ex.token,
+                options: response.options,
+                payload: response.payload,
+            },
+        };
+        let lifetime = lifetime(&self.config, message_type);
+        let peer = self.peer_entry(held.peer);
+        if !peer.held.is_empty() {
+            // Keep order behind responses already waiting for a Message ID.
+            peer.held.push_back(held);
+            return;
+        }
+        match peer.allocate(now, lifetime) {
+            Some(mid) => {
+                if let Some(bucket_expiry) = peer.take_new_bucket() {
+                    self.timers.push(bucket_expiry, Timer::Peer(held.peer));
+                }
+                self.transmit_held(now, held, mid);
+            }
+            None => {
+                let until = peer.next_free();
+                let remote = held.peer;
+                peer.held.push_back(held);
+                if let Some(until) = until {
+                    if !peer.exhaustion_reported {
+                        peer.exhaustion_reported = true;
+                        self.events
+                            .push_back(Event::MessageIdsExhausted { peer: remote, until });
+                    }
+                    self.timers.push(until, Timer::Peer(remote));
+                }
+            }
+        }
+    }
+
+    /// Sends a separate response (or the response to a NON request) with Message ID `mid`.
+    fn transmit_held(&mut self, now: Instant, held: Held, mid: u16) {
+        let Held {
+            id,
+            peer: remote,
+            request_mid,
+            multicast,
+            mut message,
+        } = held;
+        message.message_id = mid;
+        let message_type = message.mtype;
+        let bytes = self.encode(&message);
+        if message_type == MessageType::Non {
+            // A duplicate of the NON request gets this response again (§4.5).
+            self.dedup
+                .update((remote, request_mid), DedupState::Reply(Arc::clone(&bytes)));
+        }
+        if multicast {
+            // §8.2: spread responses to a multicast request over DEFAULT_LEISURE.
+            let leisure =
+                u64::try_from(self.config.default_leisure.as_micros()).unwrap_or(u64::MAX);
+            let at = now + Duration::from_micros(self.random_below(leisure.saturating_add(1)));
+            let pos = self.delayed.partition_point(|(t, _)| *t <= at);
+            self.delayed.insert(pos, (at, Outgoing { remote, bytes }));
+            return;
+        }
+        if message_type == MessageType::Con {
+            let timeout = self.initial_timeout();
+            let deadline = now + timeout;
+            self.pending_con.insert(
+                (remote, mid),
+                PendingCon {
+                    owner: ConOwner::Response(id),
+                    bytes: Arc::clone(&bytes),
+                    retransmissions: 0,
+                    timeout,
+                    deadline,
+                },
+            );
+            self.timers.push(deadline, Timer::Retransmit(remote, mid));
+        }
+        self.queue_transmit(remote, bytes);
+    }
+
+    // ----------------------------------------------------------------------------------------
+    // Internals: timers
+    // ----------------------------------------------------------------------------------------
+
+    fn fire_timer(&mut self, now: Instant, deadline: Instant, timer: Timer) {
+        match timer {
+            Timer::Retransmit(remote, mid) => {
+                let key = (remote, mid);
+                let Some(pc) = self.pending_con.get_mut(&key) else {
+                    return;
+                };
+                if pc.deadline != deadline {
+                    return;
+                }
+                if pc.retransmissions < self.config.max_retransmit {
+                    // §4.2: double the timeout and send again.
+                    pc.retransmissions += 1;
+                    pc.timeout *= 2;
+                    pc.deadline = now + pc.timeout;
+                    let (next, bytes, attempt, owner) =
+                        (pc.deadline, Arc::clone(&pc.bytes), pc.retransmissions, pc.owner);
+                    self.timers.push(next, Timer::Retransmit(remote, mid));
+                    self.stats.retransmissions += 1;
+                    self.queue_transmit(remote, bytes);
+                    if let ConOwner::Request(id) = owner {
+                        self.progress(id, Progress::Retransmitted { attempt });
+                    }
+                } else {
+                    let owner = pc.owner;
+                    self.pending_con.remove(&key);
+                    match owner {
+                        ConOwner::Request(id) => self.finish_client(now, id, Event::RequestFailed {
+                            id,
+                            reason: Failure::Timeout,
+                        }),
+                        ConOwner::Response(id) => {
+                            self.events.push_back(Event::ResponseNotConfirmed {
+                                id,
+                                reason: Failure::Timeout,
+                            })
+                        }
+                    }
+                }
+            }
+            Timer::ClientDeadline(id) => {
+                let Some(ex) = self.clients.get(&id) else {
+                    return;
+                };
+                let ClientState::AwaitingResponse { deadline: d, .. } = ex.state else {
+                    return;
+                };
+                if d != deadline {
+                    return;
+                }
+                let event = if ex.kind == ClientKind::Multicast {
+                    Event::MulticastDone { id }
+                } else {
+                    Event::RequestFailed {
+                        id,
+                        reason: Failure::Timeout,
+                    }
+                };
+                self.finish_client(now, id, event);
+            }
+            Timer::Peer(remote) => {
+                if let Some(peer) = self.peers.get_mut(&remote) {
+                    peer.expire(now);
+                }
+                self.pump_peer(now, remote);
+            }
+        }
+    }
+
+    /// Drops timer entries that no longer point at live state once they outnumber the live
+    /// ones, so the heap stays proportional to what is under way.
+    fn compact_timers(&mut self) {
+        let live = self.pending_con.len() + self.clients.len() + self.peers.len();
+        if self.timers.len() <= 2 * live + 1024 {
+            return;
+        }
+        let mut timers = core::mem::take(&mut self.timers);
+        timers.retain(|deadline, timer| self.timer_is_live(deadline, timer));
+        self.timers = timers;
+    }
+
+    /// Whether a timer entry still names live state due at `deadline`.
+    fn timer_is_live(&self, deadline: Instant, timer: &Timer) -> bool {
+        match timer {
+            Timer::Retransmit(remote, mid) => self
+                .pending_con
+                .get(&(*remote, *mid))
+                .is_some_and(|pc| pc.deadline == deadline),
+            Timer::ClientDeadline(id) => self.clients.get(id).is_some_and(|ex| {
+                matches!(ex.state, ClientState::AwaitingResponse { deadline: d, .. } if d == deadline)
+            }),
+            Timer::Peer(remote) => self.peers.contains_key(remote),
+        }
+    }
+
+    // ----------------------------------------------------------------------------------------
+    // Internals: message layer helpers
+    // ----------------------------------------------------------------------------------------
+
+
+    /// A random initial retransmission timeout in `[ACK_TIMEOUT, ACK_TIMEOUT × ACK_RANDOM_FACTOR]`
+    /// (§4.2).
+    fn initial_timeout(&mut self) -> Duration {
+        let lo = u64::try_from(self.config.ack_timeout.as_micros()).unwrap_or(u64::MAX);
+        let hi = u64::try_from(self.config.max_initial_timeout().as_micros()).unwrap_or(u64::MAX);
+        let span = hi.saturating_sub(lo);
+        Duration::from_micros(lo + self.random_below(span.saturating_add(1)))
+    }
+
+    /// A uniform random number in `0..n` (0 when `n` is 0).
+    fn random_below(&mut self, n: u64) -> u64 {
+        if n == 0 {
+            return 0;
+        }
+        // Multiply-shift: bias below 2^-64 × n, negligible for timer jitter.
+        ((u128::from(self.rng.next_u64()) * u128::from(n)) >> 64) as u64
+    }
+
+    /// Allocates a Message ID towards `remote` for a message sent right now, creating the
+    /// peer's state if needed. `None` if the ID space is exhausted or the peer table is full.
+    fn allocate_mid_now(&mut self, now: Instant, remote: SocketAddr, mtype: MessageType) -> Option<u16> {
+        if !self.peers.contains_key(&remote) && self.peers.len() >= self.config.max_peers {
+            return None;
+        }
+        let lifetime = lifetime(&self.config, mtype);
+        let peer = self.peer_entry(remote);
+        let mid = peer.allocate(now, lifetime)?;
+        if let Some(bucket_expiry) = peer.take_new_bucket() {
+            self.timers.push(bucket_expiry, Timer::Peer(remote));
+        }
+        Some(mid)
+    }
+
+    /// The peer's state, created with a random first Message ID (§4.4) if new.
+    fn peer_entry(&mut self, remote: SocketAddr) -> &mut Peer {
+        if !self.peers.contains_key(&remote) {
+            let first_mid = self.rng.next_u32() as u16;
+            self.peers.insert(remote, Peer::new(first_mid));
+        }
+        self.peers
+            .entry(remote)
+            .or_insert_with(|| Peer::new(0))
+    }
+
+    fn maybe_forget_peer(&mut self, remote: SocketAddr) {
+        if self.peers.get(&remote).is_some_and(Peer::is_idle) {
+            self.peers.remove(&remote);
+        }
+    }
+
+    fn insert_dedup(&mut self, now: Instant, key: (SocketAddr, u16), lifetime: Duration, state: DedupState) {
+        let evicted = self.dedup.insert(
+            key,
+            now + lifetime,
+            state,
+            self.config.max_dedup_entries,
+            self.config.max_dedup_bytes,
+        );
+        self.stats.dedup_evictions += evicted;
+    }
+
+    fn send_reset(&mut self, remote: SocketAddr, mid: u16) {
+        let bytes = self.encode_empty(MessageType::Rst, mid);
+        self.queue_transmit(remote, bytes);
+    }
+
+    fn queue_transmit(&mut self, remote: SocketAddr, bytes: Arc<[u8]>) {
+        if self.transmits.len() >= self.config.max_transmit_queue {
+            self.stats.transmit_queue_drops += 1;
+            return;
+        }
+        self.transmits.push_back(Outgoing { remote, bytes });
+    }
+
+    fn encode_empty(&mut self, mtype: MessageType, mid: u16) -> Arc<[u8]> {
+        let [hi, lo] = mid.to_be_bytes();
+        Arc::from(&[0x40 | (mtype.to_bits() << 4), 0, hi, lo][..])
+    }
+
+    fn encode_response(&mut self, mtype: MessageType, mid: u16, token: &Token, response: &Response) -> Arc<[u8]> {
+        let message = Message {
+            mtype,
+            code: response.code,
+            message_id: mid,
+            token: token.clone(),
+            options: response.options.clone(),
+            payload: response.payload.clone(),
+        };
+        self.encode(&message)
+    }
+
+    fn encode(&mut self, message: &Message) -> Arc<[u8]> {
+        let len = message.encoded_len();
+        self.scratch.clear();
+        self.scratch.resize(len, 0);
+        match message.encode(&mut self.scratch) {
+            Ok(n) => Arc::from(&self.scratch[..n]),
+            // The length was computed from the same message, and sizes were checked against
+            // the configured maximum before we got here: this cannot fail.
+            Err(_) => Arc::from(&[][..]),
+        }
+    }
+}
+
+/// How long a Message ID stays in use, and a deduplication entry lives (§4.4, §4.5).
+fn lifetime(config: &Config, mtype: MessageType) -> Duration {
+    if mtype == MessageType::Con {
+        config.exchange_lifetime()
+    } else {
+        config.non_lifetime()
+    }
+}
+
+/// Whether a response must not be sent: an error to a multicast request (§8.2), or a class the
+/// request's No-Response option declines (RFC 7967 §2.1).
+fn suppressed(ex: &ServerExchange, code: Code) -> bool {
+    if ex.multicast && !code.is_success() {
+        return true;
+    }
+    let bit = match code.class() {
+        2 => 0x02,
+        4 => 0x08,
+        5 => 0x10,
+        _ => 0,
+    };
+    ex.no_response & bit != 0
+}
+
+fn bad_option_diagnostic(number: OptionNumber) -> Bytes {
+    Bytes::from(alloc::format!("unrecognized or malformed critical option {}", number.0))
+}
+
+/// The encoded size of a request with a token of `token_len` bytes.
+fn message_len(request: &Request, token_len: usize) -> usize {
+    let probe = Message {
+        mtype: MessageType::Con,
+        code: request.method,
+        message_id: 0,
+        token: Token::new(&[0u8; 8][..token_len.min(8)]),
+        options: request.options.clone(),
+        payload: request.payload.clone(),
+    };
+    probe.encoded_len()
+}
+
+fn message_len_response(response: &Response, token_len: usize) -> usize {
+    // Header (4) + token + options + payload marker and payload. Options are measured through
+    // the encoder on a message without token, then the token length is added.
+    let probe = Message {
+        mtype: MessageType::Ack,
+        code: response.code,
+        message_id: 0,
+        token: Token::default(),
+        options: response.options.clone(),
+        payload: response.payload.clone(),
+    };
+    probe.encoded_len() + token_len + extended_token_len_bytes(token_len)
+}
+
+/// Bytes the RFC 8974 extended token length takes in the header.
+fn extended_token_len_bytes(token_len: usize) -> usize {
+    match token_len {
+        0..=12 => 0,
+        13..=268 => 1,
+        _ => 2,
+    }
+}
+
+#[cfg(feature = "sim")]
+impl crate::sim::Node for Endpoint {
+    fn handle_datagram(&mut self, now: Instant, from: SocketAddr, datagram: &[u8]) {
+        Endpoint::handle_datagram(self, now, from, datagram);
+    }
+
+    fn handle_multicast_datagram(
+        &mut self,
+        now: Instant,
+        from: SocketAddr,
+        _group: SocketAddr,
+        datagram: &[u8],
+    ) {
+        Endpoint::handle_multicast_datagram(self, now, from, datagram);
+    }
+
+    fn handle_timeout(&mut self, now: Instant) {
+        Endpoint::handle_timeout(self, now);
+    }
+
+    fn poll_transmit(&mut self, now: Instant, buf: &mut [u8]) -> Option<(SocketAddr, usize)> {
+        match Endpoint::poll_transmit(self, now, buf) {
+            Ok(Some(t)) => Some((t.remote, t.len)),
+            _ => None,
+        }
+    }
+
+    fn poll_timeout(&mut self) -> Option<Instant> {
+        Endpoint::poll_timeout(self)
+    }
+}
+
+#[cfg(test)]
+mod tests;
