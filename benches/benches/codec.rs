@@ -4,7 +4,7 @@
 // `criterion_group!` defines an undocumented public function.
 #![allow(missing_docs)]
 
-use std::hint::black_box;
+use core::hint::black_box;
 
 use bytes::Bytes;
 use coap_proto::msg::{Code, ContentFormat, Message, MessageType, MessageView, Token};
@@ -51,7 +51,8 @@ fn bench_message(c: &mut Criterion, name: &str, m: &Message) {
     group.bench_function("parse_view_walk_options", |b| {
         b.iter(|| {
             let view = MessageView::parse(black_box(&bytes)).expect("parses");
-            view.options().fold(0usize, |acc, (n, v)| acc + usize::from(n.0) + v.len())
+            view.options()
+                .fold(0usize, |acc, (n, v)| acc + usize::from(n.0) + v.len())
         })
     });
     group.bench_function("parse_owned", |b| {

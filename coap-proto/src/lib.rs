@@ -4,6 +4,8 @@
 
 #![no_std]
 #![forbid(unsafe_code)]
+// The engine names core and alloc items by their own paths so the no_std build stays honest.
+#![warn(clippy::std_instead_of_core, clippy::alloc_instead_of_core)]
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
 extern crate alloc;
@@ -15,6 +17,7 @@ pub mod endpoint;
 pub mod link_format;
 pub mod msg;
 pub mod request;
+pub mod resource;
 pub mod rng;
 #[cfg(feature = "sim")]
 #[cfg_attr(docsrs, doc(cfg(feature = "sim")))]

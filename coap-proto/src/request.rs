@@ -91,7 +91,8 @@ impl Request {
     /// an empty string or `/` adds none).
     pub fn with_path(mut self, path: &str) -> Request {
         for segment in path.split('/').filter(|s| !s.is_empty()) {
-            self.options.push(OptionNumber::URI_PATH, segment.as_bytes());
+            self.options
+                .push(OptionNumber::URI_PATH, segment.as_bytes());
         }
         self
     }
@@ -117,7 +118,8 @@ impl Request {
 
     /// Sets Accept.
     pub fn with_accept(mut self, format: ContentFormat) -> Request {
-        self.options.set_uint(OptionNumber::ACCEPT, u32::from(format.0));
+        self.options
+            .set_uint(OptionNumber::ACCEPT, u32::from(format.0));
         self
     }
 

@@ -85,7 +85,12 @@ impl Sub<Instant> for Instant {
 
 impl fmt::Display for Instant {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}.{:06}s", self.micros / 1_000_000, self.micros % 1_000_000)
+        write!(
+            f,
+            "{}.{:06}s",
+            self.micros / 1_000_000,
+            self.micros % 1_000_000
+        )
     }
 }
 
@@ -96,10 +101,19 @@ mod tests {
     #[test]
     fn arithmetic_saturates() {
         let t = Instant::from_secs(2);
-        assert_eq!(t + Duration::from_millis(1500), Instant::from_micros(3_500_000));
+        assert_eq!(
+            t + Duration::from_millis(1500),
+            Instant::from_micros(3_500_000)
+        );
         assert_eq!(Instant::MAX + Duration::from_secs(1), Instant::MAX);
-        assert_eq!(Instant::from_secs(1) - Instant::from_secs(3), Duration::ZERO);
-        assert_eq!(Instant::from_secs(3) - Instant::from_secs(1), Duration::from_secs(2));
+        assert_eq!(
+            Instant::from_secs(1) - Instant::from_secs(3),
+            Duration::ZERO
+        );
+        assert_eq!(
+            Instant::from_secs(3) - Instant::from_secs(1),
+            Duration::from_secs(2)
+        );
         assert_eq!(Instant::from_millis(1234).to_string_for_test(), "1.234000s");
     }
 

@@ -4,8 +4,8 @@
 //! so this crate can keep `unsafe_code` forbidden) measures the allocations made while parsing.
 //! Everything is in one test so that no other test thread allocates during the measurement.
 
+use core::hint::black_box;
 use std::alloc::System;
-use std::hint::black_box;
 
 use coap_proto::msg::{
     parse_header, Block, Code, ContentFormat, Message, MessageType, MessageView, OptionNumber,
@@ -31,7 +31,9 @@ fn datagrams() -> Vec<Vec<u8>> {
     response.options.set_etag(&[9, 9, 9, 9]);
     response.options.set_content_format(ContentFormat::JSON);
     response.options.set_max_age(30);
-    response.options.set_block2(Block::new(2, true, 1024).unwrap());
+    response
+        .options
+        .set_block2(Block::new(2, true, 1024).unwrap());
     response.payload = vec![b'x'; 1024].into();
 
     let mut long = Message::new(MessageType::Non, Code::POST, 7);
@@ -95,12 +97,19 @@ fn view_parse_does_not_allocate() {
         black_box(m.encode(black_box(&mut buf)).unwrap());
     }
     let stats = region.change();
-    assert_eq!((stats.allocations, stats.reallocations), (0, 0), "encode allocated: {stats:?}");
+    assert_eq!(
+        (stats.allocations, stats.reallocations),
+        (0, 0),
+        "encode allocated: {stats:?}"
+    );
 
     // The counter does see allocations: the owned parse copies the 1024-byte payload.
     let region = Region::new(GLOBAL);
     let owned = black_box(Message::parse(black_box(&inputs[1])).unwrap());
     let stats = region.change();
     drop(owned);
-    assert!(stats.allocations > 0, "counting allocator saw nothing: {stats:?}");
+    assert!(
+        stats.allocations > 0,
+        "counting allocator saw nothing: {stats:?}"
+    );
 }

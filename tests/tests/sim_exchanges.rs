@@ -9,10 +9,11 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use bytes::Bytes;
-use coap_proto::endpoint::{Config, Endpoint, Event, Failure, IncomingId, RequestId};
+use coap_proto::endpoint::{Config, Event, Failure, RequestId};
 use coap_proto::msg::Code;
-use coap_proto::sim::{LinkConfig, Network, Node, NodeId};
+use coap_proto::sim::{LinkConfig, Network, NodeId};
 use coap_proto::{Instant, Request, Response};
+use coap_tests::Host;
 use proptest::prelude::*;
 
 const SERVER: &str = "10.0.0.1:5683";
@@ -27,80 +28,26 @@ enum Answer {
     After(Duration),
 }
 
-/// An endpoint plus the application logic around it, as a simulation node.
-struct Host {
-    ep: Endpoint,
-    /// Server side: requests answered later, with their due time.
-    deferred: Vec<(Instant, IncomingId, Bytes)>,
-    answer: Answer,
-    /// Server side: how often the application saw each request body.
-    handled: HashMap<Bytes, u32>,
-    /// Client side: final events per request, with the time they came.
-    outcomes: HashMap<RequestId, Vec<(Instant, Event)>>,
-    started: HashMap<RequestId, (Instant, Bytes)>,
+/// An echo server: answers each request with its own body.
+fn echo_server(seed: u64, answer: Answer) -> Host {
+    let mut host = Host::new(
+        Config::default(),
+        seed,
+        Box::new(|req| Response::content(req.payload.clone())),
+    );
+    if let Answer::After(d) = answer {
+        host.delay = Some(d);
+    }
+    host
 }
 
-impl Host {
-    fn new(config: Config, seed: u64, answer: Answer) -> Host {
-        Host {
-            ep: Endpoint::new(config, seed).expect("valid config"),
-            deferred: Vec::new(),
-            answer,
-            handled: HashMap::new(),
-            outcomes: HashMap::new(),
-            started: HashMap::new(),
-        }
+/// How often the server application saw each request body.
+fn handled(server: &Host) -> HashMap<Bytes, u32> {
+    let mut counts = HashMap::new();
+    for req in &server.seen {
+        *counts.entry(req.payload.clone()).or_default() += 1;
     }
-
-    fn run_application(&mut self, now: Instant) {
-        while let Some(event) = self.ep.poll_event() {
-            match event {
-                Event::Request { id, request, .. } => {
-                    *self.handled.entry(request.payload.clone()).or_default() += 1;
-                    match self.answer {
-                        Answer::AtOnce => {
-                            let rsp = Response::content(request.payload.clone());
-                            self.ep.respond(now, id, rsp).expect("request is pending");
-                        }
-                        Answer::After(d) => self.deferred.push((now + d, id, request.payload)),
-                    }
-                }
-                Event::Response { id, .. } | Event::RequestFailed { id, .. } => {
-                    self.outcomes.entry(id).or_default().push((now, event));
-                }
-                _ => {}
-            }
-        }
-        let (due, later): (Vec<_>, Vec<_>) = self.deferred.drain(..).partition(|(t, ..)| *t <= now);
-        self.deferred = later;
-        for (_, id, body) in due {
-            self.ep.respond(now, id, Response::content(body)).expect("request is pending");
-        }
-        // Responding may itself produce events (it does not today); drain once more for safety.
-        debug_assert!(self.ep.poll_event().is_none());
-    }
-}
-
-impl Node for Host {
-    fn handle_datagram(&mut self, now: Instant, from: SocketAddr, datagram: &[u8]) {
-        self.ep.handle_datagram(now, from, datagram);
-        self.run_application(now);
-    }
-
-    fn handle_timeout(&mut self, now: Instant) {
-        self.ep.handle_timeout(now);
-        self.run_application(now);
-    }
-
-    fn poll_transmit(&mut self, now: Instant, buf: &mut [u8]) -> Option<(SocketAddr, usize)> {
-        let t = self.ep.poll_transmit(now, buf).expect("sim buffer is large")?;
-        Some((t.remote, t.len))
-    }
-
-    fn poll_timeout(&mut self) -> Option<Instant> {
-        let app = self.deferred.iter().map(|(t, ..)| *t).min();
-        [self.ep.poll_timeout(), app].into_iter().flatten().min()
-    }
+    counts
 }
 
 struct Scenario {
@@ -116,6 +63,7 @@ struct Scenario {
 
 struct RunResult {
     net: Network<Host>,
+    started: HashMap<RequestId, (Instant, Bytes)>,
     client_id: NodeId,
     server_id: NodeId,
     net_end: Instant,
@@ -144,16 +92,24 @@ fn run(s: &Scenario) -> RunResult {
     );
     let mut client_config = Config::default();
     client_config.nstart = s.nstart;
-    let mut client = Host::new(client_config, net.derive_seed(1), Answer::AtOnce);
-    let server = Host::new(Config::default(), net.derive_seed(2), s.answer);
+    let mut client = Host::new(
+        client_config,
+        net.derive_seed(1),
+        Box::new(|_| Response::new(Code::NOT_FOUND)),
+    );
+    let server = echo_server(net.derive_seed(2), s.answer);
+    let mut started = HashMap::new();
     for i in 0..s.requests {
         let body = Bytes::from(format!("request {i}"));
         let mut req = Request::post().with_path("echo").with_payload(body.clone());
         if s.non_every != 0 && i % s.non_every == 0 {
             req = req.non();
         }
-        let id = client.ep.request(Instant::ZERO, server_addr, req).expect("admitted");
-        client.started.insert(id, (Instant::ZERO, body));
+        let id = client
+            .ep
+            .request(Instant::ZERO, server_addr, req)
+            .expect("admitted");
+        started.insert(id, (Instant::ZERO, body));
     }
     let s_id = net.add_node(server_addr, server);
     let c_id = net.add_node(client_addr, client);
@@ -162,6 +118,7 @@ fn run(s: &Scenario) -> RunResult {
     let net_end = net.now();
     RunResult {
         net,
+        started,
         client_id: c_id,
         server_id: s_id,
         net_end,
@@ -173,11 +130,23 @@ fn check(s: &Scenario, r: &RunResult) -> Result<(), TestCaseError> {
     let seed = s.seed;
     let cfg = Config::default();
     // Every request ends in exactly one final event.
-    prop_assert_eq!(r.client().outcomes.len(), s.requests, "seed {}: requests without an end", seed);
+    prop_assert_eq!(
+        r.client().outcomes.len(),
+        s.requests,
+        "seed {}: requests without an end",
+        seed
+    );
     for (id, events) in &r.client().outcomes {
-        prop_assert_eq!(events.len(), 1, "seed {}: {} ended {} times", seed, id, events.len());
+        prop_assert_eq!(
+            events.len(),
+            1,
+            "seed {}: {} ended {} times",
+            seed,
+            id,
+            events.len()
+        );
         let (at, event) = &events[0];
-        let (started, body) = &r.client().started[id];
+        let (started, body) = &r.started[id];
         let bound = cfg.max_transmit_wait() + cfg.exchange_lifetime();
         prop_assert!(
             *at - *started <= bound,
@@ -191,7 +160,12 @@ fn check(s: &Scenario, r: &RunResult) -> Result<(), TestCaseError> {
                 prop_assert_eq!(response.code, Code::CONTENT);
                 prop_assert_eq!(&response.payload, body, "seed {}: wrong response", seed);
                 // The server handled it, exactly once.
-                prop_assert_eq!(r.server().handled.get(body).copied(), Some(1), "seed {}", seed);
+                prop_assert_eq!(
+                    handled(r.server()).get(body).copied(),
+                    Some(1),
+                    "seed {}",
+                    seed
+                );
             }
             Event::RequestFailed { reason, .. } => {
                 prop_assert_eq!(*reason, Failure::Timeout, "seed {}", seed);
@@ -200,13 +174,27 @@ fn check(s: &Scenario, r: &RunResult) -> Result<(), TestCaseError> {
         }
     }
     // No request reached the application twice, however often the network duplicated it.
-    for (body, n) in &r.server().handled {
+    for (body, n) in &handled(r.server()) {
         prop_assert_eq!(*n, 1, "seed {}: {:?} handled {} times", seed, body, n);
     }
     // Once the network is silent and the lifetimes have run out, every table is empty.
-    prop_assert!(r.client().ep.table_sizes().is_empty(), "seed {}: client {:?}", seed, r.client().ep.table_sizes());
-    prop_assert!(r.server().ep.table_sizes().is_empty(), "seed {}: server {:?}", seed, r.server().ep.table_sizes());
-    prop_assert!(r.net_end <= Instant::ZERO + Duration::from_secs(2000), "seed {}", seed);
+    prop_assert!(
+        r.client().ep.table_sizes().is_empty(),
+        "seed {}: client {:?}",
+        seed,
+        r.client().ep.table_sizes()
+    );
+    prop_assert!(
+        r.server().ep.table_sizes().is_empty(),
+        "seed {}: server {:?}",
+        seed,
+        r.server().ep.table_sizes()
+    );
+    prop_assert!(
+        r.net_end <= Instant::ZERO + Duration::from_secs(2000),
+        "seed {}",
+        seed
+    );
     Ok(())
 }
 
@@ -270,8 +258,11 @@ fn heavy_duplication_reaches_the_handler_once() {
     };
     let r = run(&s);
     check(&s, &r).unwrap();
-    assert_eq!(r.server().handled.len(), 40);
-    assert!(r.server().ep.stats().duplicates > 10, "the network did duplicate");
+    assert_eq!(handled(r.server()).len(), 40);
+    assert!(
+        r.server().ep.stats().duplicates > 10,
+        "the network did duplicate"
+    );
 }
 
 #[test]
@@ -298,5 +289,8 @@ fn lossy_runs_really_retransmit_and_recover() {
         .count();
     // With four retransmissions a request is lost only if all five copies or all ACKs are.
     assert!(answered >= 27, "only {answered} of 30 answered");
-    assert!(r.server().ep.stats().retransmissions > 0, "separate CON responses were retransmitted");
+    assert!(
+        r.server().ep.stats().retransmissions > 0,
+        "separate CON responses were retransmitted"
+    );
 }

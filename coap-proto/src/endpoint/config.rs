@@ -89,6 +89,34 @@ pub struct Config {
     /// Most datagrams waiting for [`Endpoint::poll_transmit`](super::Endpoint::poll_transmit).
     /// Past it, new datagrams are dropped as if lost on the network (and counted). Default 65 536.
     pub max_transmit_queue: usize,
+    /// Preferred block size for block-wise transfers (RFC 7959), a power of two from 16 to
+    /// 1024. Request bodies larger than this go in blocks, response bodies larger than this
+    /// (or than the block size a client asks for) are served in blocks, and a smaller value is
+    /// proposed to servers with early Block2 negotiation (§2.4). Default 1024.
+    pub block_size: usize,
+    /// Largest body reassembled from blocks, in either direction. A larger upload is refused
+    /// with 4.13 Request Entity Too Large and Size1; a larger download fails with
+    /// [`Failure::BodyTooLarge`](super::Failure::BodyTooLarge). Default 8 MiB.
+    pub max_body_size: usize,
+    /// Bytes of partial request bodies held for one peer. Default 16 MiB.
+    pub max_reassembly_bytes_per_peer: usize,
+    /// Bytes of partial request bodies held in total. Default 64 MiB.
+    pub max_reassembly_bytes: usize,
+    /// How long a partial request body waits for its next block. Default: EXCHANGE_LIFETIME,
+    /// after which RFC 7959 §2.5 lets a server discard it.
+    pub reassembly_timeout: Option<Duration>,
+    /// Bytes of whole representations kept for clients fetching them block by block.
+    /// Default 16 MiB.
+    pub max_representation_bytes: usize,
+    /// How long a representation served in blocks is kept for follow-up requests. Default
+    /// 120 s.
+    pub representation_lifetime: Duration,
+    /// When the ETag changes in the middle of a block-wise download: start over (up to three
+    /// times) instead of failing with `ResourceChanged`. Default false.
+    pub restart_download_on_change: bool,
+    /// Uri-Path prefixes (such as `"/raw"`) whose handlers see Block1 and Block2 options
+    /// themselves instead of whole bodies (aiocoap's `needs_blockwise_assembly = False`).
+    pub raw_block_paths: Vec<alloc::string::String>,
     /// Max-Age (seconds) carried by 5.03 Service Unavailable answers when a table is full.
     /// Default 2.
     pub overload_max_age: u32,
@@ -123,6 +151,15 @@ impl Default for Config {
             max_dedup_bytes: 16 << 20,
             max_transmit_queue: 65_536,
             overload_max_age: 2,
+            block_size: 1024,
+            max_body_size: 8 << 20,
+            max_reassembly_bytes_per_peer: 16 << 20,
+            max_reassembly_bytes: 64 << 20,
+            reassembly_timeout: None,
+            max_representation_bytes: 16 << 20,
+            representation_lifetime: Duration::from_secs(120),
+            restart_download_on_change: false,
+            raw_block_paths: Vec::new(),
         }
     }
 }
@@ -147,6 +184,8 @@ pub enum ConfigError {
     BadMaxMessageSize,
     /// A table bound is zero.
     ZeroBound(&'static str),
+    /// `block_size` is not a power of two from 16 to 1024.
+    BadBlockSize,
 }
 
 impl fmt::Display for ConfigError {
@@ -166,12 +205,14 @@ impl fmt::Display for ConfigError {
                 f.write_str("max_message_size must be between 64 and 65507 bytes")
             }
             ConfigError::ZeroBound(name) => write!(f, "{name} must be at least 1"),
+            ConfigError::BadBlockSize => {
+                f.write_str("block_size must be a power of two from 16 to 1024")
+            }
         }
     }
 }
 
-#[cfg(feature = "std")]
-impl std::error::Error for ConfigError {}
+impl core::error::Error for ConfigError {}
 
 impl Config {
     /// Checks that every value can work.
@@ -196,6 +237,9 @@ impl Config {
         }
         if !(64..=65507).contains(&self.max_message_size) {
             return Err(ConfigError::BadMaxMessageSize);
+        }
+        if !(16..=1024).contains(&self.block_size) || !self.block_size.is_power_of_two() {
+            return Err(ConfigError::BadBlockSize);
         }
         for (name, v) in [
             ("max_client_exchanges", self.max_client_exchanges),
@@ -304,11 +348,20 @@ mod tests {
             c.validate().unwrap_err()
         };
         assert_eq!(bad(|c| c.nstart = 0), ConfigError::ZeroNstart);
-        assert_eq!(bad(|c| c.ack_random_factor = 0.5), ConfigError::BadAckRandomFactor);
-        assert_eq!(bad(|c| c.ack_random_factor = f64::NAN), ConfigError::BadAckRandomFactor);
+        assert_eq!(
+            bad(|c| c.ack_random_factor = 0.5),
+            ConfigError::BadAckRandomFactor
+        );
+        assert_eq!(
+            bad(|c| c.ack_random_factor = f64::NAN),
+            ConfigError::BadAckRandomFactor
+        );
         assert_eq!(bad(|c| c.token_len = 9), ConfigError::TokenTooLong);
         assert_eq!(bad(|c| c.max_token_len = 4), ConfigError::BadMaxTokenLen);
-        assert_eq!(bad(|c| c.max_message_size = 70_000), ConfigError::BadMaxMessageSize);
+        assert_eq!(
+            bad(|c| c.max_message_size = 70_000),
+            ConfigError::BadMaxMessageSize
+        );
         assert_eq!(
             bad(|c| c.max_dedup_entries = 0),
             ConfigError::ZeroBound("max_dedup_entries")

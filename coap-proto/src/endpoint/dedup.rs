@@ -71,7 +71,9 @@ impl Dedup {
     ) -> u64 {
         let mut evicted = 0;
         let size = state_bytes(&state);
-        while self.map.len() >= max_entries || (self.bytes + size > max_bytes && !self.map.is_empty()) {
+        while self.map.len() >= max_entries
+            || (self.bytes + size > max_bytes && !self.map.is_empty())
+        {
             let Some((expiry, old)) = self.order.pop_front() else {
                 break;
             };
@@ -139,7 +141,10 @@ mod tests {
         let mut d = Dedup::default();
         let t = Instant::from_secs(1);
         for mid in 0..10 {
-            assert_eq!(d.insert(key(mid), t, DedupState::Silent, 4, 1000), if mid < 4 { 0 } else { 1 });
+            assert_eq!(
+                d.insert(key(mid), t, DedupState::Silent, 4, 1000),
+                if mid < 4 { 0 } else { 1 }
+            );
         }
         assert_eq!(d.len(), 4);
         assert!(d.get(&key(5)).is_none());
@@ -156,8 +161,20 @@ mod tests {
     #[test]
     fn expires_in_order_and_empties() {
         let mut d = Dedup::default();
-        d.insert(key(1), Instant::from_secs(10), DedupState::AckOnly, 100, 1000);
-        d.insert(key(2), Instant::from_secs(20), DedupState::AckOnly, 100, 1000);
+        d.insert(
+            key(1),
+            Instant::from_secs(10),
+            DedupState::AckOnly,
+            100,
+            1000,
+        );
+        d.insert(
+            key(2),
+            Instant::from_secs(20),
+            DedupState::AckOnly,
+            100,
+            1000,
+        );
         d.expire(Instant::from_secs(10));
         assert!(d.get(&key(1)).is_none());
         assert!(d.get(&key(2)).is_some());

@@ -159,6 +159,19 @@ pub enum Failure {
     /// The response carried a critical option this endpoint does not understand, so it was
     /// rejected (RFC 7252 §5.4.1).
     UnrecognizedCriticalOption(OptionNumber),
+    /// The representation changed while it was downloaded block by block (the ETag
+    /// differed between blocks, RFC 7959 §2.4).
+    ResourceChanged,
+    /// The server sent a Block1 option this transfer did not expect (for example 2.31
+    /// Continue after the last block).
+    UnexpectedBlock1,
+    /// The server sent a block that does not fit the transfer (wrong number or size, or a
+    /// malformed Block2 option).
+    UnexpectedBlock2,
+    /// A response in the middle of a block-wise download had no Block2 option.
+    MissingBlock2,
+    /// The response body exceeds [`Config::max_body_size`](super::Config::max_body_size).
+    BodyTooLarge,
     /// The socket reported that the peer is unreachable (an ICMP error, passed in with
     /// [`Endpoint::handle_unreachable`](super::Endpoint::handle_unreachable)).
     Unreachable,
@@ -177,9 +190,17 @@ impl fmt::Display for Failure {
                 write!(f, "response carried unrecognized critical option {}", n.0)
             }
             Failure::Unreachable => f.write_str("the peer is unreachable"),
+            Failure::ResourceChanged => {
+                f.write_str("the resource changed during a block-wise transfer")
+            }
+            Failure::UnexpectedBlock1 => f.write_str("the server sent an unexpected Block1 option"),
+            Failure::UnexpectedBlock2 => f.write_str("the server sent an unexpected block"),
+            Failure::MissingBlock2 => f.write_str("a block-wise response lacked its Block2 option"),
+            Failure::BodyTooLarge => {
+                f.write_str("the response body exceeds the configured maximum")
+            }
         }
     }
 }
 
-#[cfg(feature = "std")]
-impl std::error::Error for Failure {}
+impl core::error::Error for Failure {}

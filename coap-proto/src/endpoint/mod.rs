@@ -34,6 +34,7 @@
 //! * Misbehaving peers get the answer the RFC prescribes (Reset, 4.00, 4.02, 5.05, or silence);
 //!   nothing a peer sends makes a call return an error or panic.
 
+mod block;
 mod config;
 mod dedup;
 mod event;
@@ -52,6 +53,7 @@ use bytes::Bytes;
 use hashbrown::HashMap;
 use rand_core::RngCore;
 
+use crate::cache_key::{CacheKey, BLOCKWISE_EXCLUDED};
 use crate::msg::{
     parse_header, Code, Message, MessageType, MessageView, OptionErrorKind, OptionNumber, Options,
     Token,
@@ -63,6 +65,10 @@ use crate::time::Instant;
 pub use config::{Config, ConfigError};
 pub use event::{Event, Failure, IncomingId, Progress, RequestId};
 
+use block::{
+    block_size, slice_response, szx_at_most, Assemblies, AssemblyLimits, ClientBlock, Received,
+    Representations, Upload,
+};
 use dedup::{Dedup, DedupState};
 use peer::{Held, Peer};
 use timer::{Timer, Timers};
@@ -90,8 +96,7 @@ impl fmt::Display for BufferTooSmall {
     }
 }
 
-#[cfg(feature = "std")]
-impl std::error::Error for BufferTooSmall {}
+impl core::error::Error for BufferTooSmall {}
 
 /// Why [`Endpoint::request`] or [`Endpoint::ping`] refused to start an exchange.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -131,8 +136,7 @@ impl fmt::Display for RequestError {
     }
 }
 
-#[cfg(feature = "std")]
-impl std::error::Error for RequestError {}
+impl core::error::Error for RequestError {}
 
 /// Why [`Endpoint::respond`] refused a response.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -165,8 +169,7 @@ impl fmt::Display for RespondError {
     }
 }
 
-#[cfg(feature = "std")]
-impl std::error::Error for RespondError {}
+impl core::error::Error for RespondError {}
 
 /// Counters of what an endpoint has seen and done, for monitoring.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -208,6 +211,10 @@ pub struct TableSizes {
     pub peers: usize,
     /// Deduplication cache entries.
     pub dedup_entries: usize,
+    /// Request bodies being reassembled from Block1 blocks.
+    pub reassemblies: usize,
+    /// Representations kept for follow-up Block2 requests.
+    pub representations: usize,
     /// Armed timers (including stale entries not yet compacted).
     pub timers: usize,
     /// Datagrams waiting for `poll_transmit`.
@@ -252,6 +259,14 @@ struct ClientExchange {
     state: ClientState,
     /// Whether this exchange holds one of its peer's NSTART slots.
     outstanding: bool,
+    /// The request message as last sent (shared with the retransmission state), from which
+    /// follow-up Block2 requests are derived.
+    sent: Option<Arc<[u8]>>,
+    /// Block-wise upload or download in progress.
+    block: Option<Box<ClientBlock>>,
+    /// The application chose the Block2 option itself (random access): deliver that block as
+    /// it is instead of fetching the rest.
+    random_access: bool,
 }
 
 /// Who waits for the acknowledgement of a Confirmable message this endpoint sent.
@@ -283,6 +298,21 @@ struct ServerExchange {
     ack_sent: bool,
     /// The No-Response option (RFC 7967), 0 when absent.
     no_response: u8,
+    /// Block-wise bookkeeping for the response; `None` when the handler sees raw blocks.
+    block: Option<Box<ServerBlock>>,
+}
+
+/// What the engine must remember to answer a request block-wise.
+#[derive(Debug)]
+struct ServerBlock {
+    /// Identifies the representation for follow-up Block2 requests.
+    key: CacheKey,
+    /// The Block2 option of the request, if any.
+    block2: Option<crate::msg::Block>,
+    /// The request carried Size2 = 0: answer with the total size (RFC 7959 §4).
+    size2: bool,
+    /// The Block1 option to echo in the response to the final block of an upload.
+    block1_echo: Option<crate::msg::Block>,
 }
 
 /// A datagram waiting for `poll_transmit`.
@@ -326,6 +356,10 @@ pub struct Endpoint {
     /// Empty-ACK deadlines in arrival order; the delay is constant, so this stays sorted.
     empty_acks: VecDeque<(Instant, IncomingId)>,
     dedup: Dedup,
+    assemblies: Assemblies,
+    representations: Representations,
+    /// Counter giving concurrent uploads to one resource distinct Request-Tags (RFC 9175 §3).
+    next_request_tag: u32,
     timers: Timers,
     /// Responses to multicast requests waiting out their random leisure (RFC 7252 §8.2).
     delayed: VecDeque<(Instant, Outgoing)>,
@@ -376,6 +410,9 @@ impl Endpoint {
             servers: HashMap::new(),
             empty_acks: VecDeque::new(),
             dedup: Dedup::default(),
+            assemblies: Assemblies::default(),
+            representations: Representations::default(),
+            next_request_tag: 1,
             timers: Timers::default(),
             delayed: VecDeque::new(),
             transmits: VecDeque::new(),
@@ -446,6 +483,8 @@ impl Endpoint {
             self.timers.next_deadline(),
             self.empty_acks.front().map(|(t, _)| *t),
             self.dedup.next_expiry(),
+            self.assemblies.next_expiry(),
+            self.representations.next_expiry(),
             self.delayed.front().map(|(t, _)| *t),
         ]
         .into_iter()
@@ -461,6 +500,8 @@ impl Endpoint {
             awaiting_ack: self.pending_con.len(),
             peers: self.peers.len(),
             dedup_entries: self.dedup.len(),
+            reassemblies: self.assemblies.len(),
+            representations: self.representations.len(),
             timers: self.timers.len() + self.empty_acks.len() + self.delayed.len(),
             transmit_queue: self.transmits.len(),
             events: self.events.len(),
@@ -517,6 +558,8 @@ impl Endpoint {
             }
         }
         self.dedup.expire(now);
+        self.assemblies.expire(now);
+        self.representations.expire(now);
         while let Some((deadline, timer)) = self.timers.pop_due(now) {
             self.fire_timer(now, deadline, timer);
         }
@@ -558,6 +601,43 @@ impl Endpoint {
                 .message_type
                 .unwrap_or(self.config.default_request_type)
         };
+        let random_access = !multicast && request.options.contains(OptionNumber::BLOCK2);
+        let szx = szx_at_most(self.config.block_size);
+        let mut request = request;
+        let mut block = None;
+        if !multicast
+            && !request.options.contains(OptionNumber::BLOCK1)
+            && request.payload.len() > block_size(szx)
+        {
+            // RFC 7959 §2.5: a body larger than a block goes block by block.
+            let mut base = request;
+            self.tag_concurrent_upload(remote, &mut base);
+            let upload = Upload {
+                base,
+                szx,
+                offset: 0,
+                restarts: 0,
+                done: false,
+            };
+            request = upload.block_request();
+            block = Some(Box::new(ClientBlock {
+                upload: Some(upload),
+                download: None,
+            }));
+        }
+        if !multicast
+            && !random_access
+            && block_size(szx) < 1024
+            && matches!(request.method, Code::GET | Code::FETCH)
+        {
+            // Early negotiation (§2.4): ask for our smaller block size from the first
+            // response on. At 1024 bytes a Block2 option would say nothing the server does not
+            // assume, and a server without block-wise support would reject the critical
+            // option, so it is left out.
+            if let Ok(b) = crate::msg::Block::new(0, false, block_size(szx)) {
+                request.options.set_block2(b);
+            }
+        }
         // Size check up front: the header is 4 bytes plus the token; the Message ID does not
         // change the length.
         let size = message_len(&request, self.config.token_len);
@@ -568,7 +648,36 @@ impl Endpoint {
             });
         }
         let token = self.fresh_token();
-        self.start_exchange(now, remote, kind, message_type, token, request)
+        let id = self.start_exchange(now, remote, kind, message_type, token, request)?;
+        if let Some(ex) = self.clients.get_mut(&id) {
+            ex.block = block;
+            ex.random_access = random_access;
+        }
+        Ok(id)
+    }
+
+    /// Gives a block-wise upload a Request-Tag when another upload to the same resource of
+    /// the same peer is under way, so the server keeps them apart (RFC 9175 §3.3).
+    fn tag_concurrent_upload(&mut self, remote: SocketAddr, base: &mut Request) {
+        let key = CacheKey::new(base.method, &base.options, BLOCKWISE_EXCLUDED);
+        let busy = self.clients.values().any(|ex| {
+            ex.peer == remote
+                && ex
+                    .block
+                    .as_ref()
+                    .and_then(|b| b.upload.as_ref())
+                    .is_some_and(|u| {
+                        !u.done
+                            && CacheKey::new(u.base.method, &u.base.options, BLOCKWISE_EXCLUDED)
+                                == key
+                    })
+        });
+        if busy {
+            let tag = self.next_request_tag;
+            self.next_request_tag = self.next_request_tag.wrapping_add(1);
+            base.options
+                .set(OptionNumber::REQUEST_TAG, &tag.to_be_bytes());
+        }
     }
 
     /// Sends a CoAP ping (an empty Confirmable message, RFC 7252 §4.3) to `remote`. It ends
@@ -592,10 +701,14 @@ impl Endpoint {
     /// later is answered with Reset. Returns false if the request had already ended.
     pub fn cancel(&mut self, now: Instant, id: RequestId) -> bool {
         if self.clients.contains_key(&id) {
-            self.finish_client(now, id, Event::RequestFailed {
+            self.finish_client(
+                now,
                 id,
-                reason: Failure::Cancelled,
-            });
+                Event::RequestFailed {
+                    id,
+                    reason: Failure::Cancelled,
+                },
+            );
             true
         } else {
             false
@@ -604,7 +717,9 @@ impl Endpoint {
 
     /// The requests this endpoint has sent or queued and not yet seen end: id, peer, method
     /// and token (empty for pings).
-    pub fn pending_requests(&self) -> impl Iterator<Item = (RequestId, SocketAddr, Code, &Token)> + '_ {
+    pub fn pending_requests(
+        &self,
+    ) -> impl Iterator<Item = (RequestId, SocketAddr, Code, &Token)> + '_ {
         self.clients
             .iter()
             .map(|(id, ex)| (*id, ex.peer, ex.method, &ex.token))
@@ -657,10 +772,14 @@ impl Endpoint {
             .map(|(id, _)| *id)
             .collect();
         for id in queued {
-            self.finish_client(now, id, Event::RequestFailed {
+            self.finish_client(
+                now,
                 id,
-                reason: Failure::Cancelled,
-            });
+                Event::RequestFailed {
+                    id,
+                    reason: Failure::Cancelled,
+                },
+            );
         }
     }
 
@@ -684,19 +803,21 @@ impl Endpoint {
         if !response.code.is_response() {
             return Err(RespondError::NotAResponse(response.code));
         }
-        let Some(ex) = self.servers.get(&id) else {
+        let Some(mut ex) = self.servers.remove(&id) else {
             return Err(RespondError::UnknownRequest(id));
+        };
+        let response = match ex.block.take() {
+            Some(block) => self.server_blocks_out(now, ex.peer, &block, response),
+            None => response,
         };
         let size = message_len_response(&response, ex.token.len());
         if size > self.config.max_message_size {
+            self.servers.insert(id, ex);
             return Err(RespondError::MessageTooBig {
                 size,
                 max: self.config.max_message_size,
             });
         }
-        let Some(ex) = self.servers.remove(&id) else {
-            return Err(RespondError::UnknownRequest(id));
-        };
         let key = (ex.peer, ex.mid);
         if suppressed(&ex, response.code) {
             if ex.message_type == MessageType::Con && !ex.ack_sent {
@@ -846,11 +967,22 @@ impl Endpoint {
         }
         if self.closing || self.servers.len() >= self.config.max_server_exchanges {
             self.stats.overload_rejections += 1;
-            let rsp = Response::new(Code::SERVICE_UNAVAILABLE)
-                .with_max_age(self.config.overload_max_age);
+            let rsp =
+                Response::new(Code::SERVICE_UNAVAILABLE).with_max_age(self.config.overload_max_age);
             self.answer_directly(now, remote, &request, rsp, multicast);
             return;
         }
+        let block = if self.sees_raw_blocks(&request.options) || multicast {
+            None
+        } else {
+            match self.server_blocks_in(now, remote, &mut request) {
+                Ok(block) => Some(block),
+                Err(response) => {
+                    self.answer_directly(now, remote, &request, response, multicast);
+                    return;
+                }
+            }
+        };
         let id = IncomingId(self.next_incoming_id);
         self.next_incoming_id += 1;
         let no_response = request
@@ -868,6 +1000,7 @@ impl Endpoint {
                 multicast,
                 ack_sent: false,
                 no_response,
+                block,
             },
         );
         let lifetime = lifetime(&self.config, mtype);
@@ -884,8 +1017,155 @@ impl Endpoint {
         });
     }
 
+    /// Whether requests for this path bypass reassembly and slicing
+    /// ([`Config::raw_block_paths`]).
+    fn sees_raw_blocks(&self, options: &Options) -> bool {
+        self.config.raw_block_paths.iter().any(|prefix| {
+            let mut want = prefix.split('/').filter(|s| !s.is_empty());
+            let mut have = options.uri_path();
+            loop {
+                match (want.next(), have.next()) {
+                    (None, _) => return true,
+                    (Some(w), Some(h)) if w == h => {}
+                    _ => return false,
+                }
+            }
+        })
+    }
+
+    /// Server side of RFC 7959 for an incoming request: reassembles Block1 uploads (answering
+    /// 2.31, 4.08 or 4.13 itself until the body is whole) and serves follow-up Block2 requests
+    /// from the stored representation. `Ok` means the application gets the request, with
+    /// what the response will need; `Err` is the answer to send instead.
+    #[allow(clippy::result_large_err, reason = "the error is the response to send")]
+    fn server_blocks_in(
+        &mut self,
+        now: Instant,
+        remote: SocketAddr,
+        request: &mut Message,
+    ) -> Result<Box<ServerBlock>, Response> {
+        let bad_block = || {
+            Response::new(Code::BAD_OPTION)
+                .with_payload(Bytes::from_static(b"malformed block option"))
+        };
+        let key = CacheKey::new(request.code, &request.options, BLOCKWISE_EXCLUDED);
+        let mut block1_echo = None;
+        if request.options.contains(OptionNumber::BLOCK1) {
+            let block1 = request.options.block1().ok_or_else(bad_block)?;
+            let limits = AssemblyLimits {
+                max_body: self.config.max_body_size,
+                max_per_peer: self.config.max_reassembly_bytes_per_peer,
+                max_total: self.config.max_reassembly_bytes,
+                timeout: self
+                    .config
+                    .reassembly_timeout
+                    .unwrap_or_else(|| self.config.exchange_lifetime()),
+                szx: szx_at_most(self.config.block_size),
+            };
+            let payload = core::mem::take(&mut request.payload);
+            match self.assemblies.receive(
+                now,
+                (remote, key.clone()),
+                block1,
+                &payload,
+                &request.options,
+                limits,
+            ) {
+                Received::Continue(control) => {
+                    let mut rsp = Response::new(Code::CONTINUE);
+                    rsp.options.set_block1(control);
+                    return Err(rsp);
+                }
+                Received::Refuse(rsp) => return Err(rsp),
+                Received::Complete(body, echo) => {
+                    request.payload = body;
+                    request.options.remove(OptionNumber::BLOCK1);
+                    block1_echo = Some(echo);
+                }
+            }
+        }
+        let block2 = if request.options.contains(OptionNumber::BLOCK2) {
+            Some(request.options.block2().ok_or_else(bad_block)?)
+        } else {
+            None
+        };
+        let size2 = request.options.size2() == Some(0);
+        if let Some(b2) = block2.filter(|b| b.num > 0) {
+            let op = (remote, key);
+            let lifetime = self.config.representation_lifetime;
+            if let Some(whole) = self.representations.get(&op, now, lifetime) {
+                let max_szx = szx_at_most(self.config.block_size);
+                return Err(match slice_response(whole, Some(b2), max_szx, size2) {
+                    Ok(rsp) | Err(rsp) => rsp,
+                });
+            }
+            return Ok(Box::new(ServerBlock {
+                key: op.1,
+                block2,
+                size2,
+                block1_echo,
+            }));
+        }
+        Ok(Box::new(ServerBlock {
+            key,
+            block2,
+            size2,
+            block1_echo,
+        }))
+    }
+
+    /// Server side of RFC 7959 for a response: cuts a body larger than a block (or the block
+    /// the client asked for) out of the whole, keeps the whole for the follow-up requests, and
+    /// echoes Block1 after an upload.
+    fn server_blocks_out(
+        &mut self,
+        now: Instant,
+        peer: SocketAddr,
+        block: &ServerBlock,
+        response: Response,
+    ) -> Response {
+        let max_szx = szx_at_most(self.config.block_size);
+        let szx = block.block2.map_or(max_szx, |b| b.szx.min(max_szx));
+        let sliced =
+            block.block2.is_some_and(|b| b.num > 0) || response.payload.len() > block_size(szx);
+        let mut response = if sliced {
+            let mut response = response;
+            // Derive the ETag once, before the whole is stored, so every block carries the
+            // same one without hashing the body again.
+            block::ensure_etag(&mut response);
+            if response.code.is_success() {
+                self.representations.insert(
+                    (peer, block.key.clone()),
+                    now + self.config.representation_lifetime,
+                    &response,
+                    self.config.max_representation_bytes,
+                );
+            }
+            match slice_response(response, block.block2, max_szx, block.size2) {
+                Ok(rsp) | Err(rsp) => rsp,
+            }
+        } else {
+            let mut response = response;
+            if block.size2 {
+                let len = u32::try_from(response.payload.len()).unwrap_or(u32::MAX);
+                response.options.set_uint(OptionNumber::SIZE2, len);
+            }
+            response
+        };
+        if let Some(echo) = block.block1_echo {
+            response.options.set_block1(echo);
+        }
+        response
+    }
+
     /// Answers a duplicate CON or NON message from the deduplication cache (§4.5).
-    fn answer_duplicate(&mut self, remote: SocketAddr, mid: u16, mtype: MessageType, state: DedupState) {
+    fn answer_duplicate(
+        &mut self,
+        remote: SocketAddr,
+        mid: u16,
+        mtype: MessageType,
+        state: DedupState,
+    ) {
         match state {
             DedupState::Reply(bytes) => self.queue_transmit(remote, bytes),
             DedupState::Pending(id) => {
@@ -980,7 +1260,13 @@ impl Endpoint {
         }
     }
 
-    fn handle_ack(&mut self, now: Instant, remote: SocketAddr, mid: u16, response: Option<&MessageView<'_>>) {
+    fn handle_ack(
+        &mut self,
+        now: Instant,
+        remote: SocketAddr,
+        mid: u16,
+        response: Option<&MessageView<'_>>,
+    ) {
         let key = (remote, mid);
         let Some(pc) = self.pending_con.get(&key) else {
             self.stats.unmatched_acks += 1;
@@ -1048,10 +1334,14 @@ impl Endpoint {
             }
         } else if let Some(&id) = self.non_requests.get(&key) {
             // §4.3: a NON request may be rejected with RST.
-            self.finish_client(now, id, Event::RequestFailed {
+            self.finish_client(
+                now,
                 id,
-                reason: Failure::Reset,
-            });
+                Event::RequestFailed {
+                    id,
+                    reason: Failure::Reset,
+                },
+            );
         } else {
             self.stats.unmatched_acks += 1;
         }
@@ -1079,9 +1369,9 @@ impl Endpoint {
             .then(|| self.tokens.get(&Token::new(token)).copied())
             .flatten()
             .filter(|id| {
-                self.clients.get(id).is_some_and(|ex| {
-                    ex.kind == ClientKind::Multicast || ex.peer == remote
-                })
+                self.clients
+                    .get(id)
+                    .is_some_and(|ex| ex.kind == ClientKind::Multicast || ex.peer == remote)
             });
         let Some(id) = id else {
             // §5.3.2 / RFC 7641 §3.6: nobody wants it; RST tells the sender so.
@@ -1096,7 +1386,10 @@ impl Endpoint {
             self.queue_transmit(remote, bytes);
         }
         let (state, lifetime) = if mtype == MessageType::Con {
-            (DedupState::AckOnly, lifetime(&self.config, MessageType::Con))
+            (
+                DedupState::AckOnly,
+                lifetime(&self.config, MessageType::Con),
+            )
         } else {
             (DedupState::Silent, lifetime(&self.config, MessageType::Non))
         };
@@ -1107,17 +1400,27 @@ impl Endpoint {
 
     /// Hands a matched response to the application and ends the exchange (or, for multicast,
     /// keeps collecting).
-    fn deliver_response(&mut self, now: Instant, id: RequestId, remote: SocketAddr, response: Message) {
+    fn deliver_response(
+        &mut self,
+        now: Instant,
+        id: RequestId,
+        remote: SocketAddr,
+        response: Message,
+    ) {
         let multicast = self
             .clients
             .get(&id)
             .is_some_and(|ex| ex.kind == ClientKind::Multicast);
         if let Some(number) = self.unrecognized_critical(&response.options) {
             if !multicast {
-                self.finish_client(now, id, Event::RequestFailed {
+                self.finish_client(
+                    now,
                     id,
-                    reason: Failure::UnrecognizedCriticalOption(number),
-                });
+                    Event::RequestFailed {
+                        id,
+                        reason: Failure::UnrecognizedCriticalOption(number),
+                    },
+                );
             }
             return;
         }
@@ -1127,13 +1430,168 @@ impl Endpoint {
                 peer: remote,
                 response,
             });
-        } else {
-            self.finish_client(now, id, Event::Response {
-                id,
-                peer: remote,
-                response,
-            });
+            return;
         }
+        match self.client_block_step(id, response) {
+            BlockStep::Deliver(response) => self.finish_client(
+                now,
+                id,
+                Event::Response {
+                    id,
+                    peer: remote,
+                    response,
+                },
+            ),
+            BlockStep::Continue(next) => self.continue_exchange(now, id, next),
+            BlockStep::Fail(reason) => {
+                self.finish_client(now, id, Event::RequestFailed { id, reason })
+            }
+        }
+    }
+
+    /// Decides what a response means for a block-wise transfer in progress (RFC 7959 §2.4,
+    /// §2.5): the final answer, the next request to send, or a failure.
+    fn client_block_step(&mut self, id: RequestId, mut response: Message) -> BlockStep {
+        let max_body = self.config.max_body_size;
+        let restart_on_change = self.config.restart_download_on_change;
+        let Some(ex) = self.clients.get_mut(&id) else {
+            return BlockStep::Deliver(response);
+        };
+        if ex.random_access {
+            return BlockStep::Deliver(response);
+        }
+        // Upload: the response to a block that was not the last.
+        if let Some(up) = ex
+            .block
+            .as_mut()
+            .and_then(|b| b.upload.as_mut())
+            .filter(|u| !u.done)
+        {
+            let total = up.base.payload.len();
+            let end = (up.offset + block_size(up.szx)).min(total);
+            let smaller = response
+                .options
+                .block1()
+                .map(|b| b.szx)
+                .filter(|&s| s < up.szx);
+            if response.code == Code::REQUEST_ENTITY_TOO_LARGE {
+                // §2.9.3: a 4.13 with a smaller SZX asks us to start over with smaller blocks.
+                if let Some(szx) = smaller.filter(|_| up.restarts < 4) {
+                    up.restarts += 1;
+                    up.szx = szx;
+                    up.offset = 0;
+                    return BlockStep::Continue(up.block_request());
+                }
+                return BlockStep::Deliver(response);
+            }
+            if end < total {
+                if !response.code.is_success() {
+                    return BlockStep::Deliver(response);
+                }
+                // 2.31 Continue (or a per-block 2.xx): send the next block, at the size the
+                // server prefers if it is smaller (§2.3). `end` is a multiple of any smaller
+                // power-of-two size, so the block number scales exactly.
+                if let Some(szx) = smaller {
+                    up.szx = szx;
+                }
+                up.offset = end;
+                return BlockStep::Continue(up.block_request());
+            }
+            up.done = true;
+            if response.code == Code::CONTINUE {
+                // The server asks for more after our last block.
+                return BlockStep::Fail(Failure::UnexpectedBlock1);
+            }
+        }
+        // Download: Block2 in the response.
+        let downloading = ex.block.as_ref().is_some_and(|b| b.download.is_some());
+        let block2 = if response.options.contains(OptionNumber::BLOCK2) {
+            match response.options.block2() {
+                Some(b) => Some(b),
+                None => return BlockStep::Fail(Failure::UnexpectedBlock2),
+            }
+        } else {
+            None
+        };
+        let Some(b2) = block2 else {
+            if downloading && response.code.is_success() {
+                return BlockStep::Fail(Failure::MissingBlock2);
+            }
+            return BlockStep::Deliver(response);
+        };
+        if !response.code.is_success() {
+            return BlockStep::Deliver(response);
+        }
+        if !downloading && b2.num == 0 && !b2.more {
+            // The whole body in one block.
+            return BlockStep::Deliver(response);
+        }
+        let block = ex.block.get_or_insert_with(Default::default);
+        let dl = block.download.get_or_insert_with(Default::default);
+        let etag = response.options.etag().map(block::Etag::from);
+        if b2.num == 0 && dl.body.is_empty() {
+            dl.etag = etag;
+            dl.size2 = response.options.size2();
+        } else if etag != dl.etag {
+            // §2.4: blocks of different representations must not be mixed.
+            if restart_on_change && dl.restarts < 3 {
+                dl.restarts += 1;
+                dl.body.clear();
+                dl.etag = None;
+                return BlockStep::Continue(next_block2_request(ex, 0, b2.szx));
+            }
+            return BlockStep::Fail(Failure::ResourceChanged);
+        }
+        if b2.offset() != dl.body.len() || (b2.more && response.payload.len() != b2.size()) {
+            return BlockStep::Fail(Failure::UnexpectedBlock2);
+        }
+        if dl.body.len() + response.payload.len() > max_body {
+            return BlockStep::Fail(Failure::BodyTooLarge);
+        }
+        dl.body.extend_from_slice(&response.payload);
+        if b2.more {
+            let next = u32::try_from(dl.body.len() / b2.size()).unwrap_or(u32::MAX);
+            return BlockStep::Continue(next_block2_request(ex, next, b2.szx));
+        }
+        let body = core::mem::take(&mut dl.body).freeze();
+        let size2 = dl.size2;
+        block.download = None;
+        response.payload = body;
+        response.options.remove(OptionNumber::BLOCK2);
+        if let Some(size2) = size2 {
+            response.options.set_uint(OptionNumber::SIZE2, size2);
+        }
+        BlockStep::Deliver(response)
+    }
+
+    /// Sends `next` as the following step of exchange `id` (the next block), with a fresh
+    /// token and Message ID, queued behind NSTART like any request.
+    fn continue_exchange(&mut self, now: Instant, id: RequestId, next: Request) {
+        let token = self.fresh_token();
+        let Some(ex) = self.clients.get_mut(&id) else {
+            return;
+        };
+        match ex.state {
+            ClientState::AwaitingAck { mid } => {
+                self.pending_con.remove(&(ex.peer, mid));
+            }
+            ClientState::AwaitingResponse { mid, .. } => {
+                self.non_requests.remove(&(ex.peer, mid));
+            }
+            ClientState::Queued(_) => {}
+        }
+        let old = core::mem::replace(&mut ex.token, token.clone());
+        self.tokens.remove(&old);
+        self.tokens.insert(token, id);
+        ex.state = ClientState::Queued(Box::new(next));
+        let remote = ex.peer;
+        let was_outstanding = core::mem::replace(&mut ex.outstanding, false);
+        let peer = self.peer_entry(remote);
+        if was_outstanding {
+            peer.outstanding = peer.outstanding.saturating_sub(1);
+        }
+        peer.queue.push_back(id);
+        self.pump_peer(now, remote);
     }
 
     fn unrecognized_critical(&self, options: &Options) -> Option<OptionNumber> {
@@ -1185,6 +1643,9 @@ impl Endpoint {
                 timeout: request.timeout,
                 state: ClientState::Queued(Box::new(request)),
                 outstanding: false,
+                sent: None,
+                block: None,
+                random_access: false,
             },
         );
         self.pump_peer(now, remote);
@@ -1223,8 +1684,10 @@ impl Endpoint {
                 if let Some(until) = peer.next_free() {
                     if !peer.exhaustion_reported {
                         peer.exhaustion_reported = true;
-                        self.events
-                            .push_back(Event::MessageIdsExhausted { peer: remote, until });
+                        self.events.push_back(Event::MessageIdsExhausted {
+                            peer: remote,
+                            until,
+                        });
                     }
                     self.timers.push(until, Timer::Peer(remote));
                 }
@@ -1269,6 +1732,9 @@ impl Endpoint {
             payload: request.payload,
         };
         let bytes = self.encode(&message);
+        if let Some(ex) = self.clients.get_mut(&id) {
+            ex.sent = Some(Arc::clone(&bytes));
+        }
         if message_type == MessageType::Con {
             let timeout = self.initial_timeout();
             let deadline = now + timeout;
@@ -1453,8 +1919,10 @@ impl Endpoint {
                 if let Some(until) = until {
                     if !peer.exhaustion_reported {
                         peer.exhaustion_reported = true;
-                        self.events
-                            .push_back(Event::MessageIdsExhausted { peer: remote, until });
+                        self.events.push_back(Event::MessageIdsExhausted {
+                            peer: remote,
+                            until,
+                        });
                     }
                     self.timers.push(until, Timer::Peer(remote));
                 }
@@ -1525,8 +1993,12 @@ impl Endpoint {
                     pc.retransmissions += 1;
                     pc.timeout *= 2;
                     pc.deadline = now + pc.timeout;
-                    let (next, bytes, attempt, owner) =
-                        (pc.deadline, Arc::clone(&pc.bytes), pc.retransmissions, pc.owner);
+                    let (next, bytes, attempt, owner) = (
+                        pc.deadline,
+                        Arc::clone(&pc.bytes),
+                        pc.retransmissions,
+                        pc.owner,
+                    );
                     self.timers.push(next, Timer::Retransmit(remote, mid));
                     self.stats.retransmissions += 1;
                     self.queue_transmit(remote, bytes);
@@ -1537,10 +2009,14 @@ impl Endpoint {
                     let owner = pc.owner;
                     self.pending_con.remove(&key);
                     match owner {
-                        ConOwner::Request(id) => self.finish_client(now, id, Event::RequestFailed {
+                        ConOwner::Request(id) => self.finish_client(
+                            now,
                             id,
-                            reason: Failure::Timeout,
-                        }),
+                            Event::RequestFailed {
+                                id,
+                                reason: Failure::Timeout,
+                            },
+                        ),
                         ConOwner::Response(id) => {
                             self.events.push_back(Event::ResponseNotConfirmed {
                                 id,
@@ -1609,7 +2085,6 @@ impl Endpoint {
     // Internals: message layer helpers
     // ----------------------------------------------------------------------------------------
 
-
     /// A random initial retransmission timeout in `[ACK_TIMEOUT, ACK_TIMEOUT × ACK_RANDOM_FACTOR]`
     /// (§4.2).
     fn initial_timeout(&mut self) -> Duration {
@@ -1630,7 +2105,12 @@ impl Endpoint {
 
     /// Allocates a Message ID towards `remote` for a message sent right now, creating the
     /// peer's state if needed. `None` if the ID space is exhausted or the peer table is full.
-    fn allocate_mid_now(&mut self, now: Instant, remote: SocketAddr, mtype: MessageType) -> Option<u16> {
+    fn allocate_mid_now(
+        &mut self,
+        now: Instant,
+        remote: SocketAddr,
+        mtype: MessageType,
+    ) -> Option<u16> {
         if !self.peers.contains_key(&remote) && self.peers.len() >= self.config.max_peers {
             return None;
         }
@@ -1649,9 +2129,7 @@ impl Endpoint {
             let first_mid = self.rng.next_u32() as u16;
             self.peers.insert(remote, Peer::new(first_mid));
         }
-        self.peers
-            .entry(remote)
-            .or_insert_with(|| Peer::new(0))
+        self.peers.entry(remote).or_insert_with(|| Peer::new(0))
     }
 
     fn maybe_forget_peer(&mut self, remote: SocketAddr) {
@@ -1660,7 +2138,13 @@ impl Endpoint {
         }
     }
 
-    fn insert_dedup(&mut self, now: Instant, key: (SocketAddr, u16), lifetime: Duration, state: DedupState) {
+    fn insert_dedup(
+        &mut self,
+        now: Instant,
+        key: (SocketAddr, u16),
+        lifetime: Duration,
+        state: DedupState,
+    ) {
         let evicted = self.dedup.insert(
             key,
             now + lifetime,
@@ -1689,7 +2173,13 @@ impl Endpoint {
         Arc::from(&[0x40 | (mtype.to_bits() << 4), 0, hi, lo][..])
     }
 
-    fn encode_response(&mut self, mtype: MessageType, mid: u16, token: &Token, response: &Response) -> Arc<[u8]> {
+    fn encode_response(
+        &mut self,
+        mtype: MessageType,
+        mid: u16,
+        token: &Token,
+        response: &Response,
+    ) -> Arc<[u8]> {
         let message = Message {
             mtype,
             code: response.code,
@@ -1712,6 +2202,43 @@ impl Endpoint {
             Err(_) => Arc::from(&[][..]),
         }
     }
+}
+
+/// What a response means for a client exchange that may be block-wise.
+enum BlockStep {
+    /// Hand this response to the application; the exchange ends.
+    Deliver(Message),
+    /// Send this request as the next step of the same exchange.
+    Continue(Request),
+    /// End the exchange with this failure.
+    Fail(Failure),
+}
+
+/// The request for block `num` of a download (§2.4): the same options as the request last
+/// sent, without Block1, Size1 or Observe (§2.6), no payload, and Block2 giving the block.
+fn next_block2_request(ex: &ClientExchange, num: u32, szx: u8) -> Request {
+    let mut next = Request::new(ex.method);
+    next.message_type = Some(ex.message_type);
+    next.timeout = ex.timeout;
+    if let Some(view) = ex.sent.as_deref().and_then(|b| MessageView::parse(b).ok()) {
+        for (n, v) in view.options() {
+            if !matches!(
+                n,
+                OptionNumber::BLOCK1
+                    | OptionNumber::BLOCK2
+                    | OptionNumber::SIZE1
+                    | OptionNumber::OBSERVE
+            ) {
+                next.options.push(n, v);
+            }
+        }
+    }
+    next.options.set_block2(crate::msg::Block {
+        num,
+        more: false,
+        szx,
+    });
+    next
 }
 
 /// How long a Message ID stays in use, and a deduplication entry lives (§4.4, §4.5).
@@ -1739,7 +2266,10 @@ fn suppressed(ex: &ServerExchange, code: Code) -> bool {
 }
 
 fn bad_option_diagnostic(number: OptionNumber) -> Bytes {
-    Bytes::from(alloc::format!("unrecognized or malformed critical option {}", number.0))
+    Bytes::from(alloc::format!(
+        "unrecognized or malformed critical option {}",
+        number.0
+    ))
 }
 
 /// The encoded size of a request with a token of `token_len` bytes.
@@ -1812,3 +2342,6 @@ impl crate::sim::Node for Endpoint {
 
 #[cfg(test)]
 mod tests;
+
+#[cfg(test)]
+mod block_tests;

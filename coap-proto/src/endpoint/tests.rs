@@ -8,55 +8,67 @@ use core::time::Duration;
 use super::*;
 use crate::msg::{Code, Message, MessageType, OptionNumber};
 
-const CLIENT: SocketAddr = SocketAddr::new(IpAddr::V4(Ipv4Addr::new(127, 0, 0, 1)), 40000);
-const SERVER: SocketAddr = SocketAddr::new(IpAddr::V4(Ipv4Addr::new(127, 0, 0, 2)), 5683);
-const GROUP: SocketAddr = SocketAddr::new(IpAddr::V4(Ipv4Addr::new(224, 0, 1, 187)), 5683);
+pub(super) const CLIENT: SocketAddr =
+    SocketAddr::new(IpAddr::V4(Ipv4Addr::new(127, 0, 0, 1)), 40000);
+pub(super) const SERVER: SocketAddr =
+    SocketAddr::new(IpAddr::V4(Ipv4Addr::new(127, 0, 0, 2)), 5683);
+pub(super) const GROUP: SocketAddr =
+    SocketAddr::new(IpAddr::V4(Ipv4Addr::new(224, 0, 1, 187)), 5683);
 
-fn t(ms: u64) -> Instant {
+pub(super) fn t(ms: u64) -> Instant {
     Instant::from_millis(ms)
 }
 
-fn endpoint() -> Endpoint {
+pub(super) fn endpoint() -> Endpoint {
     Endpoint::new(Config::default(), 7).expect("default config is valid")
 }
 
-fn endpoint_with(f: impl FnOnce(&mut Config)) -> Endpoint {
+pub(super) fn endpoint_with(f: impl FnOnce(&mut Config)) -> Endpoint {
     let mut c = Config::default();
     f(&mut c);
     Endpoint::new(c, 7).expect("valid config")
 }
 
 /// Every datagram waiting, parsed.
-fn sent(ep: &mut Endpoint) -> Vec<(SocketAddr, Message)> {
+pub(super) fn sent(ep: &mut Endpoint) -> Vec<(SocketAddr, Message)> {
     let mut out = Vec::new();
     let mut buf = [0u8; 2048];
-    while let Some(tx) = ep.poll_transmit(Instant::ZERO, &mut buf).expect("buffer is large") {
-        out.push((tx.remote, Message::parse(&buf[..tx.len]).expect("we send valid messages")));
+    while let Some(tx) = ep
+        .poll_transmit(Instant::ZERO, &mut buf)
+        .expect("buffer is large")
+    {
+        out.push((
+            tx.remote,
+            Message::parse(&buf[..tx.len]).expect("we send valid messages"),
+        ));
     }
     out
 }
 
-fn raw_sent(ep: &mut Endpoint) -> Vec<Vec<u8>> {
+pub(super) fn raw_sent(ep: &mut Endpoint) -> Vec<Vec<u8>> {
     let mut out = Vec::new();
     let mut buf = [0u8; 2048];
-    while let Some(tx) = ep.poll_transmit(Instant::ZERO, &mut buf).expect("buffer is large") {
+    while let Some(tx) = ep
+        .poll_transmit(Instant::ZERO, &mut buf)
+        .expect("buffer is large")
+    {
         out.push(buf[..tx.len].to_vec());
     }
     out
 }
 
-fn events(ep: &mut Endpoint) -> Vec<Event> {
+pub(super) fn events(ep: &mut Endpoint) -> Vec<Event> {
     core::iter::from_fn(|| ep.poll_event()).collect()
 }
 
-fn encode(m: &Message) -> Vec<u8> {
+pub(super) fn encode(m: &Message) -> Vec<u8> {
     let mut buf = vec![0u8; m.encoded_len()];
     let n = m.encode(&mut buf).expect("fits");
     buf.truncate(n);
     buf
 }
 
-fn con_get(mid: u16, token: &[u8], path: &str) -> Message {
+pub(super) fn con_get(mid: u16, token: &[u8], path: &str) -> Message {
     let mut m = Message::new(MessageType::Con, Code::GET, mid);
     m.token = Token::new(token);
     for seg in path.split('/').filter(|s| !s.is_empty()) {
@@ -65,7 +77,7 @@ fn con_get(mid: u16, token: &[u8], path: &str) -> Message {
     m
 }
 
-fn expect_request(ep: &mut Endpoint) -> (IncomingId, Message) {
+pub(super) fn expect_request(ep: &mut Endpoint) -> (IncomingId, Message) {
     match events(ep).as_slice() {
         [Event::Request { id, request, .. }] => (*id, request.clone()),
         other => panic!("expected one request event, got {other:?}"),
@@ -86,7 +98,10 @@ fn piggybacked_exchange_end_to_end() {
     assert_eq!(req.mtype, MessageType::Con);
     assert_eq!(req.code, Code::GET);
     assert_eq!(req.token.len(), 8);
-    assert_eq!(req.options.uri_path().collect::<Vec<_>>(), ["sensors", "temp"]);
+    assert_eq!(
+        req.options.uri_path().collect::<Vec<_>>(),
+        ["sensors", "temp"]
+    );
 
     server.handle_datagram(t(1), CLIENT, &encode(req));
     let (iid, got) = expect_request(&mut server);
@@ -99,13 +114,20 @@ fn piggybacked_exchange_end_to_end() {
     let (to, rsp) = &out[0];
     assert_eq!(*to, CLIENT);
     assert_eq!(rsp.mtype, MessageType::Ack);
-    assert_eq!(rsp.message_id, req.message_id, "piggybacked: same Message ID");
+    assert_eq!(
+        rsp.message_id, req.message_id,
+        "piggybacked: same Message ID"
+    );
     assert_eq!(rsp.token, req.token);
     assert_eq!(rsp.code, Code::CONTENT);
 
     client.handle_datagram(t(2), SERVER, &encode(rsp));
     match events(&mut client).as_slice() {
-        [Event::Response { id: rid, peer, response }] => {
+        [Event::Response {
+            id: rid,
+            peer,
+            response,
+        }] => {
             assert_eq!(*rid, id);
             assert_eq!(*peer, SERVER);
             assert_eq!(&response.payload[..], b"22.3 C");
@@ -125,15 +147,17 @@ fn retransmission_backs_off_within_rfc_bounds_then_times_out() {
     assert_eq!(first.len(), 1);
     let mut sends = vec![Instant::ZERO];
     let mut now = Instant::ZERO;
-    loop {
-        let Some(deadline) = client.poll_timeout() else { break };
+    while let Some(deadline) = client.poll_timeout() {
         if deadline > t(200_000) {
             break;
         }
         now = deadline;
         client.handle_timeout(now);
         for bytes in raw_sent(&mut client) {
-            assert_eq!(bytes, first[0], "a retransmission repeats the message byte for byte");
+            assert_eq!(
+                bytes, first[0],
+                "a retransmission repeats the message byte for byte"
+            );
             sends.push(now);
         }
         if !client.clients.contains_key(&id) {
@@ -156,7 +180,10 @@ fn retransmission_backs_off_within_rfc_bounds_then_times_out() {
     assert!(now - Instant::ZERO <= Duration::from_secs(93));
     assert_eq!(
         events(&mut client),
-        vec![Event::RequestFailed { id, reason: Failure::Timeout }]
+        vec![Event::RequestFailed {
+            id,
+            reason: Failure::Timeout
+        }]
     );
     assert!(client.is_idle());
 }
@@ -187,7 +214,9 @@ fn duplicate_before_the_answer_is_acknowledged_and_the_response_goes_separately(
     assert_eq!(out[0].1.mtype, MessageType::Ack);
     assert!(out[0].1.code.is_empty());
     assert_eq!(out[0].1.message_id, 0x10);
-    server.respond(t(60), iid, Response::content("late")).unwrap();
+    server
+        .respond(t(60), iid, Response::content("late"))
+        .unwrap();
     let out = sent(&mut server);
     assert_eq!(out[0].1.mtype, MessageType::Con, "separate response");
 }
@@ -196,23 +225,40 @@ fn duplicate_before_the_answer_is_acknowledged_and_the_response_goes_separately(
 fn slow_handler_gets_empty_ack_then_confirmable_separate_response() {
     let mut client = endpoint();
     let mut server = endpoint();
-    let id = client.request(t(0), SERVER, Request::get().with_path("slow")).unwrap();
+    let id = client
+        .request(t(0), SERVER, Request::get().with_path("slow"))
+        .unwrap();
     let req = sent(&mut client).remove(0).1;
     server.handle_datagram(t(0), CLIENT, &encode(&req));
     let (iid, _) = expect_request(&mut server);
-    assert_eq!(server.poll_timeout(), Some(t(100)), "empty ACK after the configured delay");
+    assert_eq!(
+        server.poll_timeout(),
+        Some(t(100)),
+        "empty ACK after the configured delay"
+    );
     server.handle_timeout(t(100));
     let ack = sent(&mut server).remove(0).1;
-    assert_eq!((ack.mtype, ack.code, ack.message_id), (MessageType::Ack, Code::EMPTY, req.message_id));
+    assert_eq!(
+        (ack.mtype, ack.code, ack.message_id),
+        (MessageType::Ack, Code::EMPTY, req.message_id)
+    );
     assert!(ack.token.is_empty());
     client.handle_datagram(t(101), SERVER, &encode(&ack));
     assert!(events(&mut client).is_empty());
     // The client no longer retransmits.
     client.handle_timeout(t(60_000));
-    assert!(sent(&mut client).is_empty(), "no retransmission after the empty ACK");
-    assert!(events(&mut client).is_empty(), "still waiting for the separate response");
+    assert!(
+        sent(&mut client).is_empty(),
+        "no retransmission after the empty ACK"
+    );
+    assert!(
+        events(&mut client).is_empty(),
+        "still waiting for the separate response"
+    );
 
-    server.respond(t(3000), iid, Response::content("done")).unwrap();
+    server
+        .respond(t(3000), iid, Response::content("done"))
+        .unwrap();
     let rsp = sent(&mut server).remove(0).1;
     assert_eq!(rsp.mtype, MessageType::Con);
     assert_ne!(rsp.message_id, req.message_id);
@@ -220,7 +266,10 @@ fn slow_handler_gets_empty_ack_then_confirmable_separate_response() {
     client.handle_datagram(t(3001), SERVER, &encode(&rsp));
     let out = sent(&mut client);
     assert_eq!(out.len(), 1);
-    assert_eq!((out[0].1.mtype, out[0].1.message_id), (MessageType::Ack, rsp.message_id));
+    assert_eq!(
+        (out[0].1.mtype, out[0].1.message_id),
+        (MessageType::Ack, rsp.message_id)
+    );
     assert!(matches!(events(&mut client).as_slice(), [Event::Response { id: r, .. }] if *r == id));
     // A duplicate of the separate response is acknowledged again but not delivered twice.
     client.handle_datagram(t(5000), SERVER, &encode(&rsp));
@@ -228,7 +277,10 @@ fn slow_handler_gets_empty_ack_then_confirmable_separate_response() {
     assert!(events(&mut client).is_empty());
 
     server.handle_datagram(t(3002), CLIENT, &encode(&out[0].1));
-    assert_eq!(events(&mut server), vec![Event::ResponseConfirmed { id: iid }]);
+    assert_eq!(
+        events(&mut server),
+        vec![Event::ResponseConfirmed { id: iid }]
+    );
     assert!(server.is_idle());
 }
 
@@ -300,14 +352,20 @@ fn unknown_critical_option_gets_4_02_and_elective_ones_are_ignored() {
     server.handle_datagram(t(0), CLIENT, &encode(&req));
     assert!(events(&mut server).is_empty());
     let rsp = sent(&mut server).remove(0).1;
-    assert_eq!((rsp.mtype, rsp.code, rsp.message_id), (MessageType::Ack, Code::BAD_OPTION, 0x20));
+    assert_eq!(
+        (rsp.mtype, rsp.code, rsp.message_id),
+        (MessageType::Ack, Code::BAD_OPTION, 0x20)
+    );
     assert_eq!(rsp.token.as_bytes(), b"t");
 
     let mut req = con_get(0x21, b"t", "/x");
     req.options.push(OptionNumber(2048), b"v");
     server.handle_datagram(t(0), CLIENT, &encode(&req));
     let (_, got) = expect_request(&mut server);
-    assert!(got.options.contains(OptionNumber(2048)), "unknown elective options pass through");
+    assert!(
+        got.options.contains(OptionNumber(2048)),
+        "unknown elective options pass through"
+    );
 
     // A known critical option with a malformed value is unrecognized (§5.4.3): Uri-Port of
     // three bytes.
@@ -327,9 +385,13 @@ fn unknown_critical_option_gets_4_02_and_elective_ones_are_ignored() {
 fn proxy_requests_get_5_05_unless_proxying() {
     let mut server = endpoint();
     let mut req = con_get(0x30, b"p", "");
-    req.options.push(OptionNumber::PROXY_URI, b"coap://example.com/");
+    req.options
+        .push(OptionNumber::PROXY_URI, b"coap://example.com/");
     server.handle_datagram(t(0), CLIENT, &encode(&req));
-    assert_eq!(sent(&mut server).remove(0).1.code, Code::PROXYING_NOT_SUPPORTED);
+    assert_eq!(
+        sent(&mut server).remove(0).1.code,
+        Code::PROXYING_NOT_SUPPORTED
+    );
     assert!(events(&mut server).is_empty());
 
     let mut proxy = endpoint_with(|c| c.proxy = true);
@@ -344,7 +406,11 @@ fn non_request_gets_non_response_and_duplicates_are_answered_from_cache() {
     req.mtype = MessageType::Non;
     server.handle_datagram(t(0), CLIENT, &encode(&req));
     let (iid, _) = expect_request(&mut server);
-    assert_eq!(server.poll_timeout().map(|d| d > t(1000)), Some(true), "no empty ACK for NON");
+    assert_eq!(
+        server.poll_timeout().map(|d| d > t(1000)),
+        Some(true),
+        "no empty ACK for NON"
+    );
     server.respond(t(1), iid, Response::content("v")).unwrap();
     let first = raw_sent(&mut server);
     let rsp = Message::parse(&first[0]).unwrap();
@@ -361,9 +427,19 @@ fn non_client_request_times_out_or_gets_its_response() {
     let id = client.request(t(0), SERVER, Request::get().non()).unwrap();
     let req = sent(&mut client).remove(0).1;
     assert_eq!(req.mtype, MessageType::Non);
-    assert_eq!(client.poll_timeout(), Some(t(5000)), "no retransmission for NON");
+    assert_eq!(
+        client.poll_timeout(),
+        Some(t(5000)),
+        "no retransmission for NON"
+    );
     client.handle_timeout(t(5000));
-    assert_eq!(events(&mut client), vec![Event::RequestFailed { id, reason: Failure::Timeout }]);
+    assert_eq!(
+        events(&mut client),
+        vec![Event::RequestFailed {
+            id,
+            reason: Failure::Timeout
+        }]
+    );
     // A late response is unwanted now: RST.
     let mut rsp = Message::new(MessageType::Non, Code::CONTENT, 77);
     rsp.token = req.token;
@@ -378,7 +454,13 @@ fn reset_ends_a_request() {
     let req = sent(&mut client).remove(0).1;
     let [hi, lo] = req.message_id.to_be_bytes();
     client.handle_datagram(t(1), SERVER, &[0x70, 0x00, hi, lo]);
-    assert_eq!(events(&mut client), vec![Event::RequestFailed { id, reason: Failure::Reset }]);
+    assert_eq!(
+        events(&mut client),
+        vec![Event::RequestFailed {
+            id,
+            reason: Failure::Reset
+        }]
+    );
     // ACK and RST for unknown IDs are ignored.
     client.handle_datagram(t(2), SERVER, &[0x70, 0x00, hi, lo]);
     client.handle_datagram(t(2), SERVER, &[0x60, 0x00, hi, lo]);
@@ -407,10 +489,16 @@ fn response_from_the_wrong_peer_or_token_is_reset() {
 #[test]
 fn nstart_queues_requests_per_peer_in_order() {
     let mut client = endpoint();
-    let a = client.request(t(0), SERVER, Request::get().with_path("a")).unwrap();
-    let b = client.request(t(0), SERVER, Request::get().with_path("b")).unwrap();
+    let a = client
+        .request(t(0), SERVER, Request::get().with_path("a"))
+        .unwrap();
+    let b = client
+        .request(t(0), SERVER, Request::get().with_path("b"))
+        .unwrap();
     let other = SocketAddr::new(IpAddr::V4(Ipv4Addr::new(127, 0, 0, 3)), 5683);
-    let _c = client.request(t(0), other, Request::get().with_path("c")).unwrap();
+    let _c = client
+        .request(t(0), other, Request::get().with_path("c"))
+        .unwrap();
     let out = sent(&mut client);
     assert_eq!(out.len(), 2, "one per peer with NSTART = 1");
     let first = out.iter().find(|(to, _)| *to == SERVER).unwrap().1.clone();
@@ -433,7 +521,11 @@ fn empty_ack_frees_the_nstart_slot() {
     let first = sent(&mut client).remove(0).1;
     let [hi, lo] = first.message_id.to_be_bytes();
     client.handle_datagram(t(1), SERVER, &[0x60, 0x00, hi, lo]);
-    assert_eq!(sent(&mut client).len(), 1, "second request goes once the first is acknowledged");
+    assert_eq!(
+        sent(&mut client).len(),
+        1,
+        "second request goes once the first is acknowledged"
+    );
 }
 
 #[test]
@@ -443,14 +535,23 @@ fn cancel_ends_the_exchange_and_later_responses_are_reset() {
     let req = sent(&mut client).remove(0).1;
     assert!(client.cancel(t(1), id));
     assert!(!client.cancel(t(1), id));
-    assert_eq!(events(&mut client), vec![Event::RequestFailed { id, reason: Failure::Cancelled }]);
+    assert_eq!(
+        events(&mut client),
+        vec![Event::RequestFailed {
+            id,
+            reason: Failure::Cancelled
+        }]
+    );
     let mut rsp = Message::new(MessageType::Ack, Code::CONTENT, req.message_id);
     rsp.token = req.token;
     client.handle_datagram(t(2), SERVER, &encode(&rsp));
     assert!(events(&mut client).is_empty());
     assert!(client.is_idle());
     client.handle_timeout(t(10_000));
-    assert!(raw_sent(&mut client).is_empty(), "no retransmission after cancel");
+    assert!(
+        raw_sent(&mut client).is_empty(),
+        "no retransmission after cancel"
+    );
 }
 
 #[test]
@@ -486,10 +587,17 @@ fn multicast_responses_are_delayed_and_errors_suppressed() {
     req.mtype = MessageType::Non;
     server.handle_multicast_datagram(t(0), CLIENT, &encode(&req));
     let (iid, _) = match events(&mut server).as_slice() {
-        [Event::Request { id, request, multicast: true, .. }] => (*id, request.clone()),
+        [Event::Request {
+            id,
+            request,
+            multicast: true,
+            ..
+        }] => (*id, request.clone()),
         other => panic!("{other:?}"),
     };
-    server.respond(t(0), iid, Response::content("</x>")).unwrap();
+    server
+        .respond(t(0), iid, Response::content("</x>"))
+        .unwrap();
     assert!(raw_sent(&mut server).is_empty(), "waits for its leisure");
     let at = server.poll_timeout().expect("armed");
     assert!(at <= t(5000), "within DEFAULT_LEISURE");
@@ -502,15 +610,22 @@ fn multicast_responses_are_delayed_and_errors_suppressed() {
     req2.mtype = MessageType::Non;
     server.handle_multicast_datagram(t(0), CLIENT, &encode(&req2));
     let (iid, _) = expect_request(&mut server);
-    server.respond(t(0), iid, Response::new(Code::NOT_FOUND)).unwrap();
+    server
+        .respond(t(0), iid, Response::new(Code::NOT_FOUND))
+        .unwrap();
     server.handle_timeout(t(10_000));
-    assert!(raw_sent(&mut server).is_empty(), "4.04 to a multicast request is suppressed");
+    assert!(
+        raw_sent(&mut server).is_empty(),
+        "4.04 to a multicast request is suppressed"
+    );
 }
 
 #[test]
 fn multicast_client_collects_every_response_until_the_window_closes() {
     let mut client = endpoint();
-    let id = client.request(t(0), GROUP, Request::get().with_path(".well-known/core")).unwrap();
+    let id = client
+        .request(t(0), GROUP, Request::get().with_path(".well-known/core"))
+        .unwrap();
     let req = sent(&mut client).remove(0).1;
     assert_eq!(req.mtype, MessageType::Non);
     for (i, host) in [10u8, 11, 12].into_iter().enumerate() {
@@ -521,7 +636,9 @@ fn multicast_client_collects_every_response_until_the_window_closes() {
     }
     let evs = events(&mut client);
     assert_eq!(evs.len(), 3);
-    assert!(evs.iter().all(|e| matches!(e, Event::Response { id: r, .. } if *r == id)));
+    assert!(evs
+        .iter()
+        .all(|e| matches!(e, Event::Response { id: r, .. } if *r == id)));
     client.handle_timeout(t(10_000));
     assert_eq!(events(&mut client), vec![Event::MulticastDone { id }]);
 }
@@ -550,7 +667,10 @@ fn message_ids_exhaustion_holds_requests_and_says_why() {
     }
     assert_eq!(raw_sent(&mut client).len(), 65_536);
     let extra = client.request(t(0), SERVER, Request::get().non()).unwrap();
-    assert!(raw_sent(&mut client).is_empty(), "no Message ID may be reused yet");
+    assert!(
+        raw_sent(&mut client).is_empty(),
+        "no Message ID may be reused yet"
+    );
     let evs = events(&mut client);
     let until = evs
         .iter()
@@ -559,7 +679,11 @@ fn message_ids_exhaustion_holds_requests_and_says_why() {
             _ => None,
         })
         .expect("exhaustion is reported");
-    assert_eq!(until, t(145_000), "NON_LIFETIME after the first ones went out");
+    assert_eq!(
+        until,
+        t(145_000),
+        "NON_LIFETIME after the first ones went out"
+    );
     // The first batch times out at 93 s; the held request goes out when IDs free up.
     client.handle_timeout(until);
     assert_eq!(raw_sent(&mut client).len(), 1);
@@ -579,13 +703,17 @@ fn request_errors_are_typed() {
         Err(RequestError::TooManyExchanges)
     );
     let mut client = endpoint();
-    let big = Request::post().with_payload(vec![0u8; 2000]);
+    // A large body would go block-wise; large options cannot.
+    let big = Request::post().with_option(OptionNumber(2048), &[0u8; 1500]);
     assert!(matches!(
         client.request(t(0), SERVER, big),
         Err(RequestError::MessageTooBig { max: 1152, .. })
     ));
     client.close(t(0));
-    assert_eq!(client.request(t(0), SERVER, Request::get()), Err(RequestError::ShuttingDown));
+    assert_eq!(
+        client.request(t(0), SERVER, Request::get()),
+        Err(RequestError::ShuttingDown)
+    );
 }
 
 #[test]
@@ -598,7 +726,11 @@ fn respond_errors_are_typed() {
         Err(RespondError::NotAResponse(Code::GET))
     );
     assert!(matches!(
-        server.respond(t(0), iid, Response::content(vec![0u8; 2000])),
+        server.respond(
+            t(0),
+            iid,
+            Response::content("x").with_option(OptionNumber(2048), &[0u8; 1500])
+        ),
         Err(RespondError::MessageTooBig { .. })
     ));
     server.respond(t(0), iid, Response::content("ok")).unwrap();
@@ -615,7 +747,9 @@ fn unacknowledged_separate_response_is_reported() {
     let (iid, _) = expect_request(&mut server);
     server.handle_timeout(t(100));
     sent(&mut server);
-    server.respond(t(200), iid, Response::content("late")).unwrap();
+    server
+        .respond(t(200), iid, Response::content("late"))
+        .unwrap();
     while let Some(d) = server.poll_timeout() {
         if d > t(200_000) {
             break;
@@ -626,7 +760,10 @@ fn unacknowledged_separate_response_is_reported() {
     assert_eq!(retransmits, 5, "first transmission plus MAX_RETRANSMIT");
     assert_eq!(
         events(&mut server),
-        vec![Event::ResponseNotConfirmed { id: iid, reason: Failure::Timeout }]
+        vec![Event::ResponseNotConfirmed {
+            id: iid,
+            reason: Failure::Timeout
+        }]
     );
 }
 
@@ -637,7 +774,9 @@ fn tables_empty_after_exchange_lifetime() {
     let mut client = endpoint_with(|c| c.nstart = 32);
     let mut server = endpoint();
     for i in 0..20 {
-        client.request(t(0), SERVER, Request::get().with_path("x").non()).unwrap();
+        client
+            .request(t(0), SERVER, Request::get().with_path("x").non())
+            .unwrap();
         server.handle_datagram(t(0), CLIENT, &encode(&con_get(i, &[i as u8], "/y")));
     }
     for (id, _) in server.pending_incoming().collect::<Vec<_>>() {
@@ -655,7 +794,10 @@ fn tables_empty_after_exchange_lifetime() {
         assert!(ep.peers.is_empty(), "peer state forgotten");
         assert_eq!(ep.timers.len(), 0);
     }
-    assert!(now <= t(1) + Duration::from_secs(248), "tables emptied only at {now}");
+    assert!(
+        now <= t(1) + Duration::from_secs(248),
+        "tables emptied only at {now}"
+    );
 }
 
 #[test]
@@ -667,8 +809,14 @@ fn abort_peer_ends_everything_with_it() {
     let _ = events(&mut ep);
     ep.abort_peer(t(1), SERVER);
     let evs = events(&mut ep);
-    assert!(evs.contains(&Event::RequestFailed { id: a, reason: Failure::Cancelled }));
-    assert!(evs.contains(&Event::RequestFailed { id: b, reason: Failure::Cancelled }));
+    assert!(evs.contains(&Event::RequestFailed {
+        id: a,
+        reason: Failure::Cancelled
+    }));
+    assert!(evs.contains(&Event::RequestFailed {
+        id: b,
+        reason: Failure::Cancelled
+    }));
     assert_eq!(ep.pending_incoming().count(), 0);
     assert!(ep.is_idle() || !ep.transmits.is_empty());
 }
@@ -678,7 +826,13 @@ fn unreachable_fails_requests_to_that_peer() {
     let mut client = endpoint();
     let id = client.request(t(0), SERVER, Request::get()).unwrap();
     client.handle_unreachable(t(1), SERVER);
-    assert_eq!(events(&mut client), vec![Event::RequestFailed { id, reason: Failure::Unreachable }]);
+    assert_eq!(
+        events(&mut client),
+        vec![Event::RequestFailed {
+            id,
+            reason: Failure::Unreachable
+        }]
+    );
 }
 
 #[test]
@@ -688,21 +842,34 @@ fn progress_is_reported_only_when_asked() {
     assert!(events(&mut quiet).is_empty());
     let mut loud = endpoint_with(|c| c.report_progress = true);
     let id = loud.request(t(0), SERVER, Request::get()).unwrap();
-    assert_eq!(events(&mut loud), vec![Event::Progress { id, progress: Progress::Sent }]);
+    assert_eq!(
+        events(&mut loud),
+        vec![Event::Progress {
+            id,
+            progress: Progress::Sent
+        }]
+    );
     let d = loud.poll_timeout().unwrap();
     loud.handle_timeout(d);
     assert_eq!(
         events(&mut loud),
-        vec![Event::Progress { id, progress: Progress::Retransmitted { attempt: 1 } }]
+        vec![Event::Progress {
+            id,
+            progress: Progress::Retransmitted { attempt: 1 }
+        }]
     );
 }
 
 #[test]
 fn transmit_keeps_the_datagram_when_the_buffer_is_small() {
     let mut client = endpoint();
-    client.request(t(0), SERVER, Request::get().with_path("abc")).unwrap();
+    client
+        .request(t(0), SERVER, Request::get().with_path("abc"))
+        .unwrap();
     let mut small = [0u8; 4];
-    assert!(matches!(client.poll_transmit(t(0), &mut small), Err(BufferTooSmall { needed }) if needed > 4));
+    assert!(
+        matches!(client.poll_transmit(t(0), &mut small), Err(BufferTooSmall { needed }) if needed > 4)
+    );
     assert_eq!(raw_sent(&mut client).len(), 1);
 }
 
@@ -710,7 +877,8 @@ fn transmit_keeps_the_datagram_when_the_buffer_is_small() {
 fn same_seed_same_bytes() {
     let run = || {
         let mut c = endpoint();
-        c.request(t(0), SERVER, Request::get().with_path("x")).unwrap();
+        c.request(t(0), SERVER, Request::get().with_path("x"))
+            .unwrap();
         let d = c.poll_timeout();
         (raw_sent(&mut c), d)
     };

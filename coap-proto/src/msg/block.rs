@@ -120,7 +120,10 @@ mod tests {
         assert_eq!(Block::new(0, false, 100), Err(BlockError::BadSize));
         assert_eq!(Block::new(0, false, 2048), Err(BlockError::BadSize));
         assert_eq!(Block::new(0, false, 8), Err(BlockError::BadSize));
-        assert_eq!(Block::new(1 << 20, false, 16), Err(BlockError::NumberTooLarge));
+        assert_eq!(
+            Block::new(1 << 20, false, 16),
+            Err(BlockError::NumberTooLarge)
+        );
         assert!(Block::new(MAX_NUM, false, 1024).is_ok());
     }
 
@@ -128,11 +131,28 @@ mod tests {
     fn uint_encoding() {
         // RFC 7959 §2.2: NUM | M | SZX.
         let b = Block::from_uint(0x2a).unwrap(); // 0010 1 010
-        assert_eq!(b, Block { num: 2, more: true, szx: 2 });
+        assert_eq!(
+            b,
+            Block {
+                num: 2,
+                more: true,
+                szx: 2
+            }
+        );
         assert_eq!(b.to_uint(), 0x2a);
-        assert_eq!(Block::from_uint(0).unwrap(), Block { num: 0, more: false, szx: 0 });
+        assert_eq!(
+            Block::from_uint(0).unwrap(),
+            Block {
+                num: 0,
+                more: false,
+                szx: 0
+            }
+        );
         assert_eq!(Block::from_uint(7), Err(BlockError::ReservedSzx));
-        assert_eq!(Block::from_uint(0x0100_0000), Err(BlockError::NumberTooLarge));
+        assert_eq!(
+            Block::from_uint(0x0100_0000),
+            Err(BlockError::NumberTooLarge)
+        );
         let max = Block::from_uint(0x00ff_fffe).unwrap();
         assert_eq!(max.num, MAX_NUM);
         assert!(max.more);
@@ -156,7 +176,15 @@ mod tests {
         for szx in 0..7u8 {
             let size = 16usize << szx;
             assert_eq!(Block::szx_for_size(size), Some(szx));
-            assert_eq!(Block { num: 0, more: false, szx }.size(), size);
+            assert_eq!(
+                Block {
+                    num: 0,
+                    more: false,
+                    szx
+                }
+                .size(),
+                size
+            );
         }
         assert_eq!(Block::szx_for_size(0), None);
         assert_eq!(Block::szx_for_size(48), None);
@@ -164,7 +192,11 @@ mod tests {
 
     #[test]
     fn large_fields_do_not_panic() {
-        let b = Block { num: u32::MAX, more: true, szx: 255 };
+        let b = Block {
+            num: u32::MAX,
+            more: true,
+            szx: 255,
+        };
         let _ = b.size();
         let _ = b.offset();
         let _ = b.to_uint();

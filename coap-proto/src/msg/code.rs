@@ -273,7 +273,9 @@ pub struct ParseCodeError;
 
 impl fmt::Display for ParseCodeError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("not a CoAP code: expected c.dd with class 0-7 and detail 0-31, or a method name")
+        f.write_str(
+            "not a CoAP code: expected c.dd with class 0-7 and detail 0-31, or a method name",
+        )
     }
 }
 
@@ -336,7 +338,15 @@ mod tests {
     #[test]
     fn predicates() {
         assert!(Code::EMPTY.is_empty() && !Code::EMPTY.is_request() && !Code::EMPTY.is_response());
-        for m in [Code::GET, Code::POST, Code::PUT, Code::DELETE, Code::FETCH, Code::PATCH, Code::IPATCH] {
+        for m in [
+            Code::GET,
+            Code::POST,
+            Code::PUT,
+            Code::DELETE,
+            Code::FETCH,
+            Code::PATCH,
+            Code::IPATCH,
+        ] {
             assert!(m.is_request() && !m.is_response() && !m.is_empty());
         }
         assert!(Code::new(0, 31).is_request());
@@ -362,7 +372,10 @@ mod tests {
         assert_eq!(format!("{:?}", Code::BAD_REQUEST), "4.00 Bad Request");
         assert_eq!(format!("{:?}", Code::new(4, 30)), "4.30");
         assert_eq!(Code::IPATCH.name(), Some("iPATCH"));
-        assert_eq!(Code::UNSUPPORTED_CONTENT_FORMAT.name(), Some("Unsupported Content-Format"));
+        assert_eq!(
+            Code::UNSUPPORTED_CONTENT_FORMAT.name(),
+            Some("Unsupported Content-Format")
+        );
         assert_eq!(Code::HOP_LIMIT_REACHED.to_string(), "5.08");
         assert_eq!(Code::new(7, 1).name(), None);
         let all = [
@@ -410,7 +423,9 @@ mod tests {
         assert_eq!("7.31".parse::<Code>(), Ok(Code::new(7, 31)));
         assert_eq!("get".parse::<Code>(), Ok(Code::GET));
         assert_eq!("iPATCH".parse::<Code>(), Ok(Code::IPATCH));
-        for bad in ["", "2", "2.", ".05", "8.00", "2.32", "2.005", "+2.05", "2.0x", "GETX", "2,05"] {
+        for bad in [
+            "", "2", "2.", ".05", "8.00", "2.32", "2.005", "+2.05", "2.0x", "GETX", "2,05",
+        ] {
             assert_eq!(bad.parse::<Code>(), Err(ParseCodeError), "{bad:?}");
         }
         for b in 0..=255u8 {
@@ -421,7 +436,12 @@ mod tests {
 
     #[test]
     fn message_type_bits() {
-        for t in [MessageType::Con, MessageType::Non, MessageType::Ack, MessageType::Rst] {
+        for t in [
+            MessageType::Con,
+            MessageType::Non,
+            MessageType::Ack,
+            MessageType::Rst,
+        ] {
             assert_eq!(MessageType::from_bits(t.to_bits()), t);
             assert_eq!(MessageType::from_bits(t.to_bits() | 0xfc), t);
         }

@@ -173,7 +173,11 @@ const TABLE: &[Entry] = &[
         "application/cose; cose-type=\"cose-sign1\"",
         &["cose-sign1"],
     ),
-    (ContentFormat::ACE_CBOR, "application/ace+cbor", &["ace+cbor"]),
+    (
+        ContentFormat::ACE_CBOR,
+        "application/ace+cbor",
+        &["ace+cbor"],
+    ),
     (ContentFormat::IMAGE_GIF, "image/gif", &["gif"]),
     (ContentFormat::IMAGE_JPEG, "image/jpeg", &["jpeg", "jpg"]),
     (ContentFormat::IMAGE_PNG, "image/png", &["png"]),
@@ -227,7 +231,11 @@ const TABLE: &[Entry] = &[
         "application/cose; cose-type=\"cose-sign\"",
         &["cose-sign"],
     ),
-    (ContentFormat::COSE_KEY, "application/cose-key", &["cose-key"]),
+    (
+        ContentFormat::COSE_KEY,
+        "application/cose-key",
+        &["cose-key"],
+    ),
     (
         ContentFormat::COSE_KEY_SET,
         "application/cose-key-set",
@@ -253,7 +261,11 @@ const TABLE: &[Entry] = &[
         "application/sensml+cbor",
         &["sensml+cbor", "sensml-cbor"],
     ),
-    (ContentFormat::SENML_EXI, "application/senml-exi", &["senml-exi"]),
+    (
+        ContentFormat::SENML_EXI,
+        "application/senml-exi",
+        &["senml-exi"],
+    ),
     (
         ContentFormat::SENSML_EXI,
         "application/sensml-exi",
@@ -264,13 +276,21 @@ const TABLE: &[Entry] = &[
         "application/coap-group+json",
         &["coap-group+json"],
     ),
-    (ContentFormat::DOTS_CBOR, "application/dots+cbor", &["dots+cbor"]),
+    (
+        ContentFormat::DOTS_CBOR,
+        "application/dots+cbor",
+        &["dots+cbor"],
+    ),
     (
         ContentFormat::MISSING_BLOCKS_CBOR_SEQ,
         "application/missing-blocks+cbor-seq",
         &["missing-blocks+cbor-seq", "missing-blocks"],
     ),
-    (ContentFormat::SENML_XML, "application/senml+xml", &["senml+xml"]),
+    (
+        ContentFormat::SENML_XML,
+        "application/senml+xml",
+        &["senml+xml"],
+    ),
     (
         ContentFormat::SENSML_XML,
         "application/sensml+xml",
@@ -297,10 +317,19 @@ mod tests {
 
     #[test]
     fn media_types() {
-        assert_eq!(ContentFormat::TEXT_PLAIN.media_type(), Some("text/plain; charset=utf-8"));
-        assert_eq!(ContentFormat::LINK_FORMAT.media_type(), Some("application/link-format"));
+        assert_eq!(
+            ContentFormat::TEXT_PLAIN.media_type(),
+            Some("text/plain; charset=utf-8")
+        );
+        assert_eq!(
+            ContentFormat::LINK_FORMAT.media_type(),
+            Some("application/link-format")
+        );
         assert_eq!(ContentFormat::JSON.media_type(), Some("application/json"));
-        assert_eq!(ContentFormat::SENML_CBOR.media_type(), Some("application/senml+cbor"));
+        assert_eq!(
+            ContentFormat::SENML_CBOR.media_type(),
+            Some("application/senml+cbor")
+        );
         assert_eq!(ContentFormat(9999).media_type(), None);
         assert_eq!(ContentFormat::CBOR.to_string(), "application/cbor");
         assert_eq!(ContentFormat(9999).to_string(), "9999");
@@ -308,17 +337,38 @@ mod tests {
 
     #[test]
     fn from_name() {
-        assert_eq!(ContentFormat::from_name("text/plain; charset=utf-8"), Some(ContentFormat::TEXT_PLAIN));
-        assert_eq!(ContentFormat::from_name("Text/Plain;charset=UTF-8"), Some(ContentFormat::TEXT_PLAIN));
-        assert_eq!(ContentFormat::from_name("text/plain"), Some(ContentFormat::TEXT_PLAIN));
-        assert_eq!(ContentFormat::from_name("text"), Some(ContentFormat::TEXT_PLAIN));
+        assert_eq!(
+            ContentFormat::from_name("text/plain; charset=utf-8"),
+            Some(ContentFormat::TEXT_PLAIN)
+        );
+        assert_eq!(
+            ContentFormat::from_name("Text/Plain;charset=UTF-8"),
+            Some(ContentFormat::TEXT_PLAIN)
+        );
+        assert_eq!(
+            ContentFormat::from_name("text/plain"),
+            Some(ContentFormat::TEXT_PLAIN)
+        );
+        assert_eq!(
+            ContentFormat::from_name("text"),
+            Some(ContentFormat::TEXT_PLAIN)
+        );
         assert_eq!(ContentFormat::from_name("json"), Some(ContentFormat::JSON));
         assert_eq!(ContentFormat::from_name("CBOR"), Some(ContentFormat::CBOR));
-        assert_eq!(ContentFormat::from_name("link-format"), Some(ContentFormat::LINK_FORMAT));
-        assert_eq!(ContentFormat::from_name("octet-stream"), Some(ContentFormat::OCTET_STREAM));
+        assert_eq!(
+            ContentFormat::from_name("link-format"),
+            Some(ContentFormat::LINK_FORMAT)
+        );
+        assert_eq!(
+            ContentFormat::from_name("octet-stream"),
+            Some(ContentFormat::OCTET_STREAM)
+        );
         assert_eq!(ContentFormat::from_name("xml"), Some(ContentFormat::XML));
         assert_eq!(ContentFormat::from_name(" 60 "), Some(ContentFormat::CBOR));
-        assert_eq!(ContentFormat::from_name("65535"), Some(ContentFormat(65535)));
+        assert_eq!(
+            ContentFormat::from_name("65535"),
+            Some(ContentFormat(65535))
+        );
         assert_eq!(ContentFormat::from_name("65536"), None);
         assert_eq!(ContentFormat::from_name("application/nonsense"), None);
         assert_eq!(ContentFormat::from_name(""), None);

@@ -212,16 +212,33 @@ mod tests {
         assert!(!etag.is_no_cache_key());
         assert!(OptionNumber::SIZE1.is_no_cache_key() && OptionNumber::SIZE1.is_elective());
         assert!(!OptionNumber::SIZE1.is_unsafe_to_forward());
-        assert!(OptionNumber::MAX_AGE.is_unsafe_to_forward() && OptionNumber::MAX_AGE.is_elective());
+        assert!(
+            OptionNumber::MAX_AGE.is_unsafe_to_forward() && OptionNumber::MAX_AGE.is_elective()
+        );
         assert!(OptionNumber::ECHO.is_no_cache_key()); // RFC 9175 §2.2: N
-        assert!(OptionNumber::URI_PATH.is_critical() && OptionNumber::URI_PATH.is_unsafe_to_forward());
-        assert!(OptionNumber::IF_MATCH.is_critical() && !OptionNumber::IF_MATCH.is_unsafe_to_forward());
-        assert!(OptionNumber::OBSERVE.is_elective() && OptionNumber::OBSERVE.is_unsafe_to_forward());
-        assert!(OptionNumber::REQUEST_TAG.is_elective() && !OptionNumber::REQUEST_TAG.is_no_cache_key());
-        assert!(OptionNumber::NO_RESPONSE.is_elective() && OptionNumber::NO_RESPONSE.is_unsafe_to_forward());
-        assert!(OptionNumber::PROXY_URI.is_critical() && OptionNumber::PROXY_URI.is_unsafe_to_forward());
+        assert!(
+            OptionNumber::URI_PATH.is_critical() && OptionNumber::URI_PATH.is_unsafe_to_forward()
+        );
+        assert!(
+            OptionNumber::IF_MATCH.is_critical() && !OptionNumber::IF_MATCH.is_unsafe_to_forward()
+        );
+        assert!(
+            OptionNumber::OBSERVE.is_elective() && OptionNumber::OBSERVE.is_unsafe_to_forward()
+        );
+        assert!(
+            OptionNumber::REQUEST_TAG.is_elective() && !OptionNumber::REQUEST_TAG.is_no_cache_key()
+        );
+        assert!(
+            OptionNumber::NO_RESPONSE.is_elective()
+                && OptionNumber::NO_RESPONSE.is_unsafe_to_forward()
+        );
+        assert!(
+            OptionNumber::PROXY_URI.is_critical() && OptionNumber::PROXY_URI.is_unsafe_to_forward()
+        );
         assert!(OptionNumber::BLOCK2.is_critical() && OptionNumber::BLOCK2.is_unsafe_to_forward());
-        assert!(OptionNumber::Q_BLOCK1.is_critical() && OptionNumber::Q_BLOCK1.is_unsafe_to_forward());
+        assert!(
+            OptionNumber::Q_BLOCK1.is_critical() && OptionNumber::Q_BLOCK1.is_unsafe_to_forward()
+        );
     }
 
     #[test]
@@ -233,12 +250,20 @@ mod tests {
         assert_eq!((d.min_len, d.max_len), (0, 255));
         let d = OptionNumber::PROXY_URI.definition().unwrap();
         assert_eq!((d.min_len, d.max_len), (1, 1034));
-        assert!(!OptionNumber::CONTENT_FORMAT.definition().unwrap().repeatable);
+        assert!(
+            !OptionNumber::CONTENT_FORMAT
+                .definition()
+                .unwrap()
+                .repeatable
+        );
         assert_eq!(OptionNumber::NO_RESPONSE.name(), Some("No-Response"));
         assert_eq!(OptionNumber(2).definition(), None);
         assert_eq!(OptionNumber::ETAG.to_string(), "ETag");
         assert_eq!(OptionNumber(65000).to_string(), "Option 65000");
-        for n in [1, 3, 4, 5, 6, 7, 8, 9, 11, 12, 14, 15, 16, 17, 19, 20, 21, 23, 27, 28, 31, 35, 39, 60, 252, 258, 292] {
+        for n in [
+            1, 3, 4, 5, 6, 7, 8, 9, 11, 12, 14, 15, 16, 17, 19, 20, 21, 23, 27, 28, 31, 35, 39, 60,
+            252, 258, 292,
+        ] {
             let d = OptionNumber(n).definition().unwrap();
             assert!(d.min_len <= d.max_len, "{}", d.name);
             if d.format == OptionFormat::Uint {

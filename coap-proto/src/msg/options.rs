@@ -627,10 +627,7 @@ impl fmt::Debug for Options {
     /// A list of `Name: value` pairs in wire order, e.g. `{Uri-Path: "temp", Accept: 50}`.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_map()
-            .entries(
-                self.iter()
-                    .map(|(n, v)| (NumberDebug(n), ValueDebug(n, v))),
-            )
+            .entries(self.iter().map(|(n, v)| (NumberDebug(n), ValueDebug(n, v))))
             .finish()
     }
 }
@@ -669,7 +666,10 @@ mod tests {
         assert_eq!(o.get(OptionNumber(11)), Some(&b"b"[..]));
         assert_eq!(o.get(OptionNumber(12)), None);
         assert_eq!(o.get(OptionNumber(61)), None);
-        assert_eq!(o.get_all(OptionNumber(11)).collect::<Vec<_>>(), [b"b", b"c", b"d"]);
+        assert_eq!(
+            o.get_all(OptionNumber(11)).collect::<Vec<_>>(),
+            [b"b", b"c", b"d"]
+        );
         assert!(o.contains(OptionNumber(60)));
         assert!(!o.contains(OptionNumber(5)));
     }
@@ -684,7 +684,11 @@ mod tests {
         o.set(OptionNumber(11), b"long value");
         assert_eq!(
             list(&o),
-            [(1, b"x".to_vec()), (11, b"long value".to_vec()), (20, b"z".to_vec())]
+            [
+                (1, b"x".to_vec()),
+                (11, b"long value".to_vec()),
+                (20, b"z".to_vec())
+            ]
         );
         o.set(OptionNumber(11), b"same-size!");
         assert_eq!(o.get(OptionNumber(11)), Some(&b"same-size!"[..]));
@@ -692,7 +696,10 @@ mod tests {
         assert_eq!(o.len(), 4);
         assert_eq!(o.remove(OptionNumber(11)), 1);
         assert_eq!(o.remove(OptionNumber(11)), 0);
-        assert_eq!(list(&o), [(1, b"x".to_vec()), (5, Vec::new()), (20, b"z".to_vec())]);
+        assert_eq!(
+            list(&o),
+            [(1, b"x".to_vec()), (5, Vec::new()), (20, b"z".to_vec())]
+        );
         assert_eq!(o.remove(OptionNumber(1)), 1);
         assert_eq!(o.remove(OptionNumber(20)), 1);
         assert_eq!(o.remove(OptionNumber(5)), 1);
@@ -744,8 +751,16 @@ mod tests {
         o.push_uri_query("unit=c");
         o.set_accept(ContentFormat::JSON);
         o.set_content_format(ContentFormat::CBOR);
-        o.set_block2(Block { num: 5, more: true, szx: 6 });
-        o.set_block1(Block { num: 0, more: false, szx: 0 });
+        o.set_block2(Block {
+            num: 5,
+            more: true,
+            szx: 6,
+        });
+        o.set_block1(Block {
+            num: 0,
+            more: false,
+            szx: 0,
+        });
         o.set_observe(0);
         o.set_max_age(30);
         o.set_etag(b"\x01\x02");
@@ -768,8 +783,22 @@ mod tests {
         assert_eq!(o.location_query().collect::<Vec<_>>(), ["q"]);
         assert_eq!(o.accept(), Some(ContentFormat::JSON));
         assert_eq!(o.content_format(), Some(ContentFormat::CBOR));
-        assert_eq!(o.block2(), Some(Block { num: 5, more: true, szx: 6 }));
-        assert_eq!(o.block1(), Some(Block { num: 0, more: false, szx: 0 }));
+        assert_eq!(
+            o.block2(),
+            Some(Block {
+                num: 5,
+                more: true,
+                szx: 6
+            })
+        );
+        assert_eq!(
+            o.block1(),
+            Some(Block {
+                num: 0,
+                more: false,
+                szx: 0
+            })
+        );
         assert_eq!(o.get(OptionNumber::BLOCK1), Some(&[][..]));
         assert_eq!(o.observe(), Some(0));
         assert_eq!(o.max_age(), Some(30));
@@ -812,24 +841,54 @@ mod tests {
     fn validate_reports_each_kind() {
         let err = |n: OptionNumber, kind| Err(OptionError { number: n, kind });
         let one = |n: OptionNumber, v: &[u8]| Options::from_iter([(n, v)]);
-        assert_eq!(one(OptionNumber::URI_HOST, b"").validate(), err(OptionNumber::URI_HOST, OptionErrorKind::TooShort));
-        assert_eq!(one(OptionNumber::ETAG, &[0; 9]).validate(), err(OptionNumber::ETAG, OptionErrorKind::TooLong));
-        assert_eq!(one(OptionNumber::MAX_AGE, &[1; 5]).validate(), err(OptionNumber::MAX_AGE, OptionErrorKind::TooLong));
-        assert_eq!(one(OptionNumber::IF_NONE_MATCH, &[0]).validate(), err(OptionNumber::IF_NONE_MATCH, OptionErrorKind::TooLong));
-        assert_eq!(one(OptionNumber::HOP_LIMIT, &[]).validate(), err(OptionNumber::HOP_LIMIT, OptionErrorKind::TooShort));
-        assert_eq!(one(OptionNumber::PROXY_URI, &[b'a'; 1035]).validate(), err(OptionNumber::PROXY_URI, OptionErrorKind::TooLong));
-        assert_eq!(one(OptionNumber::PROXY_URI, &[b'a'; 1034]).validate(), Ok(()));
+        assert_eq!(
+            one(OptionNumber::URI_HOST, b"").validate(),
+            err(OptionNumber::URI_HOST, OptionErrorKind::TooShort)
+        );
+        assert_eq!(
+            one(OptionNumber::ETAG, &[0; 9]).validate(),
+            err(OptionNumber::ETAG, OptionErrorKind::TooLong)
+        );
+        assert_eq!(
+            one(OptionNumber::MAX_AGE, &[1; 5]).validate(),
+            err(OptionNumber::MAX_AGE, OptionErrorKind::TooLong)
+        );
+        assert_eq!(
+            one(OptionNumber::IF_NONE_MATCH, &[0]).validate(),
+            err(OptionNumber::IF_NONE_MATCH, OptionErrorKind::TooLong)
+        );
+        assert_eq!(
+            one(OptionNumber::HOP_LIMIT, &[]).validate(),
+            err(OptionNumber::HOP_LIMIT, OptionErrorKind::TooShort)
+        );
+        assert_eq!(
+            one(OptionNumber::PROXY_URI, &[b'a'; 1035]).validate(),
+            err(OptionNumber::PROXY_URI, OptionErrorKind::TooLong)
+        );
+        assert_eq!(
+            one(OptionNumber::PROXY_URI, &[b'a'; 1034]).validate(),
+            Ok(())
+        );
         assert_eq!(one(OptionNumber(65000), &[0; 300]).validate(), Ok(()));
         let mut o = Options::new();
         o.push_uint(OptionNumber::CONTENT_FORMAT, 0);
         o.push_uint(OptionNumber::CONTENT_FORMAT, 50);
-        assert_eq!(o.validate(), err(OptionNumber::CONTENT_FORMAT, OptionErrorKind::Repeated));
+        assert_eq!(
+            o.validate(),
+            err(OptionNumber::CONTENT_FORMAT, OptionErrorKind::Repeated)
+        );
         let mut o = Options::new();
         o.push_etag(b"1");
         o.push_etag(b"2");
         assert_eq!(o.validate(), Ok(()));
-        let e = OptionError { number: OptionNumber::URI_HOST, kind: OptionErrorKind::TooShort };
-        assert_eq!(format!("{e}"), "option 3 (Uri-Host): value is shorter than allowed");
+        let e = OptionError {
+            number: OptionNumber::URI_HOST,
+            kind: OptionErrorKind::TooShort,
+        };
+        assert_eq!(
+            format!("{e}"),
+            "option 3 (Uri-Host): value is shorter than allowed"
+        );
     }
 
     #[test]
@@ -839,6 +898,9 @@ mod tests {
         o.set_accept(ContentFormat::JSON);
         o.set_etag(&[0xab]);
         o.push(OptionNumber(1000), b"\x01");
-        assert_eq!(format!("{o:?}"), r#"{ETag: 0xab, Uri-Path: "temp", Accept: 50, 1000: 0x01}"#);
+        assert_eq!(
+            format!("{o:?}"),
+            r#"{ETag: 0xab, Uri-Path: "temp", Accept: 50, 1000: 0x01}"#
+        );
     }
 }
