@@ -28,6 +28,11 @@ pub struct Host {
     pub seen: Vec<Message>,
     /// Client side: the events naming each request, with the time they came.
     pub outcomes: HashMap<RequestId, Vec<(Instant, Event)>>,
+    /// Client side: notifications of observations, with the time they came and whether they
+    /// were fresh.
+    pub notifications: Vec<(Instant, RequestId, Message, bool)>,
+    /// Server side: accept observe registrations.
+    pub accept_observers: bool,
 }
 
 impl Host {
@@ -40,6 +45,8 @@ impl Host {
             deferred: Vec::new(),
             seen: Vec::new(),
             outcomes: HashMap::new(),
+            notifications: Vec::new(),
+            accept_observers: false,
         }
     }
 
@@ -47,6 +54,10 @@ impl Host {
         while let Some(event) = self.ep.poll_event() {
             match event {
                 Event::Request { id, request, .. } => {
+                    if self.accept_observers && request.options.observe() == Some(0) {
+                        // Over a bound the registration is served as a plain request.
+                        let _ = self.ep.accept_observer(id);
+                    }
                     let rsp = (self.handler)(&request);
                     self.seen.push(request);
                     match self.delay {
@@ -54,6 +65,12 @@ impl Host {
                         Some(d) => self.deferred.push((now + d, id, rsp)),
                     }
                 }
+                Event::Notification {
+                    id,
+                    response,
+                    fresh,
+                    ..
+                } => self.notifications.push((now, id, response, fresh)),
                 Event::Response { id, .. } | Event::RequestFailed { id, .. } => {
                     self.outcomes.entry(id).or_default().push((now, event));
                 }

@@ -122,7 +122,10 @@ struct Assembly {
 
 /// What became of an incoming Block1 block.
 #[derive(Debug)]
-#[allow(clippy::large_enum_variant, reason = "short-lived return value, never stored")]
+#[allow(
+    clippy::large_enum_variant,
+    reason = "short-lived return value, never stored"
+)]
 pub(super) enum Received {
     /// More blocks to come: answer 2.31 Continue with this Block1.
     Continue(Block),
@@ -427,7 +430,10 @@ pub(super) fn ensure_etag(response: &mut Response) {
 /// requested size and `max_szx` (§2.4). Sets Block2, an ETag derived from the body when the
 /// application gave none, and Size2 when `with_size2`. `Err` with a 4.02 response for a block
 /// number past the end.
-#[allow(clippy::result_large_err, reason = "both outcomes are responses to send")]
+#[allow(
+    clippy::result_large_err,
+    reason = "both outcomes are responses to send"
+)]
 pub(super) fn slice_response(
     mut whole: Response,
     requested: Option<Block>,

@@ -117,6 +117,27 @@ pub struct Config {
     /// Uri-Path prefixes (such as `"/raw"`) whose handlers see Block1 and Block2 options
     /// themselves instead of whole bodies (aiocoap's `needs_blockwise_assembly = False`).
     pub raw_block_paths: Vec<alloc::string::String>,
+    /// Most observers on this server in total. Registrations over any observer bound are
+    /// served as plain requests (RFC 7641 §4.1). Default 65 536.
+    pub max_observers: usize,
+    /// Most observers of one resource. Default 65 536.
+    pub max_observers_per_resource: usize,
+    /// Most observations one peer may hold on this server. Default 256.
+    pub max_observers_per_peer: usize,
+    /// Message type of notifications: Non-confirmable by default, with a Confirmable one at
+    /// least every [`Config::con_notification_interval`] per observer (RFC 7641 §4.5).
+    pub notification_type: MessageType,
+    /// The longest an observer goes without a Confirmable notification. Default 24 hours.
+    pub con_notification_interval: Duration,
+    /// Deliver notifications older than the freshest one so far, marked `fresh: false`,
+    /// instead of dropping them. Default false.
+    pub deliver_stale_notifications: bool,
+    /// How long past Max-Age of its last notification a client waits before it registers
+    /// again. Default 5 s.
+    pub reregistration_grace: Duration,
+    /// How many re-registrations in a row may go unanswered before an observation ends
+    /// with a timeout; between attempts the client waits `reregistration_grace`. Default 3.
+    pub reregistration_attempts: u32,
     /// Max-Age (seconds) carried by 5.03 Service Unavailable answers when a table is full.
     /// Default 2.
     pub overload_max_age: u32,
@@ -160,6 +181,14 @@ impl Default for Config {
             representation_lifetime: Duration::from_secs(120),
             restart_download_on_change: false,
             raw_block_paths: Vec::new(),
+            max_observers: 65_536,
+            max_observers_per_resource: 65_536,
+            max_observers_per_peer: 256,
+            notification_type: MessageType::Non,
+            con_notification_interval: Duration::from_secs(24 * 3600),
+            deliver_stale_notifications: false,
+            reregistration_grace: Duration::from_secs(5),
+            reregistration_attempts: 3,
         }
     }
 }

@@ -4,7 +4,10 @@
 use core::fmt;
 use core::net::SocketAddr;
 
-use crate::msg::{Message, OptionNumber};
+use alloc::string::String;
+
+use super::observe::{ObserverId, ObserverRemoval};
+use crate::msg::{Code, Message, OptionNumber};
 use crate::time::Instant;
 
 /// Names one request this endpoint sent, from [`Endpoint::request`](super::Endpoint::request)
@@ -111,6 +114,57 @@ pub enum Event {
         /// When the next Message ID becomes free.
         until: Instant,
     },
+    /// A notification of an observation started with
+    /// [`Endpoint::observe`](super::Endpoint::observe) (the first one is the response to the
+    /// registration). Not a final event.
+    Notification {
+        /// The observation.
+        id: RequestId,
+        /// Who sent it.
+        peer: SocketAddr,
+        /// The notification.
+        response: Message,
+        /// Whether it is newer than every notification delivered before (RFC 7641 §3.4).
+        /// Always true unless [`Config::deliver_stale_notifications`](super::Config::deliver_stale_notifications)
+        /// is set (the commercial class's `IsLatest`).
+        fresh: bool,
+    },
+    /// The engine asks the application to render one variant of an observed resource again,
+    /// after [`Endpoint::notify`](super::Endpoint::notify) without a representation. Answer
+    /// with [`Endpoint::respond`](super::Endpoint::respond); the answer goes to every observer
+    /// of the variant.
+    RenderNotification {
+        /// Pass this to `respond`.
+        id: IncomingId,
+        /// The resource path given to `notify`.
+        resource: String,
+        /// The registration request of this variant (without Observe).
+        request: Message,
+    },
+    /// A client became an observer of a resource.
+    ObserverAdded {
+        /// The observer.
+        id: ObserverId,
+        /// The resource path.
+        resource: String,
+        /// The client.
+        peer: SocketAddr,
+        /// How many observers the resource has now.
+        observers: usize,
+    },
+    /// An observer left a resource's list.
+    ObserverRemoved {
+        /// The observer.
+        id: ObserverId,
+        /// The resource path.
+        resource: String,
+        /// The client.
+        peer: SocketAddr,
+        /// Why.
+        reason: ObserverRemoval,
+        /// How many observers the resource has left.
+        observers: usize,
+    },
     /// A step in the life of a client exchange, emitted only when
     /// [`Config::report_progress`](super::Config::report_progress) is set.
     Progress {
@@ -172,6 +226,9 @@ pub enum Failure {
     MissingBlock2,
     /// The response body exceeds [`Config::max_body_size`](super::Config::max_body_size).
     BodyTooLarge,
+    /// The server ended an observation with a non-2.xx notification (RFC 7641 §3.2), which
+    /// was delivered just before as [`Event::Notification`].
+    ObservationRejected(Code),
     /// The socket reported that the peer is unreachable (an ICMP error, passed in with
     /// [`Endpoint::handle_unreachable`](super::Endpoint::handle_unreachable)).
     Unreachable,
@@ -196,6 +253,9 @@ impl fmt::Display for Failure {
             Failure::UnexpectedBlock1 => f.write_str("the server sent an unexpected Block1 option"),
             Failure::UnexpectedBlock2 => f.write_str("the server sent an unexpected block"),
             Failure::MissingBlock2 => f.write_str("a block-wise response lacked its Block2 option"),
+            Failure::ObservationRejected(code) => {
+                write!(f, "the server ended the observation with {code}")
+            }
             Failure::BodyTooLarge => {
                 f.write_str("the response body exceeds the configured maximum")
             }

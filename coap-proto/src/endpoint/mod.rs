@@ -38,6 +38,7 @@ mod block;
 mod config;
 mod dedup;
 mod event;
+mod observe;
 mod peer;
 mod timer;
 
@@ -53,7 +54,7 @@ use bytes::Bytes;
 use hashbrown::HashMap;
 use rand_core::RngCore;
 
-use crate::cache_key::{CacheKey, BLOCKWISE_EXCLUDED};
+use crate::cache_key::{CacheKey, BLOCKWISE_EXCLUDED, BLOCKWISE_OBSERVE_EXCLUDED};
 use crate::msg::{
     parse_header, Code, Message, MessageType, MessageView, OptionErrorKind, OptionNumber, Options,
     Token,
@@ -64,12 +65,14 @@ use crate::time::Instant;
 
 pub use config::{Config, ConfigError};
 pub use event::{Event, Failure, IncomingId, Progress, RequestId};
+pub use observe::{is_fresher, ObserverId, ObserverRemoval};
 
 use block::{
     block_size, slice_response, szx_at_most, Assemblies, AssemblyLimits, ClientBlock, Received,
     Representations, Upload,
 };
 use dedup::{Dedup, DedupState};
+use observe::{ClientObserve, ObserverLimits, Registry};
 use peer::{Held, Peer};
 use timer::{Timer, Timers};
 
@@ -215,6 +218,9 @@ pub struct TableSizes {
     pub reassemblies: usize,
     /// Representations kept for follow-up Block2 requests.
     pub representations: usize,
+    /// Observers on this server (with recent NON notifications remembered for Reset
+    /// matching, and render requests not yet answered).
+    pub observers: usize,
     /// Armed timers (including stale entries not yet compacted).
     pub timers: usize,
     /// Datagrams waiting for `poll_transmit`.
@@ -239,6 +245,9 @@ enum ClientState {
     AwaitingAck { mid: u16 },
     /// Acknowledged by an empty ACK, or sent as NON: waiting for the response until `deadline`.
     AwaitingResponse { deadline: Instant, mid: u16 },
+    /// An established observation: notifications arrive as they come; at `deadline` (Max-Age
+    /// of the last one plus a grace) the client registers again (RFC 7641 §3.3.1).
+    Observing { deadline: Instant },
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -267,6 +276,8 @@ struct ClientExchange {
     /// The application chose the Block2 option itself (random access): deliver that block as
     /// it is instead of fetching the rest.
     random_access: bool,
+    /// Set for observations (RFC 7641).
+    observe: Option<Box<ClientObserve>>,
 }
 
 /// Who waits for the acknowledgement of a Confirmable message this endpoint sent.
@@ -274,6 +285,8 @@ struct ClientExchange {
 enum ConOwner {
     Request(RequestId),
     Response(IncomingId),
+    /// A Confirmable notification to an observer.
+    Notification(u64),
 }
 
 /// A Confirmable message waiting for its ACK (RFC 7252 §4.2).
@@ -300,7 +313,45 @@ struct ServerExchange {
     no_response: u8,
     /// Block-wise bookkeeping for the response; `None` when the handler sees raw blocks.
     block: Option<Box<ServerBlock>>,
+    /// A registration (Observe = 0), and whether the application accepted it.
+    observe: Option<Box<ObserveRequest>>,
 }
+
+/// An incoming observe registration waiting for its response.
+#[derive(Debug)]
+struct ObserveRequest {
+    path: alloc::string::String,
+    key: CacheKey,
+    request: Message,
+    accepted: bool,
+}
+
+/// Why [`Endpoint::accept_observer`] refused.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum ObserveError {
+    /// No request with this id waits for an answer.
+    UnknownRequest(IncomingId),
+    /// The request is not a registration (GET or FETCH with Observe = 0).
+    NotARegistration,
+    /// A bound on observers (in total, per resource or per peer) is reached; answer the
+    /// request as a plain one.
+    TooManyObservers,
+}
+
+impl fmt::Display for ObserveError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ObserveError::UnknownRequest(id) => write!(f, "no request {id} waits for an answer"),
+            ObserveError::NotARegistration => {
+                f.write_str("the request is not an observe registration")
+            }
+            ObserveError::TooManyObservers => f.write_str("too many observers"),
+        }
+    }
+}
+
+impl core::error::Error for ObserveError {}
 
 /// What the engine must remember to answer a request block-wise.
 #[derive(Debug)]
@@ -332,6 +383,7 @@ const RECOGNIZED_CRITICAL: &[OptionNumber] = &[
     OptionNumber::URI_PORT,
     OptionNumber::URI_PATH,
     OptionNumber::URI_QUERY,
+    OptionNumber::ACCEPT,
     OptionNumber::BLOCK2,
     OptionNumber::BLOCK1,
     OptionNumber::PROXY_URI,
@@ -360,6 +412,10 @@ pub struct Endpoint {
     representations: Representations,
     /// Counter giving concurrent uploads to one resource distinct Request-Tags (RFC 9175 §3).
     next_request_tag: u32,
+    observers: Registry,
+    /// Render requests handed to the application (see [`Event::RenderNotification`]): which
+    /// variant each one is for.
+    renders: HashMap<IncomingId, u64>,
     timers: Timers,
     /// Responses to multicast requests waiting out their random leisure (RFC 7252 §8.2).
     delayed: VecDeque<(Instant, Outgoing)>,
@@ -413,6 +469,8 @@ impl Endpoint {
             assemblies: Assemblies::default(),
             representations: Representations::default(),
             next_request_tag: 1,
+            observers: Registry::default(),
+            renders: HashMap::new(),
             timers: Timers::default(),
             delayed: VecDeque::new(),
             transmits: VecDeque::new(),
@@ -485,6 +543,7 @@ impl Endpoint {
             self.dedup.next_expiry(),
             self.assemblies.next_expiry(),
             self.representations.next_expiry(),
+            self.observers.next_expiry(),
             self.delayed.front().map(|(t, _)| *t),
         ]
         .into_iter()
@@ -502,6 +561,7 @@ impl Endpoint {
             dedup_entries: self.dedup.len(),
             reassemblies: self.assemblies.len(),
             representations: self.representations.len(),
+            observers: self.observers.len() + self.observers.non_mid_entries() + self.renders.len(),
             timers: self.timers.len() + self.empty_acks.len() + self.delayed.len(),
             transmit_queue: self.transmits.len(),
             events: self.events.len(),
@@ -560,6 +620,7 @@ impl Endpoint {
         self.dedup.expire(now);
         self.assemblies.expire(now);
         self.representations.expire(now);
+        self.observers.expire(now);
         while let Some((deadline, timer)) = self.timers.pop_due(now) {
             self.fire_timer(now, deadline, timer);
         }
@@ -715,6 +776,52 @@ impl Endpoint {
         }
     }
 
+    /// Observes a resource (RFC 7641): sends `request` (a GET or FETCH) with Observe = 0.
+    /// Each response carrying Observe arrives as [`Event::Notification`], marked fresh or not
+    /// by the §3.4 ordering rule (stale ones are dropped unless
+    /// [`Config::deliver_stale_notifications`] is set). When Max-Age of the last notification
+    /// (plus [`Config::reregistration_grace`]) passes in silence, the client registers again.
+    ///
+    /// The observation ends with one final event: [`Event::Response`] if the server did not
+    /// register us (a response without Observe: "not observable") or answered a
+    /// deregistration; [`Event::RequestFailed`] with
+    /// [`Failure::ObservationRejected`] after a non-2.xx notification, or with the reason the
+    /// registration failed.
+    pub fn observe(
+        &mut self,
+        now: Instant,
+        remote: SocketAddr,
+        mut request: Request,
+    ) -> Result<RequestId, RequestError> {
+        request.options.set_uint(OptionNumber::OBSERVE, 0);
+        let id = self.request(now, remote, request)?;
+        if let Some(ex) = self.clients.get_mut(&id) {
+            ex.observe = Some(Box::default());
+        }
+        Ok(id)
+    }
+
+    /// Ends an observation actively: sends the registration again with Observe = 1 and the
+    /// same token (RFC 7641 §3.6). The server's answer arrives as the final
+    /// [`Event::Response`]. Returns false if `id` is no established observation. (To end one
+    /// passively, [`cancel`](Endpoint::cancel) it: later notifications are then answered with
+    /// Reset.)
+    pub fn cancel_observation(&mut self, now: Instant, id: RequestId) -> bool {
+        let Some(ex) = self.clients.get_mut(&id) else {
+            return false;
+        };
+        let Some(ob) = ex.observe.as_mut() else {
+            return false;
+        };
+        if !ob.established || ob.deregistering {
+            return false;
+        }
+        ob.deregistering = true;
+        let next = registration_request(ex, 1);
+        self.continue_exchange(now, id, next, false);
+        true
+    }
+
     /// The requests this endpoint has sent or queued and not yet seen end: id, peer, method
     /// and token (empty for pings).
     pub fn pending_requests(
@@ -748,6 +855,7 @@ impl Endpoint {
                 true
             }
         });
+        ended.sort_unstable();
         for id in ended {
             self.events.push_back(Event::ResponseNotConfirmed {
                 id,
@@ -757,6 +865,15 @@ impl Endpoint {
         if let Some(peer) = self.peers.get_mut(&remote) {
             peer.held.clear();
         }
+        let observers: Vec<u64> = self
+            .observers
+            .per_peer
+            .get(&remote)
+            .map(|set| set.iter().copied().collect())
+            .unwrap_or_default();
+        for oid in observers {
+            self.remove_observer(oid, ObserverRemoval::Cancelled);
+        }
     }
 
     /// Starts shutting down: new requests are refused with [`RequestError::ShuttingDown`],
@@ -765,12 +882,17 @@ impl Endpoint {
     /// end. Stop driving the endpoint once [`is_idle`](Endpoint::is_idle) is true.
     pub fn close(&mut self, now: Instant) {
         self.closing = true;
-        let queued: Vec<RequestId> = self
+        let observers: Vec<u64> = self.observers.observers.keys().copied().collect();
+        for oid in observers {
+            self.remove_observer(oid, ObserverRemoval::Cancelled);
+        }
+        let mut queued: Vec<RequestId> = self
             .clients
             .iter()
             .filter(|(_, ex)| matches!(ex.state, ClientState::Queued(_)))
             .map(|(id, _)| *id)
             .collect();
+        queued.sort_unstable();
         for id in queued {
             self.finish_client(
                 now,
@@ -786,6 +908,108 @@ impl Endpoint {
     // ----------------------------------------------------------------------------------------
     // Server commands
     // ----------------------------------------------------------------------------------------
+
+    /// Accepts the registration `id` (a GET or FETCH with Observe = 0, see [`Event::Request`]):
+    /// if the response given to [`respond`](Endpoint::respond) is 2.xx, the client becomes an
+    /// observer of the request's path and the response carries the Observe option. Without
+    /// this call a registration is answered as a plain request (RFC 7641 §4.1).
+    pub fn accept_observer(&mut self, id: IncomingId) -> Result<(), ObserveError> {
+        let limits = ObserverLimits {
+            total: self.config.max_observers,
+            per_resource: self.config.max_observers_per_resource,
+            per_peer: self.config.max_observers_per_peer,
+        };
+        let Some(ex) = self.servers.get_mut(&id) else {
+            return Err(ObserveError::UnknownRequest(id));
+        };
+        let Some(reg) = ex.observe.as_mut() else {
+            return Err(ObserveError::NotARegistration);
+        };
+        if !self
+            .observers
+            .has_room(&reg.path, ex.peer, &ex.token, limits)
+        {
+            return Err(ObserveError::TooManyObservers);
+        }
+        reg.accepted = true;
+        Ok(())
+    }
+
+    /// Tells the engine that the resource at `path` (such as `"/temp"`) changed.
+    ///
+    /// With a representation, every observer of the resource gets it as a notification.
+    /// Without one, the engine asks the application to render each variant of the resource
+    /// (one [`Event::RenderNotification`] per distinct registration request, for example per
+    /// Accept option); the application answers each with [`respond`](Endpoint::respond) and the
+    /// engine fans the answer out. A non-2.xx representation ends the observations (§4.2).
+    /// Returns how many observers (or render requests) were involved.
+    pub fn notify(&mut self, now: Instant, path: &str, representation: Option<Response>) -> usize {
+        let Some(&rid) = self.observers.resource_ids.get(path) else {
+            return 0;
+        };
+        let variants: Vec<u64> = self
+            .observers
+            .resources
+            .get(&rid)
+            .map(|r| r.variants.iter().copied().collect())
+            .unwrap_or_default();
+        match representation {
+            Some(rsp) => {
+                let seq = self.observers.bump(rid);
+                let mut n = 0;
+                for vid in variants {
+                    n += self.notify_variant_seq(now, vid, &rsp, seq);
+                }
+                n
+            }
+            None => {
+                let n = variants.len();
+                for vid in variants {
+                    let Some(v) = self.observers.variants.get(&vid) else {
+                        continue;
+                    };
+                    let id = IncomingId(self.next_incoming_id);
+                    self.next_incoming_id += 1;
+                    let request = v.request.clone();
+                    self.renders.insert(id, vid);
+                    self.events.push_back(Event::RenderNotification {
+                        id,
+                        resource: alloc::string::String::from(path),
+                        request,
+                    });
+                }
+                n
+            }
+        }
+    }
+
+    /// How many clients observe the resource at `path`.
+    pub fn observer_count(&self, path: &str) -> usize {
+        self.observers
+            .resource_ids
+            .get(path)
+            .and_then(|r| self.observers.resources.get(r))
+            .map_or(0, |r| r.count)
+    }
+
+    /// Removes every observer of the resource at `path` without telling the clients (they
+    /// will re-register or notice Max-Age run out). Prefer [`notify`](Endpoint::notify) with
+    /// a 4.04 when the resource is gone.
+    pub fn remove_observers(&mut self, path: &str) {
+        let Some(&rid) = self.observers.resource_ids.get(path) else {
+            return;
+        };
+        let oids: Vec<u64> = self
+            .observers
+            .observers
+            .iter()
+            .filter(|(_, o)| o.resource == rid)
+            .map(|(oid, _)| *oid)
+            .collect();
+        for oid in oids {
+            self.remove_observer(oid, ObserverRemoval::Cancelled);
+        }
+    }
 
     /// Answers the request `id` (from [`Event::Request`]), now or much later.
     ///
@@ -803,9 +1027,43 @@ impl Endpoint {
         if !response.code.is_response() {
             return Err(RespondError::NotAResponse(response.code));
         }
+        if let Some(vid) = self.renders.remove(&id) {
+            self.notify_variant(now, vid, response);
+            return Ok(());
+        }
         let Some(mut ex) = self.servers.remove(&id) else {
             return Err(RespondError::UnknownRequest(id));
         };
+        let mut response = response;
+        match ex.observe.take() {
+            Some(reg) if reg.accepted && response.code.is_success() => {
+                let (oid, seq) = self.observers.add(
+                    now,
+                    &reg.path,
+                    reg.key,
+                    &reg.request,
+                    ex.peer,
+                    ex.token.clone(),
+                );
+                response.options.set_observe(seq);
+                let count = self
+                    .observers
+                    .resource_ids
+                    .get(&reg.path)
+                    .and_then(|r| self.observers.resources.get(r))
+                    .map_or(0, |r| r.count);
+                self.events.push_back(Event::ObserverAdded {
+                    id: ObserverId(oid),
+                    resource: reg.path,
+                    peer: ex.peer,
+                    observers: count,
+                });
+            }
+            // §4.1: a response that does not register carries no Observe option.
+            _ => {
+                response.options.remove(OptionNumber::OBSERVE);
+            }
+        }
         let response = match ex.block.take() {
             Some(block) => self.server_blocks_out(now, ex.peer, &block, response),
             None => response,
@@ -983,6 +1241,7 @@ impl Endpoint {
                 }
             }
         };
+        let observe = self.observe_in(now, remote, &request);
         let id = IncomingId(self.next_incoming_id);
         self.next_incoming_id += 1;
         let no_response = request
@@ -1001,6 +1260,7 @@ impl Endpoint {
                 ack_sent: false,
                 no_response,
                 block,
+                observe,
             },
         );
         let lifetime = lifetime(&self.config, mtype);
@@ -1048,7 +1308,9 @@ impl Endpoint {
             Response::new(Code::BAD_OPTION)
                 .with_payload(Bytes::from_static(b"malformed block option"))
         };
-        let key = CacheKey::new(request.code, &request.options, BLOCKWISE_EXCLUDED);
+        // Observe is no part of the key (RFC 7641 §2): the follow-up Block2 requests of a
+        // notification carry none (RFC 7959 §2.6).
+        let key = CacheKey::new(request.code, &request.options, BLOCKWISE_OBSERVE_EXCLUDED);
         let mut block1_echo = None;
         if request.options.contains(OptionNumber::BLOCK1) {
             let block1 = request.options.block1().ok_or_else(bad_block)?;
@@ -1277,6 +1539,16 @@ impl Endpoint {
                 self.pending_con.remove(&key);
                 self.events.push_back(Event::ResponseConfirmed { id });
             }
+            ConOwner::Notification(oid) => {
+                self.pending_con.remove(&key);
+                let waiting = self.observers.observers.get_mut(&oid).and_then(|o| {
+                    o.in_flight = None;
+                    o.waiting.take()
+                });
+                if let Some(next) = waiting {
+                    self.send_notification(now, oid, *next);
+                }
+            }
             ConOwner::Request(id) => {
                 self.pending_con.remove(&key);
                 let Some(ex) = self.clients.get(&id) else {
@@ -1331,7 +1603,11 @@ impl Endpoint {
                     id,
                     reason: Failure::Reset,
                 }),
+                ConOwner::Notification(oid) => self.remove_observer(oid, ObserverRemoval::Reset),
             }
+        } else if let Some(oid) = self.observers.non_owner(&key) {
+            // RFC 7641 §3.6: a Reset to a notification cancels the observation.
+            self.remove_observer(oid, ObserverRemoval::Reset);
         } else if let Some(&id) = self.non_requests.get(&key) {
             // §4.3: a NON request may be rejected with RST.
             self.finish_client(
@@ -1432,6 +1708,10 @@ impl Endpoint {
             });
             return;
         }
+        if self.clients.get(&id).is_some_and(|ex| ex.observe.is_some()) {
+            self.observe_step(now, id, remote, response);
+            return;
+        }
         match self.client_block_step(id, response) {
             BlockStep::Deliver(response) => self.finish_client(
                 now,
@@ -1442,7 +1722,7 @@ impl Endpoint {
                     response,
                 },
             ),
-            BlockStep::Continue(next) => self.continue_exchange(now, id, next),
+            BlockStep::Continue(next) => self.continue_exchange(now, id, next, true),
             BlockStep::Fail(reason) => {
                 self.finish_client(now, id, Event::RequestFailed { id, reason })
             }
@@ -1566,8 +1846,14 @@ impl Endpoint {
 
     /// Sends `next` as the following step of exchange `id` (the next block), with a fresh
     /// token and Message ID, queued behind NSTART like any request.
-    fn continue_exchange(&mut self, now: Instant, id: RequestId, next: Request) {
-        let token = self.fresh_token();
+    /// With `new_token` false the token stays, as re-registration and deregistration of an
+    /// observation require (RFC 7641 §3.3.1, §3.6).
+    fn continue_exchange(&mut self, now: Instant, id: RequestId, next: Request, new_token: bool) {
+        let token = if new_token {
+            Some(self.fresh_token())
+        } else {
+            None
+        };
         let Some(ex) = self.clients.get_mut(&id) else {
             return;
         };
@@ -1578,11 +1864,13 @@ impl Endpoint {
             ClientState::AwaitingResponse { mid, .. } => {
                 self.non_requests.remove(&(ex.peer, mid));
             }
-            ClientState::Queued(_) => {}
+            ClientState::Queued(_) | ClientState::Observing { .. } => {}
         }
-        let old = core::mem::replace(&mut ex.token, token.clone());
-        self.tokens.remove(&old);
-        self.tokens.insert(token, id);
+        if let Some(token) = token {
+            let old = core::mem::replace(&mut ex.token, token.clone());
+            self.tokens.remove(&old);
+            self.tokens.insert(token, id);
+        }
         ex.state = ClientState::Queued(Box::new(next));
         let remote = ex.peer;
         let was_outstanding = core::mem::replace(&mut ex.outstanding, false);
@@ -1592,6 +1880,355 @@ impl Endpoint {
         }
         peer.queue.push_back(id);
         self.pump_peer(now, remote);
+    }
+
+    /// Client side of a response to an observation (RFC 7641 §3).
+    fn observe_step(&mut self, now: Instant, id: RequestId, remote: SocketAddr, response: Message) {
+        let deliver_stale = self.config.deliver_stale_notifications;
+        let Some(ex) = self.clients.get_mut(&id) else {
+            return;
+        };
+        let Some(ob) = ex.observe.as_mut() else {
+            return;
+        };
+        let value = response.options.observe();
+        if ob.deregistering || (!ob.established && (value.is_none() || !response.code.is_success()))
+        {
+            // The answer to a deregistration, or a registration the server did not accept.
+            self.finish_client(
+                now,
+                id,
+                Event::Response {
+                    id,
+                    peer: remote,
+                    response,
+                },
+            );
+            return;
+        }
+        if !response.code.is_success() {
+            // §3.2: a non-2.xx notification ends the observation.
+            let code = response.code;
+            self.events.push_back(Event::Notification {
+                id,
+                peer: remote,
+                response,
+                fresh: true,
+            });
+            self.finish_client(
+                now,
+                id,
+                Event::RequestFailed {
+                    id,
+                    reason: Failure::ObservationRejected(code),
+                },
+            );
+            return;
+        }
+        let Some(value) = value else {
+            // 2.xx without Observe on an established observation: the server dropped us.
+            self.finish_client(
+                now,
+                id,
+                Event::Response {
+                    id,
+                    peer: remote,
+                    response,
+                },
+            );
+            return;
+        };
+        ob.established = true;
+        ob.failed_reregistrations = 0;
+        let fresh = ob
+            .freshest
+            .is_none_or(|(v1, t1)| is_fresher(v1, t1, value, now));
+        if fresh {
+            ob.freshest = Some((value, now));
+        }
+        // Whatever the message carried it, the exchange now just listens.
+        match ex.state {
+            ClientState::AwaitingAck { mid } => {
+                self.pending_con.remove(&(ex.peer, mid));
+            }
+            ClientState::AwaitingResponse { mid, .. } => {
+                self.non_requests.remove(&(ex.peer, mid));
+            }
+            _ => {}
+        }
+        let max_age = response.options.max_age().unwrap_or(60);
+        let deadline =
+            now + Duration::from_secs(u64::from(max_age)) + self.config.reregistration_grace;
+        ex.state = ClientState::Observing { deadline };
+        self.timers.push(deadline, Timer::ClientDeadline(id));
+        self.release_outstanding(now, id);
+        if fresh || deliver_stale {
+            self.events.push_back(Event::Notification {
+                id,
+                peer: remote,
+                response,
+                fresh,
+            });
+        }
+    }
+
+    /// A request got no answer in time. An established observation whose re-registration
+    /// went unanswered tries again later (up to [`Config::reregistration_attempts`] times in
+    /// a row) rather than ending: the server may well still be notifying.
+    fn request_timed_out(&mut self, now: Instant, id: RequestId) {
+        let attempts = self.config.reregistration_attempts;
+        let retry = self.config.reregistration_grace;
+        if let Some(ex) = self.clients.get_mut(&id) {
+            if let Some(ob) = ex.observe.as_mut() {
+                if ob.established && !ob.deregistering && ob.failed_reregistrations < attempts {
+                    ob.failed_reregistrations += 1;
+                    if let ClientState::AwaitingAck { mid } = ex.state {
+                        self.pending_con.remove(&(ex.peer, mid));
+                    }
+                    if let ClientState::AwaitingResponse { mid, .. } = ex.state {
+                        self.non_requests.remove(&(ex.peer, mid));
+                    }
+                    let deadline = now + retry;
+                    ex.state = ClientState::Observing { deadline };
+                    self.timers.push(deadline, Timer::ClientDeadline(id));
+                    self.release_outstanding(now, id);
+                    return;
+                }
+            }
+        }
+        self.finish_client(
+            now,
+            id,
+            Event::RequestFailed {
+                id,
+                reason: Failure::Timeout,
+            },
+        );
+    }
+
+    /// Registers again when an observation fell silent past Max-Age (RFC 7641 §3.3.1).
+    fn reregister(&mut self, now: Instant, id: RequestId) {
+        let Some(ex) = self.clients.get(&id) else {
+            return;
+        };
+        let next = registration_request(ex, 0);
+        self.continue_exchange(now, id, next, false);
+    }
+
+    /// Server side of an incoming request's Observe option (RFC 7641 §4.1): deregisters on
+    /// Observe = 1 or on the same request without Observe, and notes a registration.
+    fn observe_in(
+        &mut self,
+        _now: Instant,
+        remote: SocketAddr,
+        request: &Message,
+    ) -> Option<Box<ObserveRequest>> {
+        let value = request.options.observe();
+        if value != Some(0) {
+            if let Some(&oid) = self.observers.by_key.get(&(remote, request.token.clone())) {
+                self.remove_observer(oid, ObserverRemoval::Deregistered);
+            }
+            return None;
+        }
+        if !matches!(request.code, Code::GET | Code::FETCH) {
+            return None;
+        }
+        let mut path = alloc::string::String::new();
+        for segment in request.options.uri_path() {
+            path.push('/');
+            path.push_str(segment);
+        }
+        if path.is_empty() {
+            path.push('/');
+        }
+        Some(Box::new(ObserveRequest {
+            path,
+            key: CacheKey::new(request.code, &request.options, BLOCKWISE_OBSERVE_EXCLUDED),
+            request: request.clone(),
+            accepted: false,
+        }))
+    }
+
+    /// Sends a new state to every observer of one variant.
+    fn notify_variant(&mut self, now: Instant, vid: u64, response: Response) -> usize {
+        let Some(rid) = self.observers.variants.get(&vid).map(|v| v.resource) else {
+            return 0;
+        };
+        let seq = self.observers.bump(rid);
+        self.notify_variant_seq(now, vid, &response, seq)
+    }
+
+    fn notify_variant_seq(
+        &mut self,
+        now: Instant,
+        vid: u64,
+        response: &Response,
+        seq: u32,
+    ) -> usize {
+        let Some(v) = self.observers.variants.get(&vid) else {
+            return 0;
+        };
+        let members: Vec<u64> = v.members.iter().copied().collect();
+        let key = v.key.clone();
+        let mut rsp = response.clone();
+        rsp.options.set_observe(seq);
+        let max_szx = szx_at_most(self.config.block_size);
+        let large = rsp.payload.len() > block_size(max_szx);
+        if large {
+            block::ensure_etag(&mut rsp);
+        }
+        for &oid in &members {
+            if large {
+                // §2.6 of RFC 7959: the first block goes out; the client fetches the rest
+                // with plain GETs served from this stored representation.
+                if let Some(peer) = self.observers.observers.get(&oid).map(|o| o.peer) {
+                    let mut whole = rsp.clone();
+                    whole.options.remove(OptionNumber::OBSERVE);
+                    self.representations.insert(
+                        (peer, key.clone()),
+                        now + self.config.representation_lifetime,
+                        &whole,
+                        self.config.max_representation_bytes,
+                    );
+                }
+            }
+            self.send_notification(now, oid, rsp.clone());
+        }
+        members.len()
+    }
+
+    /// Sends one notification, or parks it behind an unacknowledged Confirmable one, where a
+    /// newer state replaces an older one (RFC 7641 §4.5.2).
+    fn send_notification(&mut self, now: Instant, oid: u64, response: Response) {
+        let Some(o) = self.observers.observers.get_mut(&oid) else {
+            return;
+        };
+        if o.in_flight.is_some() {
+            o.waiting = Some(Box::new(response));
+            return;
+        }
+        let peer = o.peer;
+        let confirmable = self.config.notification_type == MessageType::Con
+            || !response.code.is_success()
+            || now >= o.last_con + self.config.con_notification_interval;
+        let mtype = if confirmable {
+            MessageType::Con
+        } else {
+            MessageType::Non
+        };
+        let Some(mid) = self.allocate_mid_now(now, peer, mtype) else {
+            // Message IDs towards this peer are used up: keep the state for later.
+            if let Some(o) = self.observers.observers.get_mut(&oid) {
+                o.waiting = Some(Box::new(response));
+            }
+            if let Some(until) = self.peers.get(&peer).and_then(Peer::next_free) {
+                self.timers.push(until, Timer::Peer(peer));
+            }
+            return;
+        };
+        let max_szx = szx_at_most(self.config.block_size);
+        let success = response.code.is_success();
+        let response = if response.payload.len() > block_size(max_szx) {
+            match slice_response(response, None, max_szx, false) {
+                Ok(r) | Err(r) => r,
+            }
+        } else {
+            response
+        };
+        let token = match self.observers.observers.get(&oid) {
+            Some(o) => o.token.clone(),
+            None => return,
+        };
+        let bytes = self.encode_response(mtype, mid, &token, &response);
+        if confirmable {
+            let timeout = self.initial_timeout();
+            let deadline = now + timeout;
+            self.pending_con.insert(
+                (peer, mid),
+                PendingCon {
+                    owner: ConOwner::Notification(oid),
+                    bytes: Arc::clone(&bytes),
+                    retransmissions: 0,
+                    timeout,
+                    deadline,
+                },
+            );
+            self.timers.push(deadline, Timer::Retransmit(peer, mid));
+            if let Some(o) = self.observers.observers.get_mut(&oid) {
+                o.in_flight = Some(mid);
+                o.last_con = now;
+            }
+        } else {
+            let expires = now + self.config.non_lifetime();
+            let cap = self.config.max_dedup_entries;
+            self.observers.record_non((peer, mid), oid, expires, cap);
+        }
+        self.queue_transmit(peer, bytes);
+        if !success {
+            self.remove_observer(oid, ObserverRemoval::ErrorNotified);
+        }
+    }
+
+    /// RFC 7641 §4.5.2: when a newer state waits behind an unacknowledged Confirmable
+    /// notification, the next transmission carries the newer state (a new Message ID) while
+    /// the retransmission counter and timer carry on.
+    fn supersede_notification(&mut self, now: Instant, key: (SocketAddr, u16), oid: u64) {
+        let Some(old) = self.pending_con.remove(&key) else {
+            return;
+        };
+        let Some(next) = self
+            .observers
+            .observers
+            .get_mut(&oid)
+            .and_then(|o| o.waiting.take())
+        else {
+            return;
+        };
+        if old.retransmissions >= self.config.max_retransmit {
+            self.remove_observer(oid, ObserverRemoval::Timeout);
+            return;
+        }
+        let peer = key.0;
+        let Some(mid) = self.allocate_mid_now(now, peer, MessageType::Con) else {
+            self.remove_observer(oid, ObserverRemoval::Timeout);
+            return;
+        };
+        let token = match self.observers.observers.get(&oid) {
+            Some(o) => o.token.clone(),
+            None => return,
+        };
+        let bytes = self.encode_response(MessageType::Con, mid, &token, &next);
+        let timeout = old.timeout * 2;
+        let deadline = now + timeout;
+        self.pending_con.insert(
+            (peer, mid),
+            PendingCon {
+                owner: ConOwner::Notification(oid),
+                bytes: Arc::clone(&bytes),
+                retransmissions: old.retransmissions + 1,
+                timeout,
+                deadline,
+            },
+        );
+        self.timers.push(deadline, Timer::Retransmit(peer, mid));
+        if let Some(o) = self.observers.observers.get_mut(&oid) {
+            o.in_flight = Some(mid);
+            o.last_con = now;
+        }
+        self.stats.retransmissions += 1;
+        self.queue_transmit(peer, bytes);
+    }
+
+    fn remove_observer(&mut self, oid: u64, reason: ObserverRemoval) {
+        if let Some((peer, resource, observers)) = self.observers.remove(oid) {
+            self.events.push_back(Event::ObserverRemoved {
+                id: ObserverId(oid),
+                resource,
+                peer,
+                reason,
+                observers,
+            });
+        }
     }
 
     fn unrecognized_critical(&self, options: &Options) -> Option<OptionNumber> {
@@ -1646,6 +2283,7 @@ impl Endpoint {
                 sent: None,
                 block: None,
                 random_access: false,
+                observe: None,
             },
         );
         self.pump_peer(now, remote);
@@ -1791,6 +2429,7 @@ impl Endpoint {
                     peer.queue.retain(|q| *q != id);
                 }
             }
+            ClientState::Observing { .. } => {}
         }
         self.events.push_back(event);
         if ex.outstanding {
@@ -1819,12 +2458,14 @@ impl Endpoint {
     }
 
     fn fail_peer_requests(&mut self, now: Instant, remote: SocketAddr, reason: Failure) {
-        let ids: Vec<RequestId> = self
+        let mut ids: Vec<RequestId> = self
             .clients
             .iter()
             .filter(|(_, ex)| ex.peer == remote)
             .map(|(id, _)| *id)
             .collect();
+        // Hash-map order differs between processes; events must not.
+        ids.sort_unstable();
         for id in ids {
             self.finish_client(now, id, Event::RequestFailed { id, reason });
         }
@@ -1988,6 +2629,20 @@ impl Endpoint {
                 if pc.deadline != deadline {
                     return;
                 }
+                if let ConOwner::Notification(oid) = pc.owner {
+                    if self
+                        .observers
+                        .observers
+                        .get(&oid)
+                        .is_some_and(|o| o.waiting.is_some())
+                    {
+                        self.supersede_notification(now, key, oid);
+                        return;
+                    }
+                }
+                let Some(pc) = self.pending_con.get_mut(&key) else {
+                    return;
+                };
                 if pc.retransmissions < self.config.max_retransmit {
                     // §4.2: double the timeout and send again.
                     pc.retransmissions += 1;
@@ -2009,19 +2664,16 @@ impl Endpoint {
                     let owner = pc.owner;
                     self.pending_con.remove(&key);
                     match owner {
-                        ConOwner::Request(id) => self.finish_client(
-                            now,
-                            id,
-                            Event::RequestFailed {
-                                id,
-                                reason: Failure::Timeout,
-                            },
-                        ),
+                        ConOwner::Request(id) => self.request_timed_out(now, id),
                         ConOwner::Response(id) => {
                             self.events.push_back(Event::ResponseNotConfirmed {
                                 id,
                                 reason: Failure::Timeout,
                             })
+                        }
+                        // §4.5: an observer that never acknowledges is gone.
+                        ConOwner::Notification(oid) => {
+                            self.remove_observer(oid, ObserverRemoval::Timeout)
                         }
                     }
                 }
@@ -2030,27 +2682,56 @@ impl Endpoint {
                 let Some(ex) = self.clients.get(&id) else {
                     return;
                 };
-                let ClientState::AwaitingResponse { deadline: d, .. } = ex.state else {
-                    return;
+                let d = match ex.state {
+                    ClientState::AwaitingResponse { deadline: d, .. } => d,
+                    ClientState::Observing { deadline: d } => {
+                        if d == deadline {
+                            self.reregister(now, id);
+                        }
+                        return;
+                    }
+                    _ => return,
                 };
                 if d != deadline {
                     return;
                 }
-                let event = if ex.kind == ClientKind::Multicast {
-                    Event::MulticastDone { id }
+                if ex.kind == ClientKind::Multicast {
+                    self.finish_client(now, id, Event::MulticastDone { id });
                 } else {
-                    Event::RequestFailed {
-                        id,
-                        reason: Failure::Timeout,
-                    }
-                };
-                self.finish_client(now, id, event);
+                    self.request_timed_out(now, id);
+                }
             }
             Timer::Peer(remote) => {
                 if let Some(peer) = self.peers.get_mut(&remote) {
                     peer.expire(now);
                 }
                 self.pump_peer(now, remote);
+                // Notifications parked for want of a Message ID.
+                let parked: Vec<u64> =
+                    self.observers
+                        .per_peer
+                        .get(&remote)
+                        .map(|set| {
+                            set.iter()
+                                .copied()
+                                .filter(|oid| {
+                                    self.observers.observers.get(oid).is_some_and(|o| {
+                                        o.in_flight.is_none() && o.waiting.is_some()
+                                    })
+                                })
+                                .collect()
+                        })
+                        .unwrap_or_default();
+                for oid in parked {
+                    let next = self
+                        .observers
+                        .observers
+                        .get_mut(&oid)
+                        .and_then(|o| o.waiting.take());
+                    if let Some(next) = next {
+                        self.send_notification(now, oid, *next);
+                    }
+                }
             }
         }
     }
@@ -2075,7 +2756,7 @@ impl Endpoint {
                 .get(&(*remote, *mid))
                 .is_some_and(|pc| pc.deadline == deadline),
             Timer::ClientDeadline(id) => self.clients.get(id).is_some_and(|ex| {
-                matches!(ex.state, ClientState::AwaitingResponse { deadline: d, .. } if d == deadline)
+                matches!(ex.state, ClientState::AwaitingResponse { deadline: d, .. } | ClientState::Observing { deadline: d } if d == deadline)
             }),
             Timer::Peer(remote) => self.peers.contains_key(remote),
         }
@@ -2241,6 +2922,24 @@ fn next_block2_request(ex: &ClientExchange, num: u32, szx: u8) -> Request {
     next
 }
 
+/// The registration request of an observation again, with Observe set to `value` (0 to
+/// re-register, 1 to deregister) and any Block2 option removed.
+fn registration_request(ex: &ClientExchange, value: u32) -> Request {
+    let mut next = Request::new(ex.method);
+    next.message_type = Some(ex.message_type);
+    next.timeout = ex.timeout;
+    if let Some(view) = ex.sent.as_deref().and_then(|b| MessageView::parse(b).ok()) {
+        for (n, v) in view.options() {
+            if n != OptionNumber::BLOCK2 {
+                next.options.push(n, v);
+            }
+        }
+        next.payload = Bytes::copy_from_slice(view.payload());
+    }
+    next.options.set_uint(OptionNumber::OBSERVE, value);
+    next
+}
+
 /// How long a Message ID stays in use, and a deduplication entry lives (§4.4, §4.5).
 fn lifetime(config: &Config, mtype: MessageType) -> Duration {
     if mtype == MessageType::Con {
@@ -2345,3 +3044,6 @@ mod tests;
 
 #[cfg(test)]
 mod block_tests;
+
+#[cfg(test)]
+mod observe_tests;

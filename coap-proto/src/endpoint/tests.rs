@@ -360,6 +360,8 @@ fn unknown_critical_option_gets_4_02_and_elective_ones_are_ignored() {
 
     let mut req = con_get(0x21, b"t", "/x");
     req.options.push(OptionNumber(2048), b"v");
+    // Accept (17) is critical and understood.
+    req.options.push_uint(OptionNumber::ACCEPT, 50);
     server.handle_datagram(t(0), CLIENT, &encode(&req));
     let (_, got) = expect_request(&mut server);
     assert!(

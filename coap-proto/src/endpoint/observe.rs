@@ -1,0 +1,350 @@
+//! Observe (RFC 7641): the server's lists of observers and the client's freshness rule.
+
+use alloc::boxed::Box;
+use alloc::collections::{BTreeMap, BTreeSet, VecDeque};
+use alloc::string::String;
+use core::fmt;
+use core::net::SocketAddr;
+use core::time::Duration;
+
+use hashbrown::HashMap;
+
+use crate::cache_key::CacheKey;
+use crate::msg::{Message, Token};
+use crate::request::Response;
+use crate::time::Instant;
+
+/// Names one observer on the server, for the lifetime of the endpoint.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ObserverId(pub(crate) u64);
+
+impl fmt::Display for ObserverId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "obs#{}", self.0)
+    }
+}
+
+/// Why an observer left a resource's list (see
+/// [`Event::ObserverRemoved`](super::Event::ObserverRemoved)).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum ObserverRemoval {
+    /// The client deregistered (GET with Observe = 1) or sent the same request without Observe
+    /// (RFC 7641 §3.6, §4.1).
+    Deregistered,
+    /// The client answered a notification with Reset (§3.6).
+    Reset,
+    /// A Confirmable notification was never acknowledged (§4.5).
+    Timeout,
+    /// A notification with a non-2.xx code ended the observation (§4.2).
+    ErrorNotified,
+    /// The application removed it, aborted the peer, or the endpoint shut down.
+    Cancelled,
+}
+
+/// The sequence-number rule of RFC 7641 §3.4: whether a notification with Observe value `v2`
+/// received at `t2` is newer than the freshest one so far, `v1` received at `t1`.
+pub fn is_fresher(v1: u32, t1: Instant, v2: u32, t2: Instant) -> bool {
+    const HALF: u32 = 1 << 23;
+    let (v1, v2) = (v1 & 0xff_ffff, v2 & 0xff_ffff);
+    (v1 < v2 && v2 - v1 < HALF) || (v1 > v2 && v1 - v2 > HALF) || t2 > t1 + Duration::from_secs(128)
+}
+
+/// A client on a resource's list of observers.
+#[derive(Debug)]
+pub(super) struct Observer {
+    pub(super) peer: SocketAddr,
+    pub(super) token: Token,
+    pub(super) resource: u32,
+    pub(super) variant: u64,
+    /// When the last Confirmable notification went to this observer (the 24-hour rule, §4.5).
+    pub(super) last_con: Instant,
+    /// Message ID of a Confirmable notification awaiting its ACK.
+    pub(super) in_flight: Option<u16>,
+    /// A newer state waiting for that ACK; a still newer one replaces it (§4.5.2).
+    pub(super) waiting: Option<Box<Response>>,
+}
+
+/// One variant of a resource: observers whose requests share a cache key (for example the same
+/// Accept option), and the request to render it again.
+#[derive(Debug)]
+pub(super) struct Variant {
+    pub(super) resource: u32,
+    pub(super) key: CacheKey,
+    /// The registration request, kept so the application can render this variant again.
+    pub(super) request: Message,
+    pub(super) members: BTreeSet<u64>,
+}
+
+/// An observed resource.
+#[derive(Debug)]
+pub(super) struct Resource {
+    pub(super) path: String,
+    /// Strictly increasing per resource; its 24 low bits are the Observe value (§4.4).
+    pub(super) seq: u32,
+    pub(super) variants: BTreeSet<u64>,
+    pub(super) count: usize,
+}
+
+/// The server's observer lists. Ordered maps keep fan-out order deterministic (registration
+/// order), which the simulation relies on.
+#[derive(Debug, Default)]
+pub(super) struct Registry {
+    next_id: u64,
+    pub(super) observers: BTreeMap<u64, Observer>,
+    pub(super) by_key: HashMap<(SocketAddr, Token), u64>,
+    pub(super) resources: BTreeMap<u32, Resource>,
+    pub(super) resource_ids: HashMap<String, u32>,
+    pub(super) variants: BTreeMap<u64, Variant>,
+    variant_ids: HashMap<(u32, CacheKey), u64>,
+    pub(super) per_peer: HashMap<SocketAddr, BTreeSet<u64>>,
+    /// Message IDs of recent NON notifications, so a Reset to one removes its observer.
+    non_mids: HashMap<(SocketAddr, u16), u64>,
+    non_mid_order: VecDeque<(Instant, (SocketAddr, u16))>,
+}
+
+/// Bounds on the registry, from the configuration.
+#[derive(Clone, Copy, Debug)]
+pub(super) struct ObserverLimits {
+    pub(super) total: usize,
+    pub(super) per_resource: usize,
+    pub(super) per_peer: usize,
+}
+
+impl Registry {
+    pub(super) fn len(&self) -> usize {
+        self.observers.len()
+    }
+
+    pub(super) fn next_id(&mut self) -> u64 {
+        self.next_id += 1;
+        self.next_id
+    }
+
+    /// Whether one more observer of `path` from `peer` fits the bounds. A re-registration
+    /// (same peer and token) always fits: it replaces the old entry (§4.1).
+    pub(super) fn has_room(
+        &self,
+        path: &str,
+        peer: SocketAddr,
+        token: &Token,
+        limits: ObserverLimits,
+    ) -> bool {
+        if self.by_key.contains_key(&(peer, token.clone())) {
+            return true;
+        }
+        let on_resource = self
+            .resource_ids
+            .get(path)
+            .and_then(|r| self.resources.get(r))
+            .map_or(0, |r| r.count);
+        let of_peer = self.per_peer.get(&peer).map_or(0, BTreeSet::len);
+        self.observers.len() < limits.total
+            && on_resource < limits.per_resource
+            && of_peer < limits.per_peer
+    }
+
+    /// Adds (or replaces) the observer `peer`/`token` of `path`, in the variant identified by
+    /// `key`. Returns its id and the Observe value for the registration response.
+    pub(super) fn add(
+        &mut self,
+        now: Instant,
+        path: &str,
+        key: CacheKey,
+        request: &Message,
+        peer: SocketAddr,
+        token: Token,
+    ) -> (u64, u32) {
+        if let Some(&old) = self.by_key.get(&(peer, token.clone())) {
+            self.remove(old);
+        }
+        let rid = match self.resource_ids.get(path) {
+            Some(&rid) => rid,
+            None => {
+                let rid = u32::try_from(self.next_id()).unwrap_or(u32::MAX);
+                self.resource_ids.insert(String::from(path), rid);
+                self.resources.insert(
+                    rid,
+                    Resource {
+                        path: String::from(path),
+                        seq: 0,
+                        variants: BTreeSet::new(),
+                        count: 0,
+                    },
+                );
+                rid
+            }
+        };
+        let vid = match self.variant_ids.get(&(rid, key.clone())) {
+            Some(&vid) => vid,
+            None => {
+                let vid = self.next_id();
+                let mut stored = request.clone();
+                stored.options.remove(crate::msg::OptionNumber::OBSERVE);
+                self.variant_ids.insert((rid, key.clone()), vid);
+                self.variants.insert(
+                    vid,
+                    Variant {
+                        resource: rid,
+                        key,
+                        request: stored,
+                        members: BTreeSet::new(),
+                    },
+                );
+                if let Some(r) = self.resources.get_mut(&rid) {
+                    r.variants.insert(vid);
+                }
+                vid
+            }
+        };
+        let oid = self.next_id();
+        self.observers.insert(
+            oid,
+            Observer {
+                peer,
+                token: token.clone(),
+                resource: rid,
+                variant: vid,
+                last_con: now,
+                in_flight: None,
+                waiting: None,
+            },
+        );
+        self.by_key.insert((peer, token), oid);
+        self.per_peer.entry(peer).or_default().insert(oid);
+        if let Some(v) = self.variants.get_mut(&vid) {
+            v.members.insert(oid);
+        }
+        let seq = match self.resources.get_mut(&rid) {
+            Some(r) => {
+                r.count += 1;
+                r.seq = r.seq.wrapping_add(1);
+                r.seq
+            }
+            None => 0,
+        };
+        (oid, seq & 0xff_ffff)
+    }
+
+    /// Removes an observer; returns its peer, its resource's path and how many observers the
+    /// resource has left.
+    pub(super) fn remove(&mut self, oid: u64) -> Option<(SocketAddr, String, usize)> {
+        let o = self.observers.remove(&oid)?;
+        self.by_key.remove(&(o.peer, o.token));
+        if let Some(set) = self.per_peer.get_mut(&o.peer) {
+            set.remove(&oid);
+            if set.is_empty() {
+                self.per_peer.remove(&o.peer);
+            }
+        }
+        if let Some(v) = self.variants.get_mut(&o.variant) {
+            v.members.remove(&oid);
+            if v.members.is_empty() {
+                let key = v.key.clone();
+                self.variants.remove(&o.variant);
+                self.variant_ids.remove(&(o.resource, key));
+                if let Some(r) = self.resources.get_mut(&o.resource) {
+                    r.variants.remove(&o.variant);
+                }
+            }
+        }
+        let (path, left) = match self.resources.get_mut(&o.resource) {
+            Some(r) => {
+                r.count -= 1;
+                (r.path.clone(), r.count)
+            }
+            None => (String::new(), 0),
+        };
+        if left == 0 {
+            // Keep the resource (and its sequence number) only while it has observers; a
+            // resource observed again later starts a new sequence, which clients accept
+            // because their observation is new too.
+            if let Some(r) = self.resources.remove(&o.resource) {
+                self.resource_ids.remove(&r.path);
+            }
+        }
+        Some((o.peer, path, left))
+    }
+
+    /// The next Observe value for a notification of resource `rid`.
+    pub(super) fn bump(&mut self, rid: u32) -> u32 {
+        match self.resources.get_mut(&rid) {
+            Some(r) => {
+                r.seq = r.seq.wrapping_add(1);
+                r.seq & 0xff_ffff
+            }
+            None => 0,
+        }
+    }
+
+    pub(super) fn record_non(
+        &mut self,
+        key: (SocketAddr, u16),
+        oid: u64,
+        expires: Instant,
+        max: usize,
+    ) {
+        while self.non_mids.len() >= max {
+            let Some((_, k)) = self.non_mid_order.pop_front() else {
+                break;
+            };
+            self.non_mids.remove(&k);
+        }
+        self.non_mids.insert(key, oid);
+        self.non_mid_order.push_back((expires, key));
+    }
+
+    pub(super) fn non_owner(&self, key: &(SocketAddr, u16)) -> Option<u64> {
+        self.non_mids.get(key).copied()
+    }
+
+    pub(super) fn expire(&mut self, now: Instant) {
+        while self.non_mid_order.front().is_some_and(|(t, _)| *t <= now) {
+            if let Some((_, k)) = self.non_mid_order.pop_front() {
+                self.non_mids.remove(&k);
+            }
+        }
+    }
+
+    pub(super) fn next_expiry(&self) -> Option<Instant> {
+        self.non_mid_order.front().map(|(t, _)| *t)
+    }
+
+    pub(super) fn non_mid_entries(&self) -> usize {
+        self.non_mids.len()
+    }
+}
+
+/// A client's registration (see [`Endpoint::observe`](super::Endpoint::observe)).
+#[derive(Debug, Default)]
+pub(super) struct ClientObserve {
+    /// The first notification arrived: the server accepted the registration.
+    pub(super) established: bool,
+    /// Observe value and arrival time of the freshest notification so far.
+    pub(super) freshest: Option<(u32, Instant)>,
+    /// A deregistration (GET with Observe = 1) is under way.
+    pub(super) deregistering: bool,
+    /// Re-registrations in a row that got no answer.
+    pub(super) failed_reregistrations: u32,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn freshness_follows_rfc7641_section_3_4() {
+        let t = Instant::from_secs(10);
+        assert!(is_fresher(1, t, 2, t));
+        assert!(!is_fresher(2, t, 1, t));
+        assert!(!is_fresher(5, t, 5, t));
+        // Wrap-around of the 24-bit value.
+        assert!(is_fresher(0xff_fffe, t, 3, t));
+        assert!(!is_fresher(3, t, 0xff_fffe, t));
+        // Exactly half the space apart is not fresher either way.
+        assert!(!is_fresher(0, t, 1 << 23, t));
+        // After 128 s anything is fresher.
+        assert!(!is_fresher(9, t, 8, t + Duration::from_secs(128)));
+        assert!(is_fresher(9, t, 8, t + Duration::from_micros(128_000_001)));
+    }
+}
