@@ -278,6 +278,18 @@ struct ClientExchange {
     random_access: bool,
     /// Set for observations (RFC 7641).
     observe: Option<Box<ClientObserve>>,
+    /// Set for the internal request that fetches the rest of a block-wise notification.
+    notification_of: Option<Box<NotificationBlocks>>,
+}
+
+/// A notification whose first block arrived; the rest is being fetched (RFC 7959 §2.6).
+#[derive(Debug)]
+struct NotificationBlocks {
+    /// The observation it belongs to.
+    parent: RequestId,
+    /// The first block's message, whose options the complete notification keeps.
+    first: Message,
+    fresh: bool,
 }
 
 /// Who waits for the acknowledgement of a Confirmable message this endpoint sent.
@@ -1961,14 +1973,69 @@ impl Endpoint {
             now + Duration::from_secs(u64::from(max_age)) + self.config.reregistration_grace;
         ex.state = ClientState::Observing { deadline };
         self.timers.push(deadline, Timer::ClientDeadline(id));
+        let more_blocks = response
+            .options
+            .block2()
+            .is_some_and(|b| b.more && b.num == 0 && response.payload.len() == b.size());
+        let follow_up = response
+            .options
+            .block2()
+            .filter(|_| more_blocks)
+            .map(|b| next_block2_request(ex, 1, b.szx));
         self.release_outstanding(now, id);
-        if fresh || deliver_stale {
-            self.events.push_back(Event::Notification {
+        if !(fresh || deliver_stale) {
+            return;
+        }
+        match follow_up {
+            Some(next) => self.fetch_notification_blocks(now, id, remote, response, fresh, next),
+            None => self.events.push_back(Event::Notification {
                 id,
                 peer: remote,
                 response,
                 fresh,
-            });
+            }),
+        }
+    }
+
+    /// RFC 7959 §2.6: a notification larger than a block carries its first block; the rest
+    /// comes by plain GETs (no Observe, a token of their own), assembled before the
+    /// application sees the notification.
+    fn fetch_notification_blocks(
+        &mut self,
+        now: Instant,
+        parent: RequestId,
+        remote: SocketAddr,
+        first: Message,
+        fresh: bool,
+        next: Request,
+    ) {
+        let message_type = self
+            .clients
+            .get(&parent)
+            .map_or(MessageType::Con, |ex| ex.message_type);
+        let token = self.fresh_token();
+        let Ok(child) =
+            self.start_exchange(now, remote, ClientKind::Request, message_type, token, next)
+        else {
+            return;
+        };
+        if let Some(ex) = self.clients.get_mut(&child) {
+            let mut body = bytes::BytesMut::with_capacity(first.payload.len() * 2);
+            body.extend_from_slice(&first.payload);
+            ex.block = Some(Box::new(ClientBlock {
+                upload: None,
+                download: Some(block::Download {
+                    body,
+                    etag: first.options.etag().map(block::Etag::from),
+                    size2: first.options.size2(),
+                    restarts: 0,
+                }),
+            }));
+            ex.notification_of = Some(Box::new(NotificationBlocks {
+                parent,
+                first,
+                fresh,
+            }));
         }
     }
 
@@ -2284,6 +2351,7 @@ impl Endpoint {
                 block: None,
                 random_access: false,
                 observe: None,
+                notification_of: None,
             },
         );
         self.pump_peer(now, remote);
@@ -2431,7 +2499,30 @@ impl Endpoint {
             }
             ClientState::Observing { .. } => {}
         }
-        self.events.push_back(event);
+        if let Some(notification) = ex.notification_of {
+            // An internal fetch of a notification's remaining blocks (RFC 7959 §2.6): the
+            // application never saw this request, so it sees no end of it either; a complete
+            // body becomes the parent's notification.
+            if let Event::Response { response, peer, .. } = event {
+                let NotificationBlocks {
+                    parent,
+                    mut first,
+                    fresh,
+                } = *notification;
+                if response.code.is_success() && self.clients.contains_key(&parent) {
+                    first.payload = response.payload;
+                    first.options.remove(OptionNumber::BLOCK2);
+                    self.events.push_back(Event::Notification {
+                        id: parent,
+                        peer,
+                        response: first,
+                        fresh,
+                    });
+                }
+            }
+        } else {
+            self.events.push_back(event);
+        }
         if ex.outstanding {
             if let Some(peer) = self.peers.get_mut(&ex.peer) {
                 peer.outstanding = peer.outstanding.saturating_sub(1);

@@ -426,3 +426,54 @@ fn tables_drain_after_observations_end() {
     }
     let _ = Duration::ZERO;
 }
+
+#[test]
+fn large_notifications_are_completed_with_block2_requests() {
+    let (mut client, mut server, id) = observed(|_| {});
+    let big: Bytes = (0..3000u32)
+        .map(|i| (i % 253) as u8)
+        .collect::<Vec<u8>>()
+        .into();
+    server.notify(t(10), "/temp", Some(Response::content(big.clone())));
+    let first = carry(&mut server, SERVER, &mut client, t(10));
+    assert_eq!(
+        first[0].payload.len(),
+        1024,
+        "the notification carries the first block"
+    );
+    assert!(first[0].options.observe().is_some());
+    let mut follow_ups = Vec::new();
+    for round in 0..10 {
+        let reqs = carry(&mut client, CLIENT, &mut server, t(11 + round));
+        if reqs.is_empty() {
+            break;
+        }
+        follow_ups.extend(reqs);
+        carry(&mut server, SERVER, &mut client, t(11 + round));
+    }
+    assert_eq!(follow_ups.len(), 2, "blocks 1 and 2 fetched");
+    assert!(follow_ups
+        .iter()
+        .all(|r| r.options.observe().is_none() && r.token != first[0].token));
+    match events(&mut client).as_slice() {
+        [Event::Notification {
+            id: n,
+            response,
+            fresh: true,
+            ..
+        }] => {
+            assert_eq!(*n, id);
+            assert_eq!(response.payload, big);
+        }
+        other => panic!("{other:?}"),
+    }
+    assert!(
+        events(&mut server).is_empty(),
+        "follow-ups are served from the stored representation"
+    );
+    assert_eq!(
+        client.table_sizes().client_exchanges,
+        1,
+        "only the observation remains"
+    );
+}
