@@ -98,7 +98,8 @@ impl Dedup {
         }
     }
 
-    /// Drops the entries whose lifetime ended by `now`.
+    /// Drops the entries whose lifetime ended by `now`, and gives memory back once the cache
+    /// has shrunk well below its peak, so a burst does not pin its high-water mark.
     pub(super) fn expire(&mut self, now: Instant) {
         while let Some(&(expiry, key)) = self.order.front() {
             if expiry > now {
@@ -106,6 +107,12 @@ impl Dedup {
             }
             self.order.pop_front();
             self.remove_if(&key, expiry);
+        }
+        if self.map.capacity() > 4 * self.map.len() + 64 {
+            self.map.shrink_to(2 * self.map.len());
+        }
+        if self.order.capacity() > 4 * self.order.len() + 64 {
+            self.order.shrink_to(2 * self.order.len());
         }
     }
 

@@ -623,6 +623,9 @@ impl Endpoint {
             self.empty_acks.pop_front();
             self.send_empty_ack_for(id);
         }
+        if self.empty_acks.capacity() > 4 * self.empty_acks.len() + 64 {
+            self.empty_acks.shrink_to(2 * self.empty_acks.len());
+        }
         while self.delayed.front().is_some_and(|(t, _)| *t <= now) {
             // Sorted insertion keeps the earliest first.
             if let Some((_, out)) = self.delayed.pop_front() {
@@ -877,13 +880,7 @@ impl Endpoint {
         if let Some(peer) = self.peers.get_mut(&remote) {
             peer.held.clear();
         }
-        let observers: Vec<u64> = self
-            .observers
-            .per_peer
-            .get(&remote)
-            .map(|set| set.iter().copied().collect())
-            .unwrap_or_default();
-        for oid in observers {
+        for oid in self.observers.of_peer(remote) {
             self.remove_observer(oid, ObserverRemoval::Cancelled);
         }
     }
@@ -2092,7 +2089,7 @@ impl Endpoint {
     ) -> Option<Box<ObserveRequest>> {
         let value = request.options.observe();
         if value != Some(0) {
-            if let Some(&oid) = self.observers.by_key.get(&(remote, request.token.clone())) {
+            if let Some(oid) = self.observers.find(remote, &request.token) {
                 self.remove_observer(oid, ObserverRemoval::Deregistered);
             }
             return None;
@@ -2798,21 +2795,17 @@ impl Endpoint {
                 }
                 self.pump_peer(now, remote);
                 // Notifications parked for want of a Message ID.
-                let parked: Vec<u64> =
-                    self.observers
-                        .per_peer
-                        .get(&remote)
-                        .map(|set| {
-                            set.iter()
-                                .copied()
-                                .filter(|oid| {
-                                    self.observers.observers.get(oid).is_some_and(|o| {
-                                        o.in_flight.is_none() && o.waiting.is_some()
-                                    })
-                                })
-                                .collect()
-                        })
-                        .unwrap_or_default();
+                let parked: Vec<u64> = self
+                    .observers
+                    .of_peer(remote)
+                    .into_iter()
+                    .filter(|oid| {
+                        self.observers
+                            .observers
+                            .get(oid)
+                            .is_some_and(|o| o.in_flight.is_none() && o.waiting.is_some())
+                    })
+                    .collect();
                 for oid in parked {
                     let next = self
                         .observers

@@ -3,11 +3,13 @@
 use alloc::boxed::Box;
 use alloc::collections::{BTreeMap, BTreeSet, VecDeque};
 use alloc::string::String;
+use alloc::vec::Vec;
 use core::fmt;
 use core::net::SocketAddr;
 use core::time::Duration;
 
 use hashbrown::HashMap;
+use smallvec::SmallVec;
 
 use crate::cache_key::CacheKey;
 use crate::msg::{Message, Token};
@@ -92,12 +94,14 @@ pub(super) struct Resource {
 pub(super) struct Registry {
     next_id: u64,
     pub(super) observers: BTreeMap<u64, Observer>,
-    pub(super) by_key: HashMap<(SocketAddr, Token), u64>,
     pub(super) resources: BTreeMap<u32, Resource>,
     pub(super) resource_ids: HashMap<String, u32>,
     pub(super) variants: BTreeMap<u64, Variant>,
     variant_ids: HashMap<(u32, CacheKey), u64>,
-    pub(super) per_peer: HashMap<SocketAddr, BTreeSet<u64>>,
+    /// Observers per peer, by token, in registration order. Keyed by peer alone because
+    /// most peers hold one observation: one small inline vector instead of a second map keeps
+    /// each observer's footprint down.
+    per_peer: HashMap<SocketAddr, SmallVec<[(Token, u64); 1]>>,
     /// Message IDs of recent NON notifications, so a Reset to one removes its observer.
     non_mids: HashMap<(SocketAddr, u16), u64>,
     non_mid_order: VecDeque<(Instant, (SocketAddr, u16))>,
@@ -116,6 +120,23 @@ impl Registry {
         self.observers.len()
     }
 
+    /// The observer registered by `peer` with `token`, if any.
+    pub(super) fn find(&self, peer: SocketAddr, token: &Token) -> Option<u64> {
+        self.per_peer
+            .get(&peer)?
+            .iter()
+            .find(|(t, _)| t == token)
+            .map(|(_, oid)| *oid)
+    }
+
+    /// The observers `peer` holds, in registration order.
+    pub(super) fn of_peer(&self, peer: SocketAddr) -> Vec<u64> {
+        self.per_peer
+            .get(&peer)
+            .map(|v| v.iter().map(|(_, oid)| *oid).collect())
+            .unwrap_or_default()
+    }
+
     pub(super) fn next_id(&mut self) -> u64 {
         self.next_id += 1;
         self.next_id
@@ -130,7 +151,7 @@ impl Registry {
         token: &Token,
         limits: ObserverLimits,
     ) -> bool {
-        if self.by_key.contains_key(&(peer, token.clone())) {
+        if self.find(peer, token).is_some() {
             return true;
         }
         let on_resource = self
@@ -138,7 +159,7 @@ impl Registry {
             .get(path)
             .and_then(|r| self.resources.get(r))
             .map_or(0, |r| r.count);
-        let of_peer = self.per_peer.get(&peer).map_or(0, BTreeSet::len);
+        let of_peer = self.per_peer.get(&peer).map_or(0, SmallVec::len);
         self.observers.len() < limits.total
             && on_resource < limits.per_resource
             && of_peer < limits.per_peer
@@ -155,7 +176,7 @@ impl Registry {
         peer: SocketAddr,
         token: Token,
     ) -> (u64, u32) {
-        if let Some(&old) = self.by_key.get(&(peer, token.clone())) {
+        if let Some(old) = self.find(peer, &token) {
             self.remove(old);
         }
         let rid = match self.resource_ids.get(path) {
@@ -210,8 +231,7 @@ impl Registry {
                 waiting: None,
             },
         );
-        self.by_key.insert((peer, token), oid);
-        self.per_peer.entry(peer).or_default().insert(oid);
+        self.per_peer.entry(peer).or_default().push((token, oid));
         if let Some(v) = self.variants.get_mut(&vid) {
             v.members.insert(oid);
         }
@@ -230,9 +250,8 @@ impl Registry {
     /// resource has left.
     pub(super) fn remove(&mut self, oid: u64) -> Option<(SocketAddr, String, usize)> {
         let o = self.observers.remove(&oid)?;
-        self.by_key.remove(&(o.peer, o.token));
         if let Some(set) = self.per_peer.get_mut(&o.peer) {
-            set.remove(&oid);
+            set.retain(|(_, x)| *x != oid);
             if set.is_empty() {
                 self.per_peer.remove(&o.peer);
             }
