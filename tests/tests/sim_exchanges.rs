@@ -11,7 +11,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use coap_proto::endpoint::{Config, Event, Failure, RequestId};
 use coap_proto::msg::Code;
-use coap_proto::sim::{LinkConfig, Network, NodeId};
+use coap_proto::sim::{LinkConfig, Network, NodeId, TraceEvent};
 use coap_proto::{Instant, Request, Response};
 use coap_tests::Host;
 use proptest::prelude::*;
@@ -82,6 +82,7 @@ fn run(s: &Scenario) -> RunResult {
     let server_addr: SocketAddr = SERVER.parse().unwrap();
     let client_addr: SocketAddr = CLIENT.parse().unwrap();
     let mut net = Network::new(s.seed);
+    net.record_trace(true);
     net.set_default_link(
         LinkConfig::default()
             .with_loss(s.loss)
@@ -126,9 +127,53 @@ fn run(s: &Scenario) -> RunResult {
 }
 
 /// Checks what must hold for any seed.
+/// Retransmissions of each Confirmable message the client sent, read off the network trace:
+/// the first comes after a random timeout in [ACK_TIMEOUT, ACK_TIMEOUT × ACK_RANDOM_FACTOR],
+/// each later one after twice the previous interval, and there are at most MAX_RETRANSMIT.
+fn check_retransmission_timing(seed: u64, r: &RunResult) -> Result<usize, TestCaseError> {
+    let cfg = Config::default();
+    let client: SocketAddr = CLIENT.parse().unwrap();
+    let mut sends: HashMap<Bytes, Vec<Instant>> = HashMap::new();
+    for entry in r.net.trace() {
+        if let TraceEvent::Sent { from, bytes, .. } = &entry.event {
+            // Confirmable requests only (type bits 00, a request code).
+            if *from == client
+                && bytes.len() >= 4
+                && bytes[0] & 0x30 == 0
+                && (1..32).contains(&bytes[1])
+            {
+                sends.entry(bytes.clone()).or_default().push(entry.at);
+            }
+        }
+    }
+    for times in sends.values() {
+        prop_assert!(
+            times.len() as u32 <= 1 + cfg.max_retransmit,
+            "seed {}: {} transmissions",
+            seed,
+            times.len()
+        );
+        let gaps: Vec<Duration> = times.windows(2).map(|w| w[1] - w[0]).collect();
+        if let Some(first) = gaps.first() {
+            prop_assert!(
+                *first >= cfg.ack_timeout
+                    && *first <= cfg.ack_timeout.mul_f64(cfg.ack_random_factor),
+                "seed {}: first retransmission after {:?}",
+                seed,
+                first
+            );
+        }
+        for w in gaps.windows(2) {
+            prop_assert_eq!(w[1], w[0] * 2, "seed {}: back-off does not double", seed);
+        }
+    }
+    Ok(sends.values().filter(|t| t.len() > 1).count())
+}
+
 fn check(s: &Scenario, r: &RunResult) -> Result<(), TestCaseError> {
     let seed = s.seed;
     let cfg = Config::default();
+    check_retransmission_timing(seed, r)?;
     // Every request ends in exactly one final event.
     prop_assert_eq!(
         r.client().outcomes.len(),
@@ -206,7 +251,7 @@ fn seeds() -> impl Strategy<Value = u64> {
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig { cases: 48, .. ProptestConfig::default() })]
+    #![proptest_config(ProptestConfig { cases: 256, .. ProptestConfig::default() })]
 
     #[test]
     fn lossy_duplicating_reordering_network(seed in seeds(), loss in 0.0f64..0.3, dup in 0.0f64..0.3, reorder in 0.0f64..0.3) {
@@ -281,6 +326,11 @@ fn lossy_runs_really_retransmit_and_recover() {
     check(&s, &r).unwrap();
     let stats = r.client().ep.stats();
     assert!(stats.retransmissions > 5, "{stats:?}");
+    let retransmitted = check_retransmission_timing(s.seed, &r).unwrap();
+    assert!(
+        retransmitted > 3,
+        "the trace shows {retransmitted} retransmitted requests"
+    );
     let answered = r
         .client()
         .outcomes
