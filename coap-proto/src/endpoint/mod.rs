@@ -2137,17 +2137,14 @@ impl Endpoint {
         let mut rsp = response.clone();
         rsp.options.set_observe(seq);
         let max_szx = szx_at_most(self.config.block_size);
-        let large = rsp.payload.len() > block_size(max_szx);
-        if large {
+        if rsp.payload.len() > block_size(max_szx) {
+            // §2.6 of RFC 7959: the first block goes out; the client fetches the rest with
+            // plain GETs served from the stored representation.
             block::ensure_etag(&mut rsp);
-        }
-        for &oid in &members {
-            if large {
-                // §2.6 of RFC 7959: the first block goes out; the client fetches the rest
-                // with plain GETs served from this stored representation.
+            let mut whole = rsp.clone();
+            whole.options.remove(OptionNumber::OBSERVE);
+            for &oid in &members {
                 if let Some(peer) = self.observers.observers.get(&oid).map(|o| o.peer) {
-                    let mut whole = rsp.clone();
-                    whole.options.remove(OptionNumber::OBSERVE);
                     self.representations.insert(
                         (peer, key.clone()),
                         now + self.config.representation_lifetime,
@@ -2156,7 +2153,14 @@ impl Endpoint {
                     );
                 }
             }
-            self.send_notification(now, oid, rsp.clone());
+            rsp = match slice_response(rsp, None, max_szx, false) {
+                Ok(r) | Err(r) => r,
+            };
+        }
+        // Encoded once; each observer's copy only differs in type, Message ID and token.
+        let template = self.encode_response(MessageType::Non, 0, &Token::default(), &rsp);
+        for &oid in &members {
+            self.send_notification_with(now, oid, &rsp, &template);
         }
         members.len()
     }
@@ -2164,11 +2168,24 @@ impl Endpoint {
     /// Sends one notification, or parks it behind an unacknowledged Confirmable one, where a
     /// newer state replaces an older one (RFC 7641 §4.5.2).
     fn send_notification(&mut self, now: Instant, oid: u64, response: Response) {
+        let template = self.encode_response(MessageType::Non, 0, &Token::default(), &response);
+        self.send_notification_with(now, oid, &response, &template);
+    }
+
+    /// [`send_notification`](Self::send_notification) with the response already cut to one
+    /// block and encoded as `template` (no token, Message ID 0).
+    fn send_notification_with(
+        &mut self,
+        now: Instant,
+        oid: u64,
+        response: &Response,
+        template: &[u8],
+    ) {
         let Some(o) = self.observers.observers.get_mut(&oid) else {
             return;
         };
         if o.in_flight.is_some() {
-            o.waiting = Some(Box::new(response));
+            o.waiting = Some(Box::new(response.clone()));
             return;
         }
         let peer = o.peer;
@@ -2183,27 +2200,24 @@ impl Endpoint {
         let Some(mid) = self.allocate_mid_now(now, peer, mtype) else {
             // Message IDs towards this peer are used up: keep the state for later.
             if let Some(o) = self.observers.observers.get_mut(&oid) {
-                o.waiting = Some(Box::new(response));
+                o.waiting = Some(Box::new(response.clone()));
             }
             if let Some(until) = self.peers.get(&peer).and_then(Peer::next_free) {
                 self.timers.push(until, Timer::Peer(peer));
             }
             return;
         };
-        let max_szx = szx_at_most(self.config.block_size);
         let success = response.code.is_success();
-        let response = if response.payload.len() > block_size(max_szx) {
-            match slice_response(response, None, max_szx, false) {
-                Ok(r) | Err(r) => r,
+        let Some(o) = self.observers.observers.get(&oid) else {
+            return;
+        };
+        let bytes = match stamp(&mut self.scratch, template, mtype, mid, &o.token) {
+            Some(bytes) => bytes,
+            None => {
+                let token = o.token.clone();
+                self.encode_response(mtype, mid, &token, response)
             }
-        } else {
-            response
         };
-        let token = match self.observers.observers.get(&oid) {
-            Some(o) => o.token.clone(),
-            None => return,
-        };
-        let bytes = self.encode_response(mtype, mid, &token, &response);
         if confirmable {
             let timeout = self.initial_timeout();
             let deadline = now + timeout;
@@ -2890,11 +2904,10 @@ impl Endpoint {
 
     /// The peer's state, created with a random first Message ID (§4.4) if new.
     fn peer_entry(&mut self, remote: SocketAddr) -> &mut Peer {
-        if !self.peers.contains_key(&remote) {
-            let first_mid = self.rng.next_u32() as u16;
-            self.peers.insert(remote, Peer::new(first_mid));
-        }
-        self.peers.entry(remote).or_insert_with(|| Peer::new(0))
+        let rng = &mut self.rng;
+        self.peers
+            .entry(remote)
+            .or_insert_with(|| Peer::new(rng.next_u32() as u16))
     }
 
     fn maybe_forget_peer(&mut self, remote: SocketAddr) {
@@ -3022,6 +3035,31 @@ fn registration_request(ex: &ClientExchange, value: u32) -> Request {
     }
     next.options.set_uint(OptionNumber::OBSERVE, value);
     next
+}
+
+/// A message encoded earlier with no token and Message ID 0 (`template`), stamped with a type,
+/// a Message ID and a token into a new datagram: notifications to many observers share
+/// everything else. `None` when the token needs the extended length encoding (RFC 8974).
+fn stamp(
+    scratch: &mut Vec<u8>,
+    template: &[u8],
+    mtype: MessageType,
+    mid: u16,
+    token: &Token,
+) -> Option<Arc<[u8]>> {
+    let tkl = token.len();
+    let (&code, rest) = template.get(1..)?.split_first()?;
+    let rest = rest.get(2..)?;
+    if tkl > 12 {
+        return None;
+    }
+    scratch.clear();
+    scratch.push(0x40 | (mtype.to_bits() << 4) | tkl as u8);
+    scratch.push(code);
+    scratch.extend_from_slice(&mid.to_be_bytes());
+    scratch.extend_from_slice(token.as_bytes());
+    scratch.extend_from_slice(rest);
+    Some(Arc::from(&scratch[..]))
 }
 
 /// How long a Message ID stays in use, and a deduplication entry lives (§4.4, §4.5).
