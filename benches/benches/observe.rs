@@ -3,6 +3,9 @@
 //!
 //! `cargo bench -p coap-benches --bench observe`
 
+// criterion_group! and criterion_main! generate undocumented public functions.
+#![allow(missing_docs)]
+
 use std::net::{IpAddr, Ipv6Addr, SocketAddr};
 use std::time::Duration;
 
