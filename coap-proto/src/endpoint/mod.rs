@@ -609,9 +609,13 @@ impl Endpoint {
 
     /// Reports that the network said `remote` is unreachable (for example an ICMP port
     /// unreachable error surfaced by the socket). Every client exchange with that peer fails
-    /// with [`Failure::Unreachable`].
+    /// with [`Failure::Unreachable`], and its observations on this server end
+    /// ([`ObserverRemoval::Unreachable`]).
     pub fn handle_unreachable(&mut self, now: Instant, remote: SocketAddr) {
         self.fail_peer_requests(now, remote, Failure::Unreachable);
+        for oid in self.observers.of_peer(remote) {
+            self.remove_observer(oid, ObserverRemoval::Unreachable);
+        }
     }
 
     /// Advances timers to `now`: retransmissions, empty ACKs, timeouts and expiries.

@@ -42,6 +42,9 @@ pub enum ObserverRemoval {
     ErrorNotified,
     /// The application removed it, aborted the peer, or the endpoint shut down.
     Cancelled,
+    /// The network reported the client unreachable (see
+    /// [`Endpoint::handle_unreachable`](super::Endpoint::handle_unreachable)).
+    Unreachable,
 }
 
 /// The sequence-number rule of RFC 7641 §3.4: whether a notification with Observe value `v2`

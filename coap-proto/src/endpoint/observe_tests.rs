@@ -477,3 +477,14 @@ fn large_notifications_are_completed_with_block2_requests() {
         "only the observation remains"
     );
 }
+
+#[test]
+fn an_unreachable_client_loses_its_observations() {
+    let (_client, mut server, _id) = observed(|_| {});
+    server.handle_unreachable(t(5), CLIENT);
+    assert!(matches!(
+        events(&mut server).as_slice(),
+        [Event::ObserverRemoved { reason: ObserverRemoval::Unreachable, observers: 0, .. }]
+    ));
+    assert_eq!(server.observer_count("/temp"), 0);
+}

@@ -1,0 +1,898 @@
+//! The [`Client`]: requests by URI, a builder for everything a request can carry, multicast.
+
+use std::fmt;
+use std::future::{Future, IntoFuture};
+use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use bytes::Bytes;
+use coap_proto::endpoint::Stats;
+use coap_proto::msg::{Code, ContentFormat, MessageType, OptionNumber, Options};
+use coap_proto::uri::{CoapUri, Host, Scheme};
+use coap_proto::{Config, Endpoint, Request, RequestId};
+use rand_core::{RngCore, SeedableRng};
+use tokio::net::ToSocketAddrs;
+use tokio::sync::{mpsc, oneshot};
+
+use crate::driver::{
+    Command, Driver, DriverParts, Internal, PendingRequest, Shared, Waiting, MULTICAST_CAPACITY,
+    OBSERVE_CAPACITY,
+};
+use crate::response::Notification;
+use crate::socket::{self, to_wire, SocketOptions};
+use crate::{Error, IncomingResponse};
+
+/// A CoAP client over one UDP socket.
+///
+/// Cheap to clone: clones share the socket and the driver task that owns the protocol engine.
+/// The driver stops once every clone, and every request future, is gone.
+///
+/// ```no_run
+/// # async fn run() -> Result<(), coap_tokio::Error> {
+/// use coap_tokio::{Client, ContentFormat};
+///
+/// let client = Client::bind("[::]:0").await?;
+/// let rsp = client.get("coap://[::1]/time").await?;
+/// println!("{} {:?}", rsp.code(), rsp.payload_str());
+///
+/// let rsp = client
+///     .post("coap://[::1]/items")
+///     .payload(r#"{"n":1}"#)
+///     .content_format(ContentFormat::JSON)
+///     .non()
+///     .timeout(std::time::Duration::from_secs(5))
+///     .send()
+///     .await?;
+/// # let _ = rsp; Ok(()) }
+/// ```
+#[derive(Clone)]
+pub struct Client {
+    shared: Arc<Shared>,
+}
+
+impl fmt::Debug for Client {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Client")
+            .field("local_addr", &self.shared.local_addr)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Client {
+    /// Binds a client to `addr` (`"[::]:0"` for any free port, dual-stack where the system
+    /// allows) with the default configuration, and starts its driver task.
+    pub async fn bind(addr: impl ToSocketAddrs) -> Result<Client, Error> {
+        Client::builder().bind(addr).await
+    }
+
+    /// A builder for a client with a chosen configuration and socket options.
+    pub fn builder() -> ClientBuilder {
+        ClientBuilder::default()
+    }
+
+    pub(crate) fn from_shared(shared: Arc<Shared>) -> Client {
+        Client { shared }
+    }
+
+    /// The address the socket is bound to.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.shared.local_addr
+    }
+
+    /// A GET request for `uri`. Await it directly, or set options first and then
+    /// [`send`](RequestBuilder::send).
+    pub fn get(&self, uri: impl Into<String>) -> RequestBuilder {
+        self.request(Code::GET, uri)
+    }
+
+    /// A POST request.
+    pub fn post(&self, uri: impl Into<String>) -> RequestBuilder {
+        self.request(Code::POST, uri)
+    }
+
+    /// A PUT request.
+    pub fn put(&self, uri: impl Into<String>) -> RequestBuilder {
+        self.request(Code::PUT, uri)
+    }
+
+    /// A DELETE request.
+    pub fn delete(&self, uri: impl Into<String>) -> RequestBuilder {
+        self.request(Code::DELETE, uri)
+    }
+
+    /// A FETCH request (RFC 8132).
+    pub fn fetch(&self, uri: impl Into<String>) -> RequestBuilder {
+        self.request(Code::FETCH, uri)
+    }
+
+    /// A PATCH request (RFC 8132).
+    pub fn patch(&self, uri: impl Into<String>) -> RequestBuilder {
+        self.request(Code::PATCH, uri)
+    }
+
+    /// An iPATCH request (RFC 8132).
+    pub fn ipatch(&self, uri: impl Into<String>) -> RequestBuilder {
+        self.request(Code::IPATCH, uri)
+    }
+
+    /// A request with any method code (class 0, detail 1 to 31); another code fails with
+    /// [`Error::NotARequest`] when sent.
+    pub fn request(&self, method: Code, uri: impl Into<String>) -> RequestBuilder {
+        RequestBuilder {
+            client: self.clone(),
+            method,
+            uri: uri.into(),
+            options: Vec::new(),
+            payload: Bytes::new(),
+            message_type: None,
+            timeout: None,
+        }
+    }
+
+    /// Observes `uri` with a GET (RFC 7641); see [`RequestBuilder::observe`] to set options
+    /// first.
+    pub async fn observe(&self, uri: impl Into<String>) -> Result<Observation, Error> {
+        self.get(uri).observe().await
+    }
+
+    /// Sends a CoAP ping (an empty Confirmable message, RFC 7252 §4.3) to the host and port
+    /// of `uri` and returns the round-trip time once the peer answers with Reset.
+    pub async fn ping(&self, uri: &str) -> Result<Duration, Error> {
+        let uri = parse_uri(uri)?;
+        let remote = resolve(&self.shared, &uri).await?;
+        let ticket = self.shared.ticket();
+        let (tx, mut reply) = OnceReply::new(ticket, &self.shared);
+        let start = tokio::time::Instant::now();
+        self.shared
+            .command(Command::Ping {
+                ticket,
+                remote,
+                reply: tx,
+            })
+            .await?;
+        reply.recv().await?.map(|()| start.elapsed())
+    }
+
+    /// The requests under way: id, method, URI, peer and token. The list is a snapshot.
+    pub async fn pending_requests(&self) -> Result<Vec<PendingRequest>, Error> {
+        self.shared.ask(Command::PendingRequests).await
+    }
+
+    /// Cancels a request by id (from [`pending_requests`](Client::pending_requests)): its
+    /// future fails with [`Error::Cancelled`]. Returns false if it had already ended.
+    pub async fn cancel(&self, id: RequestId) -> Result<bool, Error> {
+        self.shared.ask(|reply| Command::Cancel { id, reply }).await
+    }
+
+    /// The engine's counters (datagrams, retransmissions, duplicates, ...).
+    pub async fn stats(&self) -> Result<Stats, Error> {
+        self.shared.ask(Command::Stats).await
+    }
+
+    /// Stops the driver gracefully: new requests fail with [`Error::ShuttingDown`], requests
+    /// in flight run to their end (up to the builder's grace period), then the socket closes.
+    pub async fn shutdown(&self) -> Result<(), Error> {
+        // A driver that is already gone has shut down.
+        let _ = self.shared.ask(Command::Shutdown).await;
+        Ok(())
+    }
+
+    /// The receive buffer size the system granted (`SO_RCVBUF`).
+    pub fn recv_buffer_size(&self) -> Result<usize, Error> {
+        Ok(socket2::SockRef::from(&*self.shared.socket).recv_buffer_size()?)
+    }
+
+    /// The send buffer size the system granted (`SO_SNDBUF`).
+    pub fn send_buffer_size(&self) -> Result<usize, Error> {
+        Ok(socket2::SockRef::from(&*self.shared.socket).send_buffer_size()?)
+    }
+
+    /// Joins an IPv4 multicast group on the interface with address `interface`
+    /// (`0.0.0.0` lets the system choose), to receive what is sent to it.
+    pub fn join_multicast_v4(&self, group: Ipv4Addr, interface: Ipv4Addr) -> Result<(), Error> {
+        Ok(self.shared.socket.join_multicast_v4(group, interface)?)
+    }
+
+    /// Joins an IPv6 multicast group on the interface with index `interface` (0 lets the
+    /// system choose).
+    pub fn join_multicast_v6(&self, group: Ipv6Addr, interface: u32) -> Result<(), Error> {
+        Ok(self.shared.socket.join_multicast_v6(&group, interface)?)
+    }
+
+    /// Leaves an IPv4 multicast group.
+    pub fn leave_multicast_v4(&self, group: Ipv4Addr, interface: Ipv4Addr) -> Result<(), Error> {
+        Ok(self.shared.socket.leave_multicast_v4(group, interface)?)
+    }
+
+    /// Leaves an IPv6 multicast group.
+    pub fn leave_multicast_v6(&self, group: Ipv6Addr, interface: u32) -> Result<(), Error> {
+        Ok(self.shared.socket.leave_multicast_v6(&group, interface)?)
+    }
+
+    /// Picks the interface (by its IPv4 address) that IPv4 multicast requests leave from.
+    pub fn set_multicast_interface_v4(&self, interface: Ipv4Addr) -> Result<(), Error> {
+        Ok(socket2::SockRef::from(&*self.shared.socket).set_multicast_if_v4(&interface)?)
+    }
+
+    /// Picks the interface (by index) that IPv6 multicast requests leave from.
+    pub fn set_multicast_interface_v6(&self, interface: u32) -> Result<(), Error> {
+        Ok(socket2::SockRef::from(&*self.shared.socket).set_multicast_if_v6(interface)?)
+    }
+
+    /// Whether multicast requests loop back to sockets on this host (on by default on most
+    /// systems).
+    pub fn set_multicast_loop(&self, on: bool) -> Result<(), Error> {
+        match self.shared.local_addr {
+            SocketAddr::V4(_) => self.shared.socket.set_multicast_loop_v4(on)?,
+            SocketAddr::V6(_) => self.shared.socket.set_multicast_loop_v6(on)?,
+        }
+        Ok(())
+    }
+}
+
+/// Configures and binds a [`Client`].
+pub struct ClientBuilder {
+    config: Config,
+    socket: SocketOptions,
+    rng: Option<Box<dyn RngCore + Send>>,
+    grace: Duration,
+}
+
+impl Default for ClientBuilder {
+    fn default() -> Self {
+        ClientBuilder {
+            config: Config::default(),
+            socket: SocketOptions::default(),
+            rng: None,
+            grace: Duration::from_secs(10),
+        }
+    }
+}
+
+impl fmt::Debug for ClientBuilder {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ClientBuilder")
+            .field("config", &self.config)
+            .field("socket", &self.socket)
+            .field("grace", &self.grace)
+            .finish_non_exhaustive()
+    }
+}
+
+impl ClientBuilder {
+    /// The engine configuration (transmission parameters, NSTART, table bounds ...).
+    pub fn config(mut self, config: Config) -> Self {
+        self.config = config;
+        self
+    }
+
+    /// All socket options at once.
+    pub fn socket_options(mut self, options: SocketOptions) -> Self {
+        self.socket = options;
+        self
+    }
+
+    /// `SO_REUSEADDR`.
+    pub fn reuse_address(mut self, on: bool) -> Self {
+        self.socket.reuse_address = on;
+        self
+    }
+
+    /// `SO_REUSEPORT` (Unix).
+    pub fn reuse_port(mut self, on: bool) -> Self {
+        self.socket.reuse_port = on;
+        self
+    }
+
+    /// The receive buffer size to ask for.
+    pub fn recv_buffer_size(mut self, bytes: usize) -> Self {
+        self.socket.recv_buffer_size = Some(bytes);
+        self
+    }
+
+    /// The send buffer size to ask for.
+    pub fn send_buffer_size(mut self, bytes: usize) -> Self {
+        self.socket.send_buffer_size = Some(bytes);
+        self
+    }
+
+    /// `IPV6_V6ONLY` for an IPv6 socket.
+    pub fn only_v6(mut self, on: bool) -> Self {
+        self.socket.only_v6 = Some(on);
+        self
+    }
+
+    /// The DSCP code point (0..=63) of every datagram sent.
+    pub fn dscp(mut self, dscp: u8) -> Self {
+        self.socket.dscp = Some(dscp);
+        self
+    }
+
+    /// Set the don't-fragment bit (see [`SocketOptions::dont_fragment`]).
+    pub fn dont_fragment(mut self, on: bool) -> Self {
+        self.socket.dont_fragment = on;
+        self
+    }
+
+    /// The largest datagram to send or accept ([`Config::max_message_size`]).
+    pub fn max_datagram_size(mut self, bytes: usize) -> Self {
+        self.config.max_message_size = bytes;
+        self
+    }
+
+    /// The random number generator for tokens, Message IDs and back-off jitter. By default a
+    /// ChaCha20 generator seeded from the operating system, so tokens are hard to guess
+    /// (RFC 7252 §5.3.1).
+    pub fn rng(mut self, rng: Box<dyn RngCore + Send>) -> Self {
+        self.rng = Some(rng);
+        self
+    }
+
+    /// How long [`Client::shutdown`] lets requests in flight finish. Default 10 s.
+    pub fn shutdown_grace(mut self, grace: Duration) -> Self {
+        self.grace = grace;
+        self
+    }
+
+    /// Binds the socket and starts the driver task (on the current tokio runtime).
+    pub async fn bind(self, addr: impl ToSocketAddrs) -> Result<Client, Error> {
+        let addr = first_addr(addr).await?;
+        let socket = socket::bind(addr, &self.socket)?;
+        let endpoint = new_endpoint(self.config, self.rng)?;
+        let (driver, shared) = Driver::new(DriverParts {
+            socket,
+            endpoint,
+            service: None,
+            stop_when_orphaned: true,
+            grace: self.grace,
+        })?;
+        tokio::spawn(async move {
+            if let Err(e) = driver.run(None).await {
+                tracing::warn!(error = %e, "client driver failed");
+            }
+        });
+        Ok(Client { shared })
+    }
+}
+
+/// The engine, with a strong random generator unless one is given.
+///
+/// Accept (RFC 7252 §5.10.4) is declared understood: handlers see it through
+/// [`IncomingRequest::accept`](crate::IncomingRequest::accept). (The engine's own list of
+/// recognized critical options lacks it, and would answer requests carrying it 4.02.)
+pub(crate) fn new_endpoint(
+    mut config: Config,
+    rng: Option<Box<dyn RngCore + Send>>,
+) -> Result<Endpoint, Error> {
+    if !config
+        .extra_critical_options
+        .contains(&OptionNumber::ACCEPT)
+    {
+        config.extra_critical_options.push(OptionNumber::ACCEPT);
+    }
+    let rng = rng.unwrap_or_else(|| Box::new(rand_chacha::ChaCha20Rng::from_entropy()));
+    Ok(Endpoint::with_rng(config, rng)?)
+}
+
+/// The first address `addr` names.
+pub(crate) async fn first_addr(addr: impl ToSocketAddrs) -> Result<SocketAddr, Error> {
+    tokio::net::lookup_host(addr)
+        .await?
+        .next()
+        .ok_or_else(|| Error::NoUsableAddress {
+            host: "bind address".into(),
+        })
+}
+
+/// A request being put together. Await it (it implements [`IntoFuture`]) or call
+/// [`send`](RequestBuilder::send).
+#[must_use = "a request does nothing until it is awaited or sent"]
+pub struct RequestBuilder {
+    client: Client,
+    method: Code,
+    uri: String,
+    options: Vec<(OptionNumber, Vec<u8>)>,
+    payload: Bytes,
+    message_type: Option<MessageType>,
+    timeout: Option<Duration>,
+}
+
+impl fmt::Debug for RequestBuilder {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RequestBuilder")
+            .field("method", &self.method)
+            .field("uri", &self.uri)
+            .field("options", &self.options.len())
+            .field("payload_len", &self.payload.len())
+            .field("message_type", &self.message_type)
+            .field("timeout", &self.timeout)
+            .finish()
+    }
+}
+
+impl RequestBuilder {
+    /// The body.
+    pub fn payload(mut self, payload: impl Into<Bytes>) -> Self {
+        self.payload = payload.into();
+        self
+    }
+
+    /// The Content-Format of the body.
+    pub fn content_format(self, format: ContentFormat) -> Self {
+        self.option_uint(OptionNumber::CONTENT_FORMAT, u32::from(format.0))
+    }
+
+    /// The Content-Format wanted in the response (Accept).
+    pub fn accept(self, format: ContentFormat) -> Self {
+        self.option_uint(OptionNumber::ACCEPT, u32::from(format.0))
+    }
+
+    /// Adds an ETag: asks the server to answer 2.03 Valid if this is still the current
+    /// representation (RFC 7252 §5.10.6). May be given several times.
+    pub fn etag(self, etag: impl AsRef<[u8]>) -> Self {
+        self.option(OptionNumber::ETAG, etag)
+    }
+
+    /// Adds an If-Match condition: the request applies only if the resource's ETag is this
+    /// one (RFC 7252 §5.10.8.1). May be given several times; an empty value means "exists".
+    pub fn if_match(self, etag: impl AsRef<[u8]>) -> Self {
+        self.option(OptionNumber::IF_MATCH, etag)
+    }
+
+    /// Adds If-None-Match: the request applies only if the resource does not exist
+    /// (RFC 7252 §5.10.8.2).
+    pub fn if_none_match(self) -> Self {
+        self.option(OptionNumber::IF_NONE_MATCH, [])
+    }
+
+    /// Adds a Uri-Query argument (after those of the URI).
+    pub fn query(self, arg: &str) -> Self {
+        self.option_str(OptionNumber::URI_QUERY, arg)
+    }
+
+    /// Adds an option with an opaque value.
+    pub fn option(mut self, number: OptionNumber, value: impl AsRef<[u8]>) -> Self {
+        self.options.push((number, value.as_ref().to_vec()));
+        self
+    }
+
+    /// Adds an option with a string value.
+    pub fn option_str(self, number: OptionNumber, value: &str) -> Self {
+        self.option(number, value.as_bytes())
+    }
+
+    /// Adds an option with an unsigned integer value (in the shortest encoding, RFC 7252
+    /// §3.2).
+    pub fn option_uint(self, number: OptionNumber, value: u32) -> Self {
+        let mut scratch = Options::new();
+        scratch.push_uint(number, value);
+        let bytes = scratch.get(number).map(<[u8]>::to_vec).unwrap_or_default();
+        self.option(number, bytes)
+    }
+
+    /// Sends the request Confirmable (the default): retransmitted until acknowledged.
+    pub fn con(mut self) -> Self {
+        self.message_type = Some(MessageType::Con);
+        self
+    }
+
+    /// Sends the request Non-confirmable: once, without acknowledgement.
+    pub fn non(mut self) -> Self {
+        self.message_type = Some(MessageType::Non);
+        self
+    }
+
+    /// Gives up with [`Error::Timeout`] if no response has arrived after `timeout`, counted
+    /// from the call to `send` (name resolution included). Without it, the engine's limits
+    /// apply (MAX_TRANSMIT_WAIT for a lost CON request, 93 s with the defaults).
+    pub fn timeout(mut self, timeout: Duration) -> Self {
+        self.timeout = Some(timeout);
+        self
+    }
+
+    /// Sends the request. Dropping the returned future cancels the exchange: the engine
+    /// stops retransmitting and forgets it.
+    pub fn send(self) -> ResponseFuture {
+        let RequestBuilder {
+            client,
+            method,
+            uri,
+            options,
+            payload,
+            message_type,
+            timeout,
+        } = self;
+        let exchange = async move {
+            let uri = parse_uri(&uri)?;
+            let remote = resolve(&client.shared, &uri).await?;
+            let request = build_request(
+                &uri,
+                remote,
+                method,
+                options,
+                payload,
+                message_type,
+                timeout,
+            );
+            let ticket = client.shared.ticket();
+            let (tx, mut reply) = OnceReply::new(ticket, &client.shared);
+            client
+                .shared
+                .command(Command::Request {
+                    ticket,
+                    remote,
+                    request: Box::new(request),
+                    uri: Arc::new(uri),
+                    reply: Waiting::Once(tx),
+                })
+                .await?;
+            reply.recv().await?
+        };
+        let inner: Pin<Box<dyn Future<Output = Result<IncomingResponse, Error>> + Send>> =
+            match timeout {
+                Some(limit) => Box::pin(async move {
+                    tokio::time::timeout(limit, exchange)
+                        .await
+                        .unwrap_or(Err(Error::Timeout))
+                }),
+                None => Box::pin(exchange),
+            };
+        ResponseFuture { inner }
+    }
+
+    /// Sends the request to a multicast group (RFC 7252 §8) and returns the responses as they
+    /// come, from every responder, until the window closes: the builder's
+    /// [`timeout`](RequestBuilder::timeout), or [`Config::multicast_response_window`]
+    /// (10 s by default). Multicast requests are always Non-confirmable.
+    pub async fn multicast(self) -> Result<MulticastResponses, Error> {
+        let uri = parse_uri(&self.uri)?;
+        let remote = resolve(&self.client.shared, &uri).await?;
+        let request = build_request(
+            &uri,
+            remote,
+            self.method,
+            self.options,
+            self.payload,
+            Some(MessageType::Non),
+            self.timeout,
+        );
+        let ticket = self.client.shared.ticket();
+        let (tx, rx) = mpsc::channel(MULTICAST_CAPACITY);
+        let guard = CancelGuard::new(ticket, &self.client.shared);
+        self.client
+            .shared
+            .command(Command::Request {
+                ticket,
+                remote,
+                request: Box::new(request),
+                uri: Arc::new(uri),
+                reply: Waiting::Many(tx),
+            })
+            .await?;
+        Ok(MulticastResponses {
+            rx,
+            guard: Some(guard),
+        })
+    }
+}
+
+impl RequestBuilder {
+    /// Observes the resource (RFC 7641): sends the request (a GET or FETCH) with Observe = 0
+    /// and returns the notifications as they come, the first being the response to the
+    /// registration. The engine re-registers when a notification's Max-Age runs out in
+    /// silence, and drops notifications older than one already delivered (§3.4).
+    ///
+    /// The stream ends after a response without Observe (the server does not offer the
+    /// observation, or answered [`Observation::cancel`]), after an error, or when the
+    /// observation fails. Dropping it ends the observation too: later notifications are
+    /// answered with Reset (§3.6).
+    pub async fn observe(self) -> Result<Observation, Error> {
+        let uri = parse_uri(&self.uri)?;
+        let remote = resolve(&self.client.shared, &uri).await?;
+        let request = build_request(
+            &uri,
+            remote,
+            self.method,
+            self.options,
+            self.payload,
+            self.message_type,
+            self.timeout,
+        );
+        let ticket = self.client.shared.ticket();
+        let (tx, rx) = mpsc::channel(OBSERVE_CAPACITY);
+        let guard = CancelGuard::new(ticket, &self.client.shared);
+        self.client
+            .shared
+            .command(Command::Request {
+                ticket,
+                remote,
+                request: Box::new(request),
+                uri: Arc::new(uri),
+                reply: Waiting::Observe(tx),
+            })
+            .await?;
+        Ok(Observation {
+            rx,
+            guard: Some(guard),
+            ticket,
+            shared: Arc::clone(&self.client.shared),
+        })
+    }
+}
+
+impl IntoFuture for RequestBuilder {
+    type Output = Result<IncomingResponse, Error>;
+    type IntoFuture = ResponseFuture;
+
+    fn into_future(self) -> ResponseFuture {
+        self.send()
+    }
+}
+
+fn build_request(
+    uri: &CoapUri,
+    remote: SocketAddr,
+    method: Code,
+    extra: Vec<(OptionNumber, Vec<u8>)>,
+    payload: Bytes,
+    message_type: Option<MessageType>,
+    timeout: Option<Duration>,
+) -> Request {
+    let mut request = Request::new(method);
+    // Uri-Host only for a name (or an address other than the destination), Uri-Port only for
+    // a port other than the destination's (RFC 7252 §6.4 steps 5 to 7).
+    uri.to_options_for(&mut request.options, socket::to_user(remote));
+    for (number, value) in &extra {
+        request.options.push(*number, value);
+    }
+    request.payload = payload;
+    request.message_type = message_type;
+    request.timeout = timeout;
+    request
+}
+
+/// The response to one request; see [`RequestBuilder::send`].
+#[must_use = "futures do nothing unless polled"]
+pub struct ResponseFuture {
+    inner: Pin<Box<dyn Future<Output = Result<IncomingResponse, Error>> + Send>>,
+}
+
+impl Future for ResponseFuture {
+    type Output = Result<IncomingResponse, Error>;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        self.inner.as_mut().poll(cx)
+    }
+}
+
+impl fmt::Debug for ResponseFuture {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ResponseFuture").finish_non_exhaustive()
+    }
+}
+
+/// The responses to a multicast request, as a [`Stream`](futures_core::Stream) or through
+/// [`next`](MulticastResponses::next). Ends when the response window closes; dropping it
+/// ends the request at once.
+pub struct MulticastResponses {
+    rx: mpsc::Receiver<Result<IncomingResponse, Error>>,
+    guard: Option<CancelGuard>,
+}
+
+impl MulticastResponses {
+    /// The next response, or `None` once the window has closed.
+    pub async fn next(&mut self) -> Option<Result<IncomingResponse, Error>> {
+        std::future::poll_fn(|cx| self.poll_next_response(cx)).await
+    }
+
+    fn poll_next_response(
+        &mut self,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<IncomingResponse, Error>>> {
+        let polled = self.rx.poll_recv(cx);
+        if let Poll::Ready(None) = polled {
+            // The driver dropped its sender: the exchange is over, nothing to cancel.
+            if let Some(guard) = self.guard.take() {
+                guard.disarm();
+            }
+        }
+        polled
+    }
+}
+
+impl futures_core::Stream for MulticastResponses {
+    type Item = Result<IncomingResponse, Error>;
+
+    fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        self.get_mut().poll_next_response(cx)
+    }
+}
+
+impl Drop for MulticastResponses {
+    fn drop(&mut self) {
+        // Close first, so a driver that has not registered the request yet skips it.
+        self.rx.close();
+    }
+}
+
+impl fmt::Debug for MulticastResponses {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("MulticastResponses").finish_non_exhaustive()
+    }
+}
+
+/// An observation (RFC 7641): the notifications of one resource, as a
+/// [`Stream`](futures_core::Stream) or through [`next`](Observation::next). See
+/// [`RequestBuilder::observe`].
+pub struct Observation {
+    rx: mpsc::Receiver<Result<Notification, Error>>,
+    guard: Option<CancelGuard>,
+    ticket: u64,
+    shared: Arc<Shared>,
+}
+
+impl Observation {
+    /// The next notification, or `None` once the observation has ended.
+    pub async fn next(&mut self) -> Option<Result<Notification, Error>> {
+        std::future::poll_fn(|cx| self.poll_next_notification(cx)).await
+    }
+
+    /// Ends the observation actively: the registration is sent again with Observe = 1
+    /// (RFC 7641 §3.6). The server's answer arrives as the last item of the stream, which then
+    /// ends. Returns false if the observation had already ended.
+    pub async fn cancel(&mut self) -> Result<bool, Error> {
+        let ticket = self.ticket;
+        self.shared
+            .ask(|reply| Command::CancelObservation { ticket, reply })
+            .await
+    }
+
+    fn poll_next_notification(
+        &mut self,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Notification, Error>>> {
+        let polled = self.rx.poll_recv(cx);
+        if let Poll::Ready(None) = polled {
+            if let Some(guard) = self.guard.take() {
+                guard.disarm();
+            }
+        }
+        polled
+    }
+}
+
+impl futures_core::Stream for Observation {
+    type Item = Result<Notification, Error>;
+
+    fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        self.get_mut().poll_next_notification(cx)
+    }
+}
+
+impl Drop for Observation {
+    fn drop(&mut self) {
+        // Closed first, cancelled second (see `CancelGuard`).
+        self.rx.close();
+    }
+}
+
+impl fmt::Debug for Observation {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Observation").finish_non_exhaustive()
+    }
+}
+
+/// The receiving end of a one-answer exchange. Dropped before the answer came, it closes the
+/// channel first and then sends the cancel (see [`CancelGuard`]).
+struct OnceReply<T> {
+    rx: oneshot::Receiver<T>,
+    guard: Option<CancelGuard>,
+}
+
+impl<T> OnceReply<T> {
+    fn new(ticket: u64, shared: &Shared) -> (oneshot::Sender<T>, OnceReply<T>) {
+        let (tx, rx) = oneshot::channel();
+        let reply = OnceReply {
+            rx,
+            guard: Some(CancelGuard::new(ticket, shared)),
+        };
+        (tx, reply)
+    }
+
+    async fn recv(&mut self) -> Result<T, Error> {
+        let result = (&mut self.rx).await.map_err(|_| Error::ShuttingDown);
+        // Answered, or the driver is gone: either way there is nothing left to cancel.
+        if let Some(guard) = self.guard.take() {
+            guard.disarm();
+        }
+        result
+    }
+}
+
+impl<T> Drop for OnceReply<T> {
+    fn drop(&mut self) {
+        // Runs before the fields are dropped: closed first, cancelled second.
+        self.rx.close();
+    }
+}
+
+/// Cancels an exchange whose future (or stream) is dropped before the exchange ended.
+///
+/// The reply channel's receiver is dropped with (or before) the guard, so a driver that has
+/// not yet taken the command sees a closed channel and never starts the exchange; a driver
+/// that has started it receives the cancel.
+pub(crate) struct CancelGuard {
+    ticket: u64,
+    internal: Option<mpsc::UnboundedSender<Internal>>,
+}
+
+impl CancelGuard {
+    pub(crate) fn new(ticket: u64, shared: &Shared) -> CancelGuard {
+        CancelGuard {
+            ticket,
+            internal: Some(shared.internal.clone()),
+        }
+    }
+
+    /// The exchange ended: nothing to cancel.
+    pub(crate) fn disarm(mut self) {
+        self.internal = None;
+    }
+}
+
+impl Drop for CancelGuard {
+    fn drop(&mut self) {
+        if let Some(internal) = self.internal.take() {
+            let _ = internal.send(Internal::Cancel(self.ticket));
+        }
+    }
+}
+
+/// Parses a request URI; only `coap` is served.
+fn parse_uri(text: &str) -> Result<CoapUri, Error> {
+    let uri = CoapUri::parse(text)?;
+    if uri.scheme() != Scheme::Coap {
+        return Err(Error::UnsupportedScheme(uri.scheme()));
+    }
+    Ok(uri)
+}
+
+/// The socket address to send a request for `uri` to, in the form the engine uses. Host names
+/// are resolved; among the addresses, the first of a family the socket can reach is taken.
+async fn resolve(shared: &Shared, uri: &CoapUri) -> Result<SocketAddr, Error> {
+    if let Some(addr) = uri.socket_addr_hint() {
+        return to_wire(shared.local_addr, addr).ok_or_else(|| Error::NoUsableAddress {
+            host: uri.host().to_string(),
+        });
+    }
+    let host = match uri.host() {
+        Host::Name(name) => name.clone(),
+        Host::Ip { .. } => {
+            // An IP host with a named zone (such as fe80::1%eth0) needs the system's help.
+            return Err(Error::Unsupported("IPv6 zones given by interface name"));
+        }
+    };
+    let addrs = tokio::net::lookup_host((host.as_str(), uri.port()))
+        .await
+        .map_err(|source| Error::Resolve {
+            host: host.clone(),
+            source,
+        })?;
+    let mut fallback = None;
+    for addr in addrs {
+        // Prefer an address of the socket's own family; an IPv4 address reaches a
+        // dual-stack IPv6 socket as a mapped address.
+        if addr.is_ipv4() == shared.local_addr.is_ipv4() {
+            if let Some(a) = to_wire(shared.local_addr, addr) {
+                return Ok(a);
+            }
+        }
+        if fallback.is_none() {
+            fallback = to_wire(shared.local_addr, addr);
+        }
+    }
+    fallback.ok_or(Error::NoUsableAddress { host })
+}
