@@ -109,8 +109,8 @@ impl Plugtest {
     ) -> Result<Plugtest, Box<dyn Error + Send + Sync>> {
         let mut config = coap_tokio::Config::default();
         config.block_size = BLOCK_SIZE;
-        // TD_COAP_OBS_01 expects Confirmable notifications from `/obs`. The engine picks one
-        // type for all notifications, so `/obs-non` sends Confirmable ones too.
+        // TD_COAP_OBS_01 expects Confirmable notifications from `/obs`; `/obs-non` asks for
+        // Non-confirmable ones per notification (TD_COAP_OBS_02).
         config.notification_type = MessageType::Con;
         let server = Server::builder()
             .config(config)
@@ -662,9 +662,14 @@ async fn observed(
         Code::GET => {
             let o = lock(cell);
             check_accept(&req, o.format)?;
-            Ok(Response::content(o.body.clone())
+            let mut rsp = Response::content(o.body.clone())
                 .with_content_format(o.format)
-                .with_max_age(OBS_MAX_AGE))
+                .with_max_age(OBS_MAX_AGE);
+            if path == "/obs-non" {
+                // Used for notifications; a piggybacked answer stays in its ACK.
+                rsp.message_type = Some(MessageType::Non);
+            }
+            Ok(rsp)
         }
         Code::PUT => {
             let format = require_format(&req)?;

@@ -2139,7 +2139,13 @@ impl Endpoint {
         let members: Vec<u64> = v.members.iter().copied().collect();
         let key = v.key.clone();
         let mut rsp = response.clone();
-        rsp.options.set_observe(seq);
+        if rsp.code.is_success() {
+            rsp.options.set_observe(seq);
+        } else {
+            // RFC 7641 §4.2: a non-2.xx notification carries no Observe option; it ends the
+            // observation.
+            rsp.options.remove(OptionNumber::OBSERVE);
+        }
         let max_szx = szx_at_most(self.config.block_size);
         if rsp.payload.len() > block_size(max_szx) {
             // §2.6 of RFC 7959: the first block goes out; the client fetches the rest with
@@ -2193,7 +2199,14 @@ impl Endpoint {
             return;
         }
         let peer = o.peer;
-        let confirmable = self.config.notification_type == MessageType::Con
+        // The application may choose the type per notification (`Response::message_type`);
+        // otherwise the configuration decides. Errors, and the periodic CON of §4.5, are always
+        // Confirmable.
+        let wanted = response
+            .message_type
+            .filter(|t| matches!(t, MessageType::Con | MessageType::Non))
+            .unwrap_or(self.config.notification_type);
+        let confirmable = wanted == MessageType::Con
             || !response.code.is_success()
             || now >= o.last_con + self.config.con_notification_interval;
         let mtype = if confirmable {

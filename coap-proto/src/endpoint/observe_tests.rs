@@ -295,6 +295,11 @@ fn error_notification_ends_the_observation_on_both_sides() {
     server.notify(t(10), "/temp", Some(Response::new(Code::NOT_FOUND)));
     let n = carry(&mut server, SERVER, &mut client, t(10));
     assert_eq!(n[0].mtype, MessageType::Con, "the last word goes reliably");
+    assert_eq!(
+        n[0].options.observe(),
+        None,
+        "§4.2: no Observe on a non-2.xx notification"
+    );
     assert!(matches!(
         events(&mut server).as_slice(),
         [Event::ObserverRemoved {
@@ -484,7 +489,25 @@ fn an_unreachable_client_loses_its_observations() {
     server.handle_unreachable(t(5), CLIENT);
     assert!(matches!(
         events(&mut server).as_slice(),
-        [Event::ObserverRemoved { reason: ObserverRemoval::Unreachable, observers: 0, .. }]
+        [Event::ObserverRemoved {
+            reason: ObserverRemoval::Unreachable,
+            observers: 0,
+            ..
+        }]
     ));
     assert_eq!(server.observer_count("/temp"), 0);
+}
+
+#[test]
+fn the_application_can_choose_the_type_of_each_notification() {
+    let (_client, mut server, _id) = observed(|_| {});
+    let mut rsp = Response::content("con please");
+    rsp.message_type = Some(MessageType::Con);
+    server.notify(t(10), "/temp", Some(rsp));
+    assert_eq!(sent(&mut server)[0].1.mtype, MessageType::Con);
+    let (_client, mut server, _id) = observed(|c| c.notification_type = MessageType::Con);
+    let mut rsp = Response::content("non please");
+    rsp.message_type = Some(MessageType::Non);
+    server.notify(t(10), "/temp", Some(rsp));
+    assert_eq!(sent(&mut server)[0].1.mtype, MessageType::Non);
 }
