@@ -158,8 +158,8 @@ fi
 OURS=""
 if want ours; then
     if cargo metadata --no-deps --format-version 1 2>/dev/null | grep -q '"name":"coap-tokio"' &&
-        cargo build --release -q -p coap-tokio --example server 2>/dev/null; then
-        OURS=${OURS_CMD:-"target/release/examples/server {addr}"}
+        cargo build --release -q -p coap-tokio --example bench_server 2>/dev/null; then
+        OURS=${OURS_CMD:-"target/release/examples/bench_server {addr}"}
     else
         log "coap-tokio's example server does not build (yet): skipping ours"
     fi
