@@ -9,13 +9,17 @@ use coap_tokio::{Code, IncomingRequest, Response, Router, Server};
 
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> Result<(), coap_tokio::Error> {
-    let addr = std::env::args().nth(1).unwrap_or_else(|| "127.0.0.1:5683".into());
+    let addr = std::env::args()
+        .nth(1)
+        .unwrap_or_else(|| "127.0.0.1:5683".into());
     let server = Server::bind(addr.as_str()).await?;
     let notifier = server.handle().notifier("/obs");
     let state = Arc::new(Mutex::new(Bytes::from_static(b"0")));
     let (get_state, put_state) = (Arc::clone(&state), Arc::clone(&state));
     let app = Router::new()
-        .get("/bench", |_req: IncomingRequest| async { Response::content("hello") })
+        .get("/bench", |_req: IncomingRequest| async {
+            Response::content("hello")
+        })
         .observable("/obs", move |_req: IncomingRequest| {
             let body = get_state.lock().map(|b| b.clone()).unwrap_or_default();
             async move { Response::content(body) }
@@ -26,7 +30,9 @@ async fn main() -> Result<(), coap_tokio::Error> {
                 if let Ok(mut s) = state.lock() {
                     *s = req.payload().clone();
                 }
-                let _ = notifier.notify_with(Response::content(req.payload().clone())).await;
+                let _ = notifier
+                    .notify_with(Response::content(req.payload().clone()))
+                    .await;
                 Response::new(Code::CHANGED)
             }
         });

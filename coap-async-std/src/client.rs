@@ -1,0 +1,876 @@
+//! [`Client`]: requests by URI, a builder for everything a request carries, observation and
+//! multicast.
+
+use std::fmt;
+use std::future::{Future, IntoFuture};
+use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+
+use async_channel::{Receiver, Sender};
+use async_io::Timer;
+use async_net::AsyncToSocketAddrs;
+use bytes::Bytes;
+use coap_proto::endpoint::Stats;
+use coap_proto::msg::{Code, ContentFormat, MessageType, OptionNumber, Options};
+use coap_proto::uri::{CoapUri, Host, Scheme};
+use coap_proto::{Config, Endpoint, Request, RequestId};
+use futures_lite::{FutureExt, StreamExt};
+use rand_core::{RngCore, SeedableRng};
+
+use crate::driver::{
+    oneshot, Command, Driver, DriverParts, Internal, PendingRequest, Shared, Waiting,
+    MULTICAST_CAPACITY, OBSERVE_CAPACITY,
+};
+use crate::response::Notification;
+use crate::socket::{self, to_wire, SocketOptions};
+use crate::{Error, IncomingResponse};
+
+/// A CoAP client on one UDP socket.
+///
+/// Clones are cheap and share the socket and the driver that owns the protocol engine. The
+/// driver of a client bound with [`Client::bind`] runs on a thread of its own (see the crate
+/// documentation), so a client works under any executor, or none; it stops once every clone
+/// and every request future is gone.
+///
+/// ```no_run
+/// # async fn run() -> Result<(), coap_async_std::Error> {
+/// use coap_async_std::{Client, ContentFormat};
+///
+/// let client = Client::bind("[::]:0").await?;
+/// let rsp = client.get("coap://[::1]/time").await?;
+/// println!("{} {:?}", rsp.code(), rsp.payload_str());
+///
+/// let rsp = client
+///     .post("coap://[::1]/items")
+///     .payload(r#"{"n":1}"#)
+///     .content_format(ContentFormat::JSON)
+///     .non()
+///     .timeout(std::time::Duration::from_secs(5))
+///     .await?;
+/// # let _ = rsp; Ok(()) }
+/// ```
+#[derive(Clone)]
+pub struct Client {
+    shared: Arc<Shared>,
+}
+
+impl fmt::Debug for Client {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Client")
+            .field("local_addr", &self.shared.local_addr)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Client {
+    /// Binds a client to `addr` (`"[::]:0"`: any free port, dual stack where the system
+    /// allows) with the default configuration, and starts its driver.
+    pub async fn bind(addr: impl AsyncToSocketAddrs) -> Result<Client, Error> {
+        Client::builder().bind(addr).await
+    }
+
+    /// A builder, to choose the configuration and socket options.
+    pub fn builder() -> ClientBuilder {
+        ClientBuilder::default()
+    }
+
+    pub(crate) fn from_shared(shared: Arc<Shared>) -> Client {
+        Client { shared }
+    }
+
+    /// The local address of the socket.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.shared.local_addr
+    }
+
+    /// A GET of `uri`: await it, or set options and then [`send`](RequestBuilder::send).
+    pub fn get(&self, uri: impl Into<String>) -> RequestBuilder {
+        self.request(Code::GET, uri)
+    }
+
+    /// A POST.
+    pub fn post(&self, uri: impl Into<String>) -> RequestBuilder {
+        self.request(Code::POST, uri)
+    }
+
+    /// A PUT.
+    pub fn put(&self, uri: impl Into<String>) -> RequestBuilder {
+        self.request(Code::PUT, uri)
+    }
+
+    /// A DELETE.
+    pub fn delete(&self, uri: impl Into<String>) -> RequestBuilder {
+        self.request(Code::DELETE, uri)
+    }
+
+    /// A FETCH (RFC 8132).
+    pub fn fetch(&self, uri: impl Into<String>) -> RequestBuilder {
+        self.request(Code::FETCH, uri)
+    }
+
+    /// A PATCH (RFC 8132).
+    pub fn patch(&self, uri: impl Into<String>) -> RequestBuilder {
+        self.request(Code::PATCH, uri)
+    }
+
+    /// An iPATCH (RFC 8132).
+    pub fn ipatch(&self, uri: impl Into<String>) -> RequestBuilder {
+        self.request(Code::IPATCH, uri)
+    }
+
+    /// A request with any method code (class 0, detail 1 to 31); any other code fails with
+    /// [`Error::NotARequest`] when sent.
+    pub fn request(&self, method: Code, uri: impl Into<String>) -> RequestBuilder {
+        RequestBuilder {
+            client: self.clone(),
+            method,
+            uri: uri.into(),
+            options: Vec::new(),
+            payload: Bytes::new(),
+            message_type: None,
+            timeout: None,
+        }
+    }
+
+    /// Observes `uri` with a GET (RFC 7641); [`RequestBuilder::observe`] sets options first.
+    pub async fn observe(&self, uri: impl Into<String>) -> Result<Observation, Error> {
+        self.get(uri).observe().await
+    }
+
+    /// Pings the host and port of `uri` (an empty Confirmable message, RFC 7252 §4.3) and
+    /// returns the round-trip time once the Reset comes back.
+    pub async fn ping(&self, uri: &str) -> Result<Duration, Error> {
+        let uri = parse_uri(uri)?;
+        let remote = resolve(&self.shared, &uri).await?;
+        let ticket = self.shared.ticket();
+        let (tx, mut reply) = OnceReply::new(ticket, &self.shared);
+        let start = Instant::now();
+        self.shared
+            .command(Command::Ping {
+                ticket,
+                remote,
+                reply: tx,
+            })
+            .await?;
+        reply.recv().await?.map(|()| start.elapsed())
+    }
+
+    /// The requests under way (id, method, URI, peer, token), as a snapshot.
+    pub async fn pending_requests(&self) -> Result<Vec<PendingRequest>, Error> {
+        self.shared.ask(Command::PendingRequests).await
+    }
+
+    /// Cancels the request with `id` (from [`pending_requests`](Client::pending_requests)):
+    /// its future fails with [`Error::Cancelled`]. False if it had ended already.
+    pub async fn cancel(&self, id: RequestId) -> Result<bool, Error> {
+        self.shared.ask(|reply| Command::Cancel { id, reply }).await
+    }
+
+    /// The engine's counters (datagrams, retransmissions, duplicates ...).
+    pub async fn stats(&self) -> Result<Stats, Error> {
+        self.shared.ask(Command::Stats).await
+    }
+
+    /// Stops the driver gracefully: new requests fail with [`Error::ShuttingDown`], those in
+    /// flight run to their end (within the builder's grace period), then the socket closes.
+    pub async fn shutdown(&self) -> Result<(), Error> {
+        // A driver that is gone already has shut down.
+        let _ = self.shared.ask(Command::Shutdown).await;
+        Ok(())
+    }
+
+    /// The receive buffer size the system granted (`SO_RCVBUF`).
+    pub fn recv_buffer_size(&self) -> Result<usize, Error> {
+        Ok(self.sock_ref().recv_buffer_size()?)
+    }
+
+    /// The send buffer size the system granted (`SO_SNDBUF`).
+    pub fn send_buffer_size(&self) -> Result<usize, Error> {
+        Ok(self.sock_ref().send_buffer_size()?)
+    }
+
+    /// Joins the IPv4 multicast `group` on the interface with address `interface`
+    /// (`0.0.0.0`: the system chooses).
+    pub fn join_multicast_v4(&self, group: Ipv4Addr, interface: Ipv4Addr) -> Result<(), Error> {
+        Ok(self.std_socket().join_multicast_v4(&group, &interface)?)
+    }
+
+    /// Joins the IPv6 multicast `group` on the interface with index `interface` (0: the
+    /// system chooses).
+    pub fn join_multicast_v6(&self, group: Ipv6Addr, interface: u32) -> Result<(), Error> {
+        Ok(self.std_socket().join_multicast_v6(&group, interface)?)
+    }
+
+    /// Leaves an IPv4 multicast group.
+    pub fn leave_multicast_v4(&self, group: Ipv4Addr, interface: Ipv4Addr) -> Result<(), Error> {
+        Ok(self.std_socket().leave_multicast_v4(&group, &interface)?)
+    }
+
+    /// Leaves an IPv6 multicast group.
+    pub fn leave_multicast_v6(&self, group: Ipv6Addr, interface: u32) -> Result<(), Error> {
+        Ok(self.std_socket().leave_multicast_v6(&group, interface)?)
+    }
+
+    /// The interface (by IPv4 address) IPv4 multicast requests leave from.
+    pub fn set_multicast_interface_v4(&self, interface: Ipv4Addr) -> Result<(), Error> {
+        Ok(self.sock_ref().set_multicast_if_v4(&interface)?)
+    }
+
+    /// The interface (by index) IPv6 multicast requests leave from.
+    pub fn set_multicast_interface_v6(&self, interface: u32) -> Result<(), Error> {
+        Ok(self.sock_ref().set_multicast_if_v6(interface)?)
+    }
+
+    /// Whether multicast requests are looped back to sockets on this host (usually on by
+    /// default).
+    pub fn set_multicast_loop(&self, on: bool) -> Result<(), Error> {
+        if self.shared.local_addr.is_ipv4() {
+            self.std_socket().set_multicast_loop_v4(on)?;
+        } else {
+            self.std_socket().set_multicast_loop_v6(on)?;
+        }
+        Ok(())
+    }
+
+    fn std_socket(&self) -> &std::net::UdpSocket {
+        self.shared.socket.get_ref()
+    }
+
+    fn sock_ref(&self) -> socket2::SockRef<'_> {
+        socket2::SockRef::from(self.shared.socket.get_ref())
+    }
+}
+
+/// Configures and binds a [`Client`].
+pub struct ClientBuilder {
+    config: Config,
+    socket: SocketOptions,
+    rng: Option<Box<dyn RngCore + Send>>,
+    grace: Duration,
+}
+
+impl Default for ClientBuilder {
+    fn default() -> Self {
+        ClientBuilder {
+            config: Config::default(),
+            socket: SocketOptions::default(),
+            rng: None,
+            grace: Duration::from_secs(10),
+        }
+    }
+}
+
+impl fmt::Debug for ClientBuilder {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ClientBuilder")
+            .field("config", &self.config)
+            .field("socket", &self.socket)
+            .field("grace", &self.grace)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The builder methods both [`ClientBuilder`] and [`ServerBuilder`](crate::ServerBuilder)
+/// have.
+macro_rules! common_builder_methods {
+    () => {
+        /// The engine configuration (transmission parameters, NSTART, table bounds ...).
+        pub fn config(mut self, config: Config) -> Self {
+            self.config = config;
+            self
+        }
+
+        /// All socket options at once.
+        pub fn socket_options(mut self, options: SocketOptions) -> Self {
+            self.socket = options;
+            self
+        }
+
+        /// `SO_REUSEADDR`.
+        pub fn reuse_address(mut self, on: bool) -> Self {
+            self.socket.reuse_address = on;
+            self
+        }
+
+        /// `SO_REUSEPORT` (Unix): several sockets share the port and its traffic.
+        pub fn reuse_port(mut self, on: bool) -> Self {
+            self.socket.reuse_port = on;
+            self
+        }
+
+        /// The receive buffer size to ask for.
+        pub fn recv_buffer_size(mut self, bytes: usize) -> Self {
+            self.socket.recv_buffer_size = Some(bytes);
+            self
+        }
+
+        /// The send buffer size to ask for.
+        pub fn send_buffer_size(mut self, bytes: usize) -> Self {
+            self.socket.send_buffer_size = Some(bytes);
+            self
+        }
+
+        /// `IPV6_V6ONLY` of an IPv6 socket.
+        pub fn only_v6(mut self, on: bool) -> Self {
+            self.socket.only_v6 = Some(on);
+            self
+        }
+
+        /// The DSCP code point (0..=63) of every datagram sent.
+        pub fn dscp(mut self, dscp: u8) -> Self {
+            self.socket.dscp = Some(dscp);
+            self
+        }
+
+        /// Don't fragment (see [`SocketOptions::dont_fragment`]).
+        pub fn dont_fragment(mut self, on: bool) -> Self {
+            self.socket.dont_fragment = on;
+            self
+        }
+
+        /// The largest datagram sent or accepted ([`Config::max_message_size`]).
+        pub fn max_datagram_size(mut self, bytes: usize) -> Self {
+            self.config.max_message_size = bytes;
+            self
+        }
+
+        /// The random generator for tokens, Message IDs and back-off jitter. By default a
+        /// ChaCha20 generator seeded by the operating system, so tokens are hard to guess
+        /// (RFC 7252 §5.3.1).
+        pub fn rng(mut self, rng: Box<dyn RngCore + Send>) -> Self {
+            self.rng = Some(rng);
+            self
+        }
+
+        /// How long a graceful shutdown lets exchanges under way finish. Default 10 s.
+        pub fn shutdown_grace(mut self, grace: Duration) -> Self {
+            self.grace = grace;
+            self
+        }
+    };
+}
+pub(crate) use common_builder_methods;
+
+impl ClientBuilder {
+    common_builder_methods!();
+
+    /// Binds the socket and starts the driver on a thread of its own, named `coap-driver`,
+    /// which ends with the driver.
+    pub async fn bind(self, addr: impl AsyncToSocketAddrs) -> Result<Client, Error> {
+        let addr = first_addr(addr).await?;
+        let socket = socket::bind(addr, &self.socket)?;
+        let endpoint = new_endpoint(self.config, self.rng)?;
+        let (driver, shared) = Driver::new(DriverParts {
+            socket,
+            endpoint,
+            stop_when_orphaned: true,
+            grace: self.grace,
+        })?;
+        std::thread::Builder::new()
+            .name("coap-driver".into())
+            .spawn(move || {
+                if let Err(e) = async_io::block_on(driver.run(None)) {
+                    tracing::warn!(error = %e, "client driver failed");
+                }
+            })?;
+        Ok(Client { shared })
+    }
+}
+
+/// The engine, with a strong random generator unless one is given.
+///
+/// Accept (RFC 7252 §5.10.4) is declared understood so that handlers can read it through
+/// [`IncomingRequest::accept`](crate::IncomingRequest::accept); the engine's own list of
+/// critical options lacks it and would answer such requests 4.02.
+pub(crate) fn new_endpoint(
+    mut config: Config,
+    rng: Option<Box<dyn RngCore + Send>>,
+) -> Result<Endpoint, Error> {
+    if !config
+        .extra_critical_options
+        .contains(&OptionNumber::ACCEPT)
+    {
+        config.extra_critical_options.push(OptionNumber::ACCEPT);
+    }
+    let rng = match rng {
+        Some(rng) => rng,
+        None => Box::new(rand_chacha::ChaCha20Rng::from_entropy()),
+    };
+    Ok(Endpoint::with_rng(config, rng)?)
+}
+
+/// The first address `addr` stands for.
+pub(crate) async fn first_addr(addr: impl AsyncToSocketAddrs) -> Result<SocketAddr, Error> {
+    async_net::resolve(addr)
+        .await?
+        .into_iter()
+        .next()
+        .ok_or_else(|| Error::NoUsableAddress {
+            host: "bind address".into(),
+        })
+}
+
+/// A request being put together: await it (it is [`IntoFuture`]) or call
+/// [`send`](RequestBuilder::send).
+#[must_use = "a request does nothing until it is awaited or sent"]
+pub struct RequestBuilder {
+    client: Client,
+    method: Code,
+    uri: String,
+    options: Vec<(OptionNumber, Vec<u8>)>,
+    payload: Bytes,
+    message_type: Option<MessageType>,
+    timeout: Option<Duration>,
+}
+
+impl fmt::Debug for RequestBuilder {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RequestBuilder")
+            .field("method", &self.method)
+            .field("uri", &self.uri)
+            .field("options", &self.options.len())
+            .field("payload_len", &self.payload.len())
+            .field("message_type", &self.message_type)
+            .field("timeout", &self.timeout)
+            .finish()
+    }
+}
+
+impl RequestBuilder {
+    /// The body; a large one travels block-wise (RFC 7959).
+    pub fn payload(mut self, payload: impl Into<Bytes>) -> Self {
+        self.payload = payload.into();
+        self
+    }
+
+    /// The Content-Format of the body.
+    pub fn content_format(self, format: ContentFormat) -> Self {
+        self.option_uint(OptionNumber::CONTENT_FORMAT, u32::from(format.0))
+    }
+
+    /// The Content-Format wanted back (Accept).
+    pub fn accept(self, format: ContentFormat) -> Self {
+        self.option_uint(OptionNumber::ACCEPT, u32::from(format.0))
+    }
+
+    /// Adds an ETag the client holds: the server answers 2.03 Valid if it is still current
+    /// (RFC 7252 §5.10.6). Repeatable.
+    pub fn etag(self, etag: impl AsRef<[u8]>) -> Self {
+        self.option(OptionNumber::ETAG, etag)
+    }
+
+    /// Adds an If-Match condition (RFC 7252 §5.10.8.1); an empty value means "exists".
+    /// Repeatable.
+    pub fn if_match(self, etag: impl AsRef<[u8]>) -> Self {
+        self.option(OptionNumber::IF_MATCH, etag)
+    }
+
+    /// Adds If-None-Match: apply only if the resource does not exist (RFC 7252 §5.10.8.2).
+    pub fn if_none_match(self) -> Self {
+        self.option(OptionNumber::IF_NONE_MATCH, [])
+    }
+
+    /// Adds a Uri-Query argument after those of the URI.
+    pub fn query(self, arg: &str) -> Self {
+        self.option_str(OptionNumber::URI_QUERY, arg)
+    }
+
+    /// Adds an option with an opaque value.
+    pub fn option(mut self, number: OptionNumber, value: impl AsRef<[u8]>) -> Self {
+        self.options.push((number, value.as_ref().to_vec()));
+        self
+    }
+
+    /// Adds an option with a text value.
+    pub fn option_str(self, number: OptionNumber, value: &str) -> Self {
+        self.option(number, value.as_bytes())
+    }
+
+    /// Adds an option with an unsigned integer value, in its shortest form (RFC 7252 §3.2).
+    pub fn option_uint(self, number: OptionNumber, value: u32) -> Self {
+        let mut encoded = Options::new();
+        encoded.push_uint(number, value);
+        let bytes = encoded.get(number).unwrap_or_default().to_vec();
+        self.option(number, bytes)
+    }
+
+    /// Confirmable (the default): retransmitted until acknowledged.
+    pub fn con(mut self) -> Self {
+        self.message_type = Some(MessageType::Con);
+        self
+    }
+
+    /// Non-confirmable: sent once, never acknowledged.
+    pub fn non(mut self) -> Self {
+        self.message_type = Some(MessageType::Non);
+        self
+    }
+
+    /// Fails with [`Error::Timeout`] when no response came within `timeout` of the call to
+    /// `send` (name resolution included). Without it the engine's limits apply
+    /// (MAX_TRANSMIT_WAIT for a lost CON request: 93 s with the defaults).
+    pub fn timeout(mut self, timeout: Duration) -> Self {
+        self.timeout = Some(timeout);
+        self
+    }
+
+    /// Sends the request. Dropping the future cancels the exchange: the engine stops
+    /// retransmitting and forgets it.
+    pub fn send(self) -> ResponseFuture {
+        let timeout = self.timeout;
+        let exchange = async move {
+            let (remote, uri, request) = self.prepare(None).await?;
+            let shared = &self.client.shared;
+            let ticket = shared.ticket();
+            let (tx, mut reply) = OnceReply::new(ticket, shared);
+            shared
+                .command(Command::Request {
+                    ticket,
+                    remote,
+                    request: Box::new(request),
+                    uri: Arc::new(uri),
+                    reply: Waiting::Once(tx),
+                })
+                .await?;
+            reply.recv().await?
+        };
+        let inner: Pin<Box<dyn Future<Output = Result<IncomingResponse, Error>> + Send>> =
+            match timeout {
+                Some(limit) => Box::pin(exchange.or(async move {
+                    Timer::after(limit).await;
+                    Err(Error::Timeout)
+                })),
+                None => Box::pin(exchange),
+            };
+        ResponseFuture { inner }
+    }
+
+    /// Sends the request to a multicast group (RFC 7252 §8), always Non-confirmable, and
+    /// returns the responses of every member as they come, until the window closes: the
+    /// builder's [`timeout`](RequestBuilder::timeout), or
+    /// [`Config::multicast_response_window`] (10 s by default).
+    pub async fn multicast(self) -> Result<MulticastResponses, Error> {
+        let (rx, guard) = self.start(Some(MessageType::Non), false).await?;
+        let Started::Many(rx) = rx else {
+            return Err(Error::ShuttingDown);
+        };
+        Ok(MulticastResponses {
+            rx: Box::pin(rx),
+            guard: Some(guard),
+        })
+    }
+
+    /// Observes the resource (RFC 7641): sends the request (GET or FETCH) with Observe = 0
+    /// and returns the notifications as they come, the first being the answer to the
+    /// registration. The engine re-registers when a notification's Max-Age runs out in
+    /// silence, and drops notifications older than one delivered (§3.4).
+    ///
+    /// The stream ends after a response without Observe (the resource is not observable, or
+    /// the server answered [`Observation::cancel`]), after an error, or when the observation
+    /// fails. Dropping it ends the observation too: the next notification is answered with
+    /// Reset (§3.6).
+    pub async fn observe(self) -> Result<Observation, Error> {
+        let shared = Arc::clone(&self.client.shared);
+        let message_type = self.message_type;
+        let (rx, guard) = self.start(message_type, true).await?;
+        let Started::Observe(rx) = rx else {
+            return Err(Error::ShuttingDown);
+        };
+        Ok(Observation {
+            ticket: guard.ticket,
+            rx: Box::pin(rx),
+            guard: Some(guard),
+            shared,
+        })
+    }
+
+    /// Starts a multicast request or an observation.
+    async fn start(
+        self,
+        message_type: Option<MessageType>,
+        observe: bool,
+    ) -> Result<(Started, CancelGuard), Error> {
+        let (remote, uri, request) = self.prepare(message_type).await?;
+        let shared = &self.client.shared;
+        let ticket = shared.ticket();
+        let guard = CancelGuard::new(ticket, shared);
+        let (reply, started) = if observe {
+            let (tx, rx) = async_channel::bounded(OBSERVE_CAPACITY);
+            (Waiting::Observe(tx), Started::Observe(rx))
+        } else {
+            let (tx, rx) = async_channel::bounded(MULTICAST_CAPACITY);
+            (Waiting::Many(tx), Started::Many(rx))
+        };
+        shared
+            .command(Command::Request {
+                ticket,
+                remote,
+                request: Box::new(request),
+                uri: Arc::new(uri),
+                reply,
+            })
+            .await?;
+        Ok((started, guard))
+    }
+
+    /// Parses and resolves the URI and builds the engine's request. `message_type`
+    /// overrides the builder's when given.
+    async fn prepare(
+        &self,
+        message_type: Option<MessageType>,
+    ) -> Result<(SocketAddr, CoapUri, Request), Error> {
+        let uri = parse_uri(&self.uri)?;
+        let remote = resolve(&self.client.shared, &uri).await?;
+        let mut request = Request::new(self.method);
+        // Uri-Host only for a name or another address than the destination's, Uri-Port only
+        // for another port (RFC 7252 §6.4 steps 5 to 7).
+        uri.to_options_for(&mut request.options, socket::to_user(remote));
+        for (number, value) in &self.options {
+            request.options.push(*number, value);
+        }
+        request.payload = self.payload.clone();
+        request.message_type = message_type.or(self.message_type);
+        request.timeout = self.timeout;
+        Ok((remote, uri, request))
+    }
+}
+
+/// The receiving end of a started multicast request or observation.
+enum Started {
+    Many(Receiver<Result<IncomingResponse, Error>>),
+    Observe(Receiver<Result<Notification, Error>>),
+}
+
+impl IntoFuture for RequestBuilder {
+    type Output = Result<IncomingResponse, Error>;
+    type IntoFuture = ResponseFuture;
+
+    fn into_future(self) -> ResponseFuture {
+        self.send()
+    }
+}
+
+/// The response to one request (see [`RequestBuilder::send`]).
+#[must_use = "futures do nothing unless polled"]
+pub struct ResponseFuture {
+    inner: Pin<Box<dyn Future<Output = Result<IncomingResponse, Error>> + Send>>,
+}
+
+impl Future for ResponseFuture {
+    type Output = Result<IncomingResponse, Error>;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        self.inner.as_mut().poll(cx)
+    }
+}
+
+impl fmt::Debug for ResponseFuture {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ResponseFuture").finish_non_exhaustive()
+    }
+}
+
+/// Polls `rx`; once it has ended, the exchange is over and `guard` has nothing to cancel.
+fn poll_items<T>(
+    rx: &mut Pin<Box<Receiver<T>>>,
+    guard: &mut Option<CancelGuard>,
+    cx: &mut Context<'_>,
+) -> Poll<Option<T>> {
+    let polled = rx.as_mut().poll_next(cx);
+    if let Poll::Ready(None) = polled {
+        if let Some(guard) = guard.take() {
+            guard.disarm();
+        }
+    }
+    polled
+}
+
+/// The responses to a multicast request, as a [`Stream`](futures_core::Stream) or through
+/// [`next`](MulticastResponses::next). It ends when the response window closes; dropping it
+/// ends the request at once.
+pub struct MulticastResponses {
+    rx: Pin<Box<Receiver<Result<IncomingResponse, Error>>>>,
+    guard: Option<CancelGuard>,
+}
+
+impl MulticastResponses {
+    /// The next response, or `None` once the window has closed.
+    pub async fn next(&mut self) -> Option<Result<IncomingResponse, Error>> {
+        std::future::poll_fn(|cx| poll_items(&mut self.rx, &mut self.guard, cx)).await
+    }
+}
+
+impl futures_core::Stream for MulticastResponses {
+    type Item = Result<IncomingResponse, Error>;
+
+    fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        let this = self.get_mut();
+        poll_items(&mut this.rx, &mut this.guard, cx)
+    }
+}
+
+impl Drop for MulticastResponses {
+    fn drop(&mut self) {
+        // Closed before the guard cancels, so a driver that has not started the request yet
+        // skips it.
+        self.rx.close();
+    }
+}
+
+impl fmt::Debug for MulticastResponses {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("MulticastResponses").finish_non_exhaustive()
+    }
+}
+
+/// The notifications of one observed resource (RFC 7641), as a
+/// [`Stream`](futures_core::Stream) or through [`next`](Observation::next); see
+/// [`RequestBuilder::observe`].
+pub struct Observation {
+    rx: Pin<Box<Receiver<Result<Notification, Error>>>>,
+    guard: Option<CancelGuard>,
+    ticket: u64,
+    shared: Arc<Shared>,
+}
+
+impl Observation {
+    /// The next notification, or `None` once the observation has ended.
+    pub async fn next(&mut self) -> Option<Result<Notification, Error>> {
+        std::future::poll_fn(|cx| poll_items(&mut self.rx, &mut self.guard, cx)).await
+    }
+
+    /// Ends the observation actively: the registration goes again with Observe = 1
+    /// (RFC 7641 §3.6), and the server's answer is the last item of the stream. False if
+    /// the observation had ended already.
+    pub async fn cancel(&mut self) -> Result<bool, Error> {
+        let ticket = self.ticket;
+        self.shared
+            .ask(|reply| Command::CancelObservation { ticket, reply })
+            .await
+    }
+}
+
+impl futures_core::Stream for Observation {
+    type Item = Result<Notification, Error>;
+
+    fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        let this = self.get_mut();
+        poll_items(&mut this.rx, &mut this.guard, cx)
+    }
+}
+
+impl Drop for Observation {
+    fn drop(&mut self) {
+        // Closed first, cancelled second (see `CancelGuard`).
+        self.rx.close();
+    }
+}
+
+impl fmt::Debug for Observation {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Observation").finish_non_exhaustive()
+    }
+}
+
+/// The receiving end of a one-answer exchange; dropped unanswered, it closes its channel and
+/// then cancels (see [`CancelGuard`]).
+struct OnceReply<T> {
+    rx: Receiver<T>,
+    guard: Option<CancelGuard>,
+}
+
+impl<T> OnceReply<T> {
+    fn new(ticket: u64, shared: &Shared) -> (Sender<T>, OnceReply<T>) {
+        let (tx, rx) = oneshot();
+        let guard = Some(CancelGuard::new(ticket, shared));
+        (tx, OnceReply { rx, guard })
+    }
+
+    async fn recv(&mut self) -> Result<T, Error> {
+        let result = self.rx.recv().await.map_err(|_| Error::ShuttingDown);
+        // Answered, or the driver is gone: nothing is left to cancel either way.
+        if let Some(guard) = self.guard.take() {
+            guard.disarm();
+        }
+        result
+    }
+}
+
+impl<T> Drop for OnceReply<T> {
+    fn drop(&mut self) {
+        // Runs before the fields drop: closed first, cancelled second.
+        self.rx.close();
+    }
+}
+
+/// Cancels an exchange whose future or stream is dropped before it ended.
+///
+/// The reply channel is closed before the guard drops, so a driver that has not taken the
+/// command yet sees it closed and never starts the exchange, and one that has started it
+/// gets the cancel.
+pub(crate) struct CancelGuard {
+    ticket: u64,
+    internal: Option<Sender<Internal>>,
+}
+
+impl CancelGuard {
+    pub(crate) fn new(ticket: u64, shared: &Shared) -> CancelGuard {
+        CancelGuard {
+            ticket,
+            internal: Some(shared.internal.clone()),
+        }
+    }
+
+    /// The exchange has ended: nothing to cancel.
+    pub(crate) fn disarm(mut self) {
+        self.internal = None;
+    }
+}
+
+impl Drop for CancelGuard {
+    fn drop(&mut self) {
+        if let Some(internal) = self.internal.take() {
+            let _ = internal.try_send(Internal::Cancel(self.ticket));
+        }
+    }
+}
+
+/// A request URI; only `coap` is served.
+fn parse_uri(text: &str) -> Result<CoapUri, Error> {
+    let uri = CoapUri::parse(text)?;
+    match uri.scheme() {
+        Scheme::Coap => Ok(uri),
+        other => Err(Error::UnsupportedScheme(other)),
+    }
+}
+
+/// Where to send a request for `uri`, in the engine's address form. A host name is resolved,
+/// and an address of the socket's own family preferred.
+async fn resolve(shared: &Shared, uri: &CoapUri) -> Result<SocketAddr, Error> {
+    let local = shared.local_addr;
+    if let Some(addr) = uri.socket_addr_hint() {
+        return to_wire(local, addr).ok_or_else(|| Error::NoUsableAddress {
+            host: uri.host().to_string(),
+        });
+    }
+    let host = match uri.host() {
+        Host::Name(name) => name.clone(),
+        // An IPv6 address with a zone given by interface name needs the system's resolver.
+        Host::Ip { .. } => return Err(Error::Unsupported("IPv6 zones given by interface name")),
+    };
+    let found = async_net::resolve((host.as_str(), uri.port()))
+        .await
+        .map_err(|source| Error::Resolve {
+            host: host.clone(),
+            source,
+        })?;
+    let same_family = found.iter().find(|a| a.is_ipv4() == local.is_ipv4());
+    same_family
+        .into_iter()
+        .chain(found.iter())
+        .find_map(|a| to_wire(local, *a))
+        .ok_or(Error::NoUsableAddress { host })
+}
