@@ -58,10 +58,13 @@
 //! * **Tracing**: a span per exchange (`coap_request`, `coap_incoming`) and per driver
 //!   (`coap_driver`); traffic at debug and trace level, failures and anomalies at warn.
 //!
-//! Not yet here: observation (RFC 7641) as a `Stream` and observable routes, and answering
-//! requests sent to a multicast group (the engine can, but the socket does not yet tell the
-//! driver which datagrams arrived on a group address). A client can already send multicast
-//! requests, join groups and pick the outgoing interface.
+//! * **Observation** (RFC 7641): [`Client::observe`] gives a `Stream` of notifications marked
+//!   fresh or stale; [`Router::observable`] routes with accept hooks, and a [`Notifier`] per
+//!   path for any task to announce changes.
+//!
+//! Not yet here: answering requests sent to a multicast group (the engine can, but the socket
+//! does not yet tell the driver which datagrams arrived on a group address). A client can
+//! already send multicast requests, join groups and pick the outgoing interface.
 //!
 //! # How it works
 //!
