@@ -8,7 +8,7 @@
 //! current time go in, datagrams to send, [events](Event) and the next deadline come out. The
 //! runtime crates (`coap-tokio`, `coap-async-std`, `coap-blocking`) wrap it in a socket loop;
 //! you can equally drive it from your own event loop, an embedded main loop, a fuzzer or a
-//! simulated network ([`sim`], feature `sim`).
+//! simulated network (the `sim` module, feature `sim`).
 //!
 //! # A run loop
 //!
@@ -102,7 +102,7 @@
 //! | [`endpoint`] | the state machine: message layer, exchanges, block-wise, observe, multicast |
 //! | [`request`] | the [`Request`] and [`Response`] builders |
 //! | [`resource`] | a router generic over the handler type, shared by the runtime crates |
-//! | [`sim`] | a deterministic network simulation (feature `sim`) |
+//! | `sim` | a deterministic network simulation (feature `sim`) |
 //!
 //! # Not supported (yet)
 //!

@@ -229,6 +229,9 @@ pub enum Failure {
     /// The server ended an observation with a non-2.xx notification (RFC 7641 §3.2), which
     /// was delivered just before as [`Event::Notification`].
     ObservationRejected(Code),
+    /// A separate response could not be sent: [`Config::max_peers`](super::Config::max_peers)
+    /// peers already have message-layer state.
+    TooManyPeers,
     /// The socket reported that the peer is unreachable (an ICMP error, passed in with
     /// [`Endpoint::handle_unreachable`](super::Endpoint::handle_unreachable)).
     Unreachable,
@@ -247,6 +250,7 @@ impl fmt::Display for Failure {
                 write!(f, "response carried unrecognized critical option {}", n.0)
             }
             Failure::Unreachable => f.write_str("the peer is unreachable"),
+            Failure::TooManyPeers => f.write_str("too many peers with state to send a response"),
             Failure::ResourceChanged => {
                 f.write_str("the resource changed during a block-wise transfer")
             }

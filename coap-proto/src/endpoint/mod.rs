@@ -727,7 +727,7 @@ impl Endpoint {
                 max: self.config.max_message_size,
             });
         }
-        let token = self.fresh_token();
+        let token = self.fresh_token().ok_or(RequestError::TooManyExchanges)?;
         let id = self.start_exchange(now, remote, kind, message_type, token, request)?;
         if let Some(ex) = self.clients.get_mut(&id) {
             ex.block = block;
@@ -1568,13 +1568,13 @@ impl Endpoint {
                     return;
                 };
                 match response {
-                    Some(view) if view.token() == ex.token.as_bytes() => {
-                        let message = view.to_message();
-                        self.deliver_response(now, id, remote, message);
-                    }
                     _ if ex.kind == ClientKind::Ping => {
                         // An ACK instead of the expected RST still proves liveness.
                         self.finish_client(now, id, Event::Pong { id });
+                    }
+                    Some(view) if view.token() == ex.token.as_bytes() => {
+                        let message = view.to_message();
+                        self.deliver_response(now, id, remote, message);
                     }
                     _ => {
                         // Empty ACK (or a response with a foreign token, which we treat as a
@@ -1658,9 +1658,12 @@ impl Endpoint {
             .then(|| self.tokens.get(&Token::new(token)).copied())
             .flatten()
             .filter(|id| {
-                self.clients
-                    .get(id)
-                    .is_some_and(|ex| ex.kind == ClientKind::Multicast || ex.peer == remote)
+                // Only an exchange whose request went out can be answered: a token that
+                // belongs to a request still waiting in the queue matches nothing.
+                self.clients.get(id).is_some_and(|ex| {
+                    (ex.kind == ClientKind::Multicast || ex.peer == remote)
+                        && !matches!(ex.state, ClientState::Queued(_))
+                })
             });
         let Some(id) = id else {
             // §5.3.2 / RFC 7641 §3.6: nobody wants it; RST tells the sender so.
@@ -1862,8 +1865,13 @@ impl Endpoint {
     /// With `new_token` false the token stays, as re-registration and deregistration of an
     /// observation require (RFC 7641 §3.3.1, §3.6).
     fn continue_exchange(&mut self, now: Instant, id: RequestId, next: Request, new_token: bool) {
+        // The old token is given up first, so a fresh one can always be found.
         let token = if new_token {
-            Some(self.fresh_token())
+            if let Some(ex) = self.clients.get(&id) {
+                let old = ex.token.clone();
+                self.tokens.remove(&old);
+            }
+            self.fresh_token()
         } else {
             None
         };
@@ -1880,9 +1888,11 @@ impl Endpoint {
             ClientState::Queued(_) | ClientState::Observing { .. } => {}
         }
         if let Some(token) = token {
-            let old = core::mem::replace(&mut ex.token, token.clone());
-            self.tokens.remove(&old);
+            ex.token = token.clone();
             self.tokens.insert(token, id);
+        } else if new_token && !ex.token.is_empty() {
+            // Not reachable in practice (the old token was just freed): keep the old one.
+            self.tokens.insert(ex.token.clone(), id);
         }
         ex.state = ClientState::Queued(Box::new(next));
         let remote = ex.peer;
@@ -1893,6 +1903,13 @@ impl Endpoint {
         }
         peer.queue.push_back(id);
         self.pump_peer(now, remote);
+        if self
+            .clients
+            .get(&id)
+            .is_some_and(|ex| matches!(ex.state, ClientState::Queued(_)))
+        {
+            self.progress(id, Progress::Queued);
+        }
     }
 
     /// Client side of a response to an observation (RFC 7641 §3).
@@ -2014,7 +2031,9 @@ impl Endpoint {
             .clients
             .get(&parent)
             .map_or(MessageType::Con, |ex| ex.message_type);
-        let token = self.fresh_token();
+        let Some(token) = self.fresh_token() else {
+            return;
+        };
         let Ok(child) =
             self.start_exchange(now, remote, ClientKind::Request, message_type, token, next)
         else {
@@ -2220,7 +2239,8 @@ impl Endpoint {
                 o.waiting = Some(Box::new(response.clone()));
             }
             if let Some(until) = self.peers.get(&peer).and_then(Peer::next_free) {
-                self.timers.push(until, Timer::Peer(peer));
+                let _ = until;
+                self.arm_peer_timer(peer);
             }
             return;
         };
@@ -2361,7 +2381,9 @@ impl Endpoint {
         }
         peer.queue.push_back(id);
         self.next_request_id += 1;
-        if !token.is_empty() {
+        // Pings carry no token and are matched by Message ID alone; every other exchange
+        // owns its token, even an empty one (token_len 0 allows one such exchange at a time).
+        if kind != ClientKind::Ping {
             self.tokens.insert(token.clone(), id);
         }
         self.clients.insert(
@@ -2423,22 +2445,28 @@ impl Endpoint {
                             until,
                         });
                     }
-                    self.timers.push(until, Timer::Peer(remote));
                 }
+                self.arm_peer_timer(remote);
                 return;
             };
             peer.exhaustion_reported = false;
-            if let Some(bucket_expiry) = peer.take_new_bucket() {
-                self.timers.push(bucket_expiry, Timer::Peer(remote));
-            }
             if has_held {
                 if let Some(held) = peer.held.pop_front() {
                     self.transmit_held(now, held, mid);
                 }
             } else if let Some(id) = peer.queue.pop_front() {
-                peer.outstanding += 1;
-                self.send_request(now, id, mid);
+                // Only a request that is still waiting takes a slot; a stale queue entry (its
+                // exchange ended or was sent already) is skipped.
+                if self
+                    .clients
+                    .get(&id)
+                    .is_some_and(|ex| matches!(ex.state, ClientState::Queued(_)))
+                {
+                    peer.outstanding += 1;
+                    self.send_request(now, id, mid);
+                }
             }
+            self.arm_peer_timer(remote);
         }
         self.maybe_forget_peer(remote);
     }
@@ -2510,7 +2538,7 @@ impl Endpoint {
         let Some(ex) = self.clients.remove(&id) else {
             return;
         };
-        if !ex.token.is_empty() {
+        if ex.kind != ClientKind::Ping && self.tokens.get(&ex.token) == Some(&id) {
             self.tokens.remove(&ex.token);
         }
         match ex.state {
@@ -2596,27 +2624,40 @@ impl Endpoint {
         }
     }
 
-    fn fresh_token(&mut self) -> Token {
-        let mut bytes = [0u8; 8];
+    /// A random token (§5.3.1) that no live exchange uses, or `None` when the configured
+    /// length leaves none free (with `token_len` 0 there is one token, the empty one).
+    fn fresh_token(&mut self) -> Option<Token> {
         let len = self.config.token_len;
-        // Tokens are random (§5.3.1) and unique among our live exchanges. With 8 bytes a
-        // collision is vanishingly rare; with shorter tokens the loop may spin a few times.
+        if len == 0 {
+            let empty = Token::default();
+            return (!self.tokens.contains_key(&empty)).then_some(empty);
+        }
+        let mut bytes = [0u8; 8];
         for _ in 0..64 {
             self.rng.fill_bytes(&mut bytes);
             let token = Token::new(&bytes[..len]);
             if !self.tokens.contains_key(&token) {
-                return token;
+                return Some(token);
             }
         }
-        // A near-full short token space: fall back to a counter-derived token.
-        let mut counter = self.next_request_id;
-        loop {
-            let token = Token::new(&counter.to_be_bytes()[8 - len..]);
+        // A crowded short token space: walk it from a random point, a bounded number of
+        // steps (the space has at most as many used values as live exchanges).
+        let space = if len >= 8 {
+            u64::MAX
+        } else {
+            1u64 << (8 * len)
+        };
+        let start = self.rng.next_u64();
+        let steps = (self.tokens.len() as u64 + 1).min(space);
+        for i in 0..steps {
+            let v = start.wrapping_add(i);
+            let v = if len >= 8 { v } else { v % space };
+            let token = Token::new(&v.to_be_bytes()[8 - len..]);
             if !self.tokens.contains_key(&token) {
-                return token;
+                return Some(token);
             }
-            counter = counter.wrapping_add(1);
         }
+        None
     }
 
     // ----------------------------------------------------------------------------------------
@@ -2659,6 +2700,16 @@ impl Endpoint {
             },
         };
         let lifetime = lifetime(&self.config, message_type);
+        if !self.peers.contains_key(&held.peer) && self.peers.len() >= self.config.max_peers {
+            // No room for the Message ID state this response needs.
+            if message_type == MessageType::Con {
+                self.events.push_back(Event::ResponseNotConfirmed {
+                    id,
+                    reason: Failure::TooManyPeers,
+                });
+            }
+            return;
+        }
         let peer = self.peer_entry(held.peer);
         if !peer.held.is_empty() {
             // Keep order behind responses already waiting for a Message ID.
@@ -2667,10 +2718,9 @@ impl Endpoint {
         }
         match peer.allocate(now, lifetime) {
             Some(mid) => {
-                if let Some(bucket_expiry) = peer.take_new_bucket() {
-                    self.timers.push(bucket_expiry, Timer::Peer(held.peer));
-                }
+                let remote = held.peer;
                 self.transmit_held(now, held, mid);
+                self.arm_peer_timer(remote);
             }
             None => {
                 let until = peer.next_free();
@@ -2684,8 +2734,8 @@ impl Endpoint {
                             until,
                         });
                     }
-                    self.timers.push(until, Timer::Peer(remote));
                 }
+                self.arm_peer_timer(remote);
             }
         }
     }
@@ -2821,8 +2871,12 @@ impl Endpoint {
                 }
             }
             Timer::Peer(remote) => {
-                if let Some(peer) = self.peers.get_mut(&remote) {
-                    peer.expire(now);
+                match self.peers.get_mut(&remote) {
+                    Some(peer) if peer.armed == Some(deadline) => {
+                        peer.armed = None;
+                        peer.expire(now);
+                    }
+                    _ => return,
                 }
                 self.pump_peer(now, remote);
                 // Notifications parked for want of a Message ID.
@@ -2847,6 +2901,8 @@ impl Endpoint {
                         self.send_notification(now, oid, *next);
                     }
                 }
+                // The next bucket's expiry, if the peer is still remembered.
+                self.arm_peer_timer(remote);
             }
         }
     }
@@ -2873,7 +2929,10 @@ impl Endpoint {
             Timer::ClientDeadline(id) => self.clients.get(id).is_some_and(|ex| {
                 matches!(ex.state, ClientState::AwaitingResponse { deadline: d, .. } | ClientState::Observing { deadline: d } if d == deadline)
             }),
-            Timer::Peer(remote) => self.peers.contains_key(remote),
+            Timer::Peer(remote) => self
+                .peers
+                .get(remote)
+                .is_some_and(|p| p.armed == Some(deadline)),
         }
     }
 
@@ -2913,9 +2972,7 @@ impl Endpoint {
         let lifetime = lifetime(&self.config, mtype);
         let peer = self.peer_entry(remote);
         let mid = peer.allocate(now, lifetime)?;
-        if let Some(bucket_expiry) = peer.take_new_bucket() {
-            self.timers.push(bucket_expiry, Timer::Peer(remote));
-        }
+        self.arm_peer_timer(remote);
         Some(mid)
     }
 
@@ -2925,6 +2982,22 @@ impl Endpoint {
         self.peers
             .entry(remote)
             .or_insert_with(|| Peer::new(rng.next_u32() as u16))
+    }
+
+    /// Arms the peer's single timer at the expiry of its oldest Message ID bucket, if it has
+    /// none armed: expired IDs are freed, waiting messages sent and an idle peer forgotten
+    /// then.
+    fn arm_peer_timer(&mut self, remote: SocketAddr) {
+        let Some(peer) = self.peers.get_mut(&remote) else {
+            return;
+        };
+        if peer.armed.is_some() {
+            return;
+        }
+        if let Some(at) = peer.next_free() {
+            peer.armed = Some(at);
+            self.timers.push(at, Timer::Peer(remote));
+        }
     }
 
     fn maybe_forget_peer(&mut self, remote: SocketAddr) {

@@ -41,8 +41,9 @@ pub(super) struct Peer {
     in_use: u32,
     /// (expiry, count) in allocation order; expiries never decrease.
     buckets: VecDeque<(Instant, u32)>,
-    /// Set when the last allocation opened a new bucket, so the caller can arm a timer for it.
-    new_bucket: Option<Instant>,
+    /// The deadline of this peer's one timer, if armed: the expiry of its oldest bucket.
+    /// One timer per peer keeps the timer heap proportional to the number of peers.
+    pub(super) armed: Option<Instant>,
     /// Requests counted against NSTART.
     pub(super) outstanding: usize,
     /// Requests waiting for NSTART or a Message ID, in order.
@@ -60,7 +61,7 @@ impl Peer {
             next_mid: first_mid,
             in_use: 0,
             buckets: VecDeque::new(),
-            new_bucket: None,
+            armed: None,
             outstanding: 0,
             queue: VecDeque::new(),
             held: VecDeque::new(),
@@ -91,26 +92,16 @@ impl Peer {
         self.in_use += 1;
         let raw = (now + lifetime).as_micros();
         let rounded = raw.div_ceil(BUCKET_MICROS).saturating_mul(BUCKET_MICROS);
-        let mut expiry = Instant::from_micros(rounded);
+        let expiry = Instant::from_micros(rounded);
         match self.buckets.back_mut() {
             Some((last, count)) if *last >= expiry => {
                 // A shorter (NON) lifetime behind a longer one: keep the later expiry, which
                 // only holds the ID longer than needed.
-                expiry = *last;
                 *count += 1;
             }
-            _ => {
-                self.buckets.push_back((expiry, 1));
-                self.new_bucket = Some(expiry);
-            }
+            _ => self.buckets.push_back((expiry, 1)),
         }
-        let _ = expiry;
         Some(mid)
-    }
-
-    /// The expiry of a bucket opened by the last allocation, once.
-    pub(super) fn take_new_bucket(&mut self) -> Option<Instant> {
-        self.new_bucket.take()
     }
 
     /// When the oldest ID in use becomes free.

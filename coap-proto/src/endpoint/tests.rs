@@ -886,3 +886,127 @@ fn same_seed_same_bytes() {
     };
     assert_eq!(run(), run());
 }
+
+// Regressions found by the endpoint fuzz target and the exchange benchmarks.
+
+#[test]
+fn short_token_spaces_refuse_instead_of_spinning() {
+    let mut client = endpoint_with(|c| {
+        c.token_len = 1;
+        c.nstart = 1000;
+    });
+    for _ in 0..256 {
+        client.request(t(0), SERVER, Request::get().non()).unwrap();
+    }
+    assert_eq!(
+        client.request(t(0), SERVER, Request::get().non()),
+        Err(RequestError::TooManyExchanges),
+        "all 256 one-byte tokens are in use"
+    );
+    let mut zero = endpoint_with(|c| c.token_len = 0);
+    zero.request(t(0), SERVER, Request::get()).unwrap();
+    assert_eq!(
+        zero.request(t(0), SERVER, Request::get()),
+        Err(RequestError::TooManyExchanges)
+    );
+}
+
+#[test]
+fn empty_tokens_still_carry_a_block_wise_upload() {
+    let mut client = endpoint_with(|c| c.token_len = 0);
+    let mut server = endpoint();
+    let id = client
+        .request(t(0), SERVER, Request::put().with_payload(vec![7u8; 3000]))
+        .unwrap();
+    for _ in 0..10 {
+        for (_, m) in sent(&mut client) {
+            server.handle_datagram(t(0), CLIENT, &encode(&m));
+        }
+        while let Some(ev) = server.poll_event() {
+            if let Event::Request { id, request, .. } = ev {
+                assert_eq!(request.payload.len(), 3000);
+                server
+                    .respond(t(0), id, Response::new(Code::CHANGED))
+                    .unwrap();
+            }
+        }
+        for (_, m) in sent(&mut server) {
+            client.handle_datagram(t(0), SERVER, &encode(&m));
+        }
+    }
+    assert!(matches!(events(&mut client).as_slice(), [Event::Response { id: r, .. }] if *r == id));
+}
+
+#[test]
+fn separate_responses_respect_max_peers() {
+    let mut server = endpoint_with(|c| c.max_peers = 1);
+    for port in [40001, 40002, 40003] {
+        let peer = SocketAddr::new(IpAddr::V4(Ipv4Addr::new(10, 0, 0, 1)), port);
+        let mut req = con_get(port, b"n", "/x");
+        req.mtype = MessageType::Non;
+        server.handle_datagram(t(0), peer, &encode(&req));
+        let (iid, _) = expect_request(&mut server);
+        server.respond(t(0), iid, Response::content("v")).unwrap();
+        assert!(server.table_sizes().peers <= 1);
+    }
+}
+
+#[test]
+fn a_response_for_a_queued_request_is_not_accepted() {
+    let mut client = endpoint();
+    let a = client
+        .request(t(0), SERVER, Request::get().with_path("a"))
+        .unwrap();
+    let b = client
+        .request(t(0), SERVER, Request::put().with_payload(vec![1u8; 3000]))
+        .unwrap();
+    let first = sent(&mut client).remove(0).1;
+    let b_token = client
+        .pending_requests()
+        .find(|p| p.0 == b)
+        .map(|p| p.3.clone())
+        .unwrap();
+    let mut forged = Message::new(MessageType::Con, Code::CONTENT, 999);
+    forged.token = b_token;
+    client.handle_datagram(t(1), SERVER, &encode(&forged));
+    assert!(events(&mut client).is_empty(), "b was never sent");
+    assert_eq!(
+        raw_sent(&mut client),
+        vec![vec![0x70, 0x00, 0x03, 0xe7]],
+        "reset"
+    );
+    let mut rsp = Message::new(MessageType::Ack, Code::CONTENT, first.message_id);
+    rsp.token = first.token;
+    client.handle_datagram(t(2), SERVER, &encode(&rsp));
+    assert!(matches!(events(&mut client).as_slice(), [Event::Response { id, .. }] if *id == a));
+    let next = sent(&mut client);
+    assert_eq!(next.len(), 1, "b goes out once, in order");
+    assert!(next[0].1.options.block1().is_some());
+}
+
+#[test]
+fn one_timer_per_peer_however_many_messages() {
+    let mut client = endpoint_with(|c| {
+        c.nstart = 100_000;
+        c.max_queued_per_peer = 100_000;
+    });
+    for i in 0..5000u64 {
+        let now = Instant::from_millis(i * 10);
+        client.request(now, SERVER, Request::get().non()).unwrap();
+        raw_sent(&mut client);
+        client.handle_timeout(now);
+    }
+    // 50 s of sending spans 500 Message ID buckets, but they share one timer; the rest are
+    // the 5000 NON requests' own deadlines.
+    let timers = client.table_sizes().timers;
+    assert!(timers <= 5000 + 2, "{timers} timers");
+}
+
+#[test]
+fn a_ping_answered_by_an_ack_with_a_code_is_still_a_pong() {
+    let mut client = endpoint();
+    let id = client.ping(t(0), SERVER).unwrap();
+    let ping = raw_sent(&mut client).remove(0);
+    client.handle_datagram(t(1), SERVER, &[0x60, 0x5f, ping[2], ping[3]]);
+    assert_eq!(events(&mut client), vec![Event::Pong { id }]);
+}
