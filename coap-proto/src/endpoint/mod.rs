@@ -324,7 +324,7 @@ struct ServerExchange {
     /// The No-Response option (RFC 7967), 0 when absent.
     no_response: u8,
     /// Block-wise bookkeeping for the response; `None` when the handler sees raw blocks.
-    block: Option<Box<ServerBlock>>,
+    block: Option<ServerBlock>,
     /// A registration (Observe = 0), and whether the application accepted it.
     observe: Option<Box<ObserveRequest>>,
 }
@@ -1100,7 +1100,7 @@ impl Endpoint {
         }
         if ex.message_type == MessageType::Con && !ex.ack_sent {
             // Piggybacked on the ACK (§5.2.1).
-            let bytes = self.encode_response(MessageType::Ack, ex.mid, &ex.token, &response);
+            let bytes = self.encode_owned(MessageType::Ack, ex.mid, ex.token.clone(), response);
             self.dedup
                 .update(key, DedupState::Reply(Arc::clone(&bytes)));
             self.queue_transmit(ex.peer, bytes);
@@ -1316,7 +1316,7 @@ impl Endpoint {
         now: Instant,
         remote: SocketAddr,
         request: &mut Message,
-    ) -> Result<Box<ServerBlock>, Response> {
+    ) -> Result<ServerBlock, Response> {
         let bad_block = || {
             Response::new(Code::BAD_OPTION)
                 .with_payload(Bytes::from_static(b"malformed block option"))
@@ -1374,19 +1374,19 @@ impl Endpoint {
                     Ok(rsp) | Err(rsp) => rsp,
                 });
             }
-            return Ok(Box::new(ServerBlock {
+            return Ok(ServerBlock {
                 key: op.1,
                 block2,
                 size2,
                 block1_echo,
-            }));
+            });
         }
-        Ok(Box::new(ServerBlock {
+        Ok(ServerBlock {
             key,
             block2,
             size2,
             block1_echo,
-        }))
+        })
     }
 
     /// Server side of RFC 7959 for a response: cuts a body larger than a block (or the block
@@ -3041,6 +3041,25 @@ impl Endpoint {
         Arc::from(&[0x40 | (mtype.to_bits() << 4), 0, hi, lo][..])
     }
 
+    /// Encodes a response it owns, without copying its options or payload.
+    fn encode_owned(
+        &mut self,
+        mtype: MessageType,
+        mid: u16,
+        token: Token,
+        response: Response,
+    ) -> Arc<[u8]> {
+        let message = Message {
+            mtype,
+            code: response.code,
+            message_id: mid,
+            token,
+            options: response.options,
+            payload: response.payload,
+        };
+        self.encode(&message)
+    }
+
     fn encode_response(
         &mut self,
         mtype: MessageType,
@@ -3185,38 +3204,11 @@ fn bad_option_diagnostic(number: OptionNumber) -> Bytes {
 
 /// The encoded size of a request with a token of `token_len` bytes.
 fn message_len(request: &Request, token_len: usize) -> usize {
-    let probe = Message {
-        mtype: MessageType::Con,
-        code: request.method,
-        message_id: 0,
-        token: Token::new(&[0u8; 8][..token_len.min(8)]),
-        options: request.options.clone(),
-        payload: request.payload.clone(),
-    };
-    probe.encoded_len()
+    Message::encoded_len_of(token_len, &request.options, request.payload.len())
 }
 
 fn message_len_response(response: &Response, token_len: usize) -> usize {
-    // Header (4) + token + options + payload marker and payload. Options are measured through
-    // the encoder on a message without token, then the token length is added.
-    let probe = Message {
-        mtype: MessageType::Ack,
-        code: response.code,
-        message_id: 0,
-        token: Token::default(),
-        options: response.options.clone(),
-        payload: response.payload.clone(),
-    };
-    probe.encoded_len() + token_len + extended_token_len_bytes(token_len)
-}
-
-/// Bytes the RFC 8974 extended token length takes in the header.
-fn extended_token_len_bytes(token_len: usize) -> usize {
-    match token_len {
-        0..=12 => 0,
-        13..=268 => 1,
-        _ => 2,
-    }
+    Message::encoded_len_of(token_len, &response.options, response.payload.len())
 }
 
 #[cfg(feature = "sim")]

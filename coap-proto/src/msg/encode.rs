@@ -2,6 +2,7 @@
 
 use super::error::EncodeError;
 use super::message::Message;
+use super::options::Options;
 use super::token::Token;
 
 /// The largest value the 4-bit field plus two extension bytes can carry: 65535 + 269.
@@ -82,15 +83,21 @@ impl Message {
     /// The encoded length in bytes. For a message that cannot be encoded (see
     /// [`EncodeError`]) this is the length it would have if it could.
     pub fn encoded_len(&self) -> usize {
-        let mut len = 4 + nibble(self.token.len()).1 + self.token.len();
+        Message::encoded_len_of(self.token.len(), &self.options, self.payload.len())
+    }
+
+    /// The encoded length of a message with a token of `token_len` bytes, these options and
+    /// a payload of `payload_len` bytes, without building the message.
+    pub fn encoded_len_of(token_len: usize, options: &Options, payload_len: usize) -> usize {
+        let mut len = 4 + nibble(token_len).1 + token_len;
         let mut previous = 0u16;
-        for (number, value) in self.options.iter() {
+        for (number, value) in options.iter() {
             let delta = usize::from(number.0 - previous);
             previous = number.0;
             len += 1 + nibble(delta).1 + nibble(value.len()).1 + value.len();
         }
-        if !self.payload.is_empty() {
-            len += 1 + self.payload.len();
+        if payload_len != 0 {
+            len += 1 + payload_len;
         }
         len
     }
