@@ -5,7 +5,7 @@ use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use coap_proto::endpoint::{Config, Endpoint, Event, IncomingId, RequestId};
+use coap_proto::endpoint::{Config, Endpoint, Event, IncomingId, Progress, RequestId};
 use coap_proto::msg::Message;
 use coap_proto::sim::Node;
 use coap_proto::{Instant, Response};
@@ -33,6 +33,9 @@ pub struct Host {
     pub notifications: Vec<(Instant, RequestId, Message, bool)>,
     /// Server side: accept observe registrations.
     pub accept_observers: bool,
+    /// Client side: when each request first went out (from `Event::Progress`, reported when
+    /// the endpoint's `report_progress` is set).
+    pub first_sent: HashMap<RequestId, Instant>,
 }
 
 impl Host {
@@ -47,6 +50,7 @@ impl Host {
             outcomes: HashMap::new(),
             notifications: Vec::new(),
             accept_observers: false,
+            first_sent: HashMap::new(),
         }
     }
 
@@ -71,6 +75,12 @@ impl Host {
                     fresh,
                     ..
                 } => self.notifications.push((now, id, response, fresh)),
+                Event::Progress {
+                    id,
+                    progress: Progress::Sent,
+                } => {
+                    self.first_sent.entry(id).or_insert(now);
+                }
                 Event::Response { id, .. } | Event::RequestFailed { id, .. } => {
                     self.outcomes.entry(id).or_default().push((now, event));
                 }
