@@ -157,18 +157,7 @@ impl IncomingRequest {
     }
 }
 
-/// `/` and the segments joined by `/`.
-pub(crate) fn join_path<'a>(segments: impl Iterator<Item = &'a str>) -> String {
-    let mut out = String::new();
-    for segment in segments {
-        out.push('/');
-        out.push_str(segment);
-    }
-    if out.is_empty() {
-        out.push('/');
-    }
-    out
-}
+pub(crate) use coap_proto::resource::path_from_segments as join_path;
 
 impl fmt::Debug for IncomingRequest {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {

@@ -12,7 +12,7 @@ use coap_proto::resource::{self, Resolution, ResourceAttributes, RouteInfo};
 use coap_proto::Response;
 
 use crate::driver::{Dispatch, HandlerFuture, Service};
-use crate::incoming::{join_path, IncomingRequest, IntoReply, Reply};
+use crate::incoming::{IncomingRequest, IntoReply, Reply};
 
 /// A handler as the table stores it: its future boxed.
 type Handler = Arc<dyn Fn(IncomingRequest) -> HandlerFuture + Send + Sync>;
@@ -114,10 +114,7 @@ impl fmt::Debug for Router {
     }
 }
 
-/// `/` and the non-empty segments of `path`: the form the engine names resources by.
-pub(crate) fn normalize(path: &str) -> String {
-    join_path(path.split('/').filter(|s| !s.is_empty()))
-}
+pub(crate) use coap_proto::resource::normalize_path as normalize;
 
 fn into_handler<H, Fut, R>(handler: H) -> Handler
 where

@@ -2,7 +2,7 @@
 //! async-io reactor, and the address forms the engine and the user see.
 
 use std::io;
-use std::net::{SocketAddr, SocketAddrV4, SocketAddrV6, UdpSocket};
+use std::net::{SocketAddr, UdpSocket};
 
 use async_io::Async;
 use socket2::{Domain, Protocol, Socket, Type};
@@ -175,40 +175,8 @@ fn report_icmp_errors(socket: &Socket, addr: SocketAddr) {
 #[cfg(not(target_os = "linux"))]
 fn report_icmp_errors(_socket: &Socket, _addr: SocketAddr) {}
 
-/// The one form the engine keys peers by, for a socket bound to `local`: IPv4 peers of an
-/// IPv6 socket become IPv4-mapped IPv6 addresses, mapped addresses seen by an IPv4 socket
-/// become plain IPv4, and flow labels are cleared. `None` if the socket cannot reach `remote`.
-pub(crate) fn to_wire(local: SocketAddr, remote: SocketAddr) -> Option<SocketAddr> {
-    match (local.is_ipv6(), remote) {
-        (true, SocketAddr::V4(v4)) => Some(SocketAddr::V6(SocketAddrV6::new(
-            v4.ip().to_ipv6_mapped(),
-            v4.port(),
-            0,
-            0,
-        ))),
-        (true, SocketAddr::V6(v6)) => Some(SocketAddr::V6(SocketAddrV6::new(
-            *v6.ip(),
-            v6.port(),
-            0,
-            v6.scope_id(),
-        ))),
-        (false, SocketAddr::V4(v4)) => Some(SocketAddr::V4(v4)),
-        (false, SocketAddr::V6(v6)) => {
-            let ip = v6.ip().to_ipv4_mapped()?;
-            Some(SocketAddr::V4(SocketAddrV4::new(ip, v6.port())))
-        }
-    }
-}
-
-/// The form shown to users: IPv4-mapped IPv6 addresses as plain IPv4.
-pub(crate) fn to_user(addr: SocketAddr) -> SocketAddr {
-    if let SocketAddr::V6(v6) = addr {
-        if let Some(ip) = v6.ip().to_ipv4_mapped() {
-            return SocketAddr::V4(SocketAddrV4::new(ip, v6.port()));
-        }
-    }
-    addr
-}
+// The address forms are shared by every runtime crate; see `coap_proto::addr`.
+pub(crate) use coap_proto::addr::{for_socket as to_wire, unmapped as to_user};
 
 #[cfg(test)]
 mod tests {
@@ -216,25 +184,6 @@ mod tests {
 
     fn a(s: &str) -> SocketAddr {
         s.parse().unwrap()
-    }
-
-    #[test]
-    fn peers_take_the_family_of_the_socket() {
-        assert_eq!(
-            to_wire(a("[::]:0"), a("192.0.2.7:5683")),
-            Some(a("[::ffff:192.0.2.7]:5683"))
-        );
-        assert_eq!(
-            to_wire(a("0.0.0.0:0"), a("[::ffff:192.0.2.7]:5683")),
-            Some(a("192.0.2.7:5683"))
-        );
-        assert_eq!(to_wire(a("0.0.0.0:0"), a("[2001:db8::7]:5683")), None);
-        assert_eq!(
-            to_wire(a("[::]:0"), a("[2001:db8::7]:5683")),
-            Some(a("[2001:db8::7]:5683"))
-        );
-        assert_eq!(to_user(a("[::ffff:192.0.2.7]:1")), a("192.0.2.7:1"));
-        assert_eq!(to_user(a("[2001:db8::7]:1")), a("[2001:db8::7]:1"));
     }
 
     #[test]

@@ -49,15 +49,7 @@ impl IncomingRequest {
 
     /// `/` and the segments joined by `/` (not percent-encoded).
     pub fn path_string(&self) -> String {
-        let mut out = String::new();
-        for segment in self.path() {
-            out.push('/');
-            out.push_str(segment);
-        }
-        if out.is_empty() {
-            out.push('/');
-        }
-        out
+        coap_proto::resource::path_from_segments(self.path())
     }
 
     /// The segments below what the route matched (for a prefix route `/files` and a request

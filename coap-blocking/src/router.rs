@@ -91,18 +91,7 @@ impl ObserveHooks {
     }
 }
 
-/// `/` and the non-empty segments joined: the form the engine names resources by.
-pub(crate) fn normalize(path: &str) -> String {
-    let mut out = String::new();
-    for segment in path.split('/').filter(|s| !s.is_empty()) {
-        out.push('/');
-        out.push_str(segment);
-    }
-    if out.is_empty() {
-        out.push('/');
-    }
-    out
-}
+pub(crate) use coap_proto::resource::normalize_path as normalize;
 
 fn boxed<H, R>(handler: H) -> BoxedHandler
 where

@@ -1,7 +1,7 @@
 //! Opening the UDP socket (options through socket2, set before bind) and address forms.
 
 use std::io;
-use std::net::{SocketAddr, SocketAddrV4, SocketAddrV6, UdpSocket};
+use std::net::{SocketAddr, UdpSocket};
 
 use socket2::{Domain, Protocol, Socket, Type};
 
@@ -201,59 +201,12 @@ pub(crate) fn unreachable_peers(_socket: &UdpSocket, _limit: usize) -> Vec<Socke
     Vec::new()
 }
 
-/// The one form the engine keys peers by: IPv4 peers of an IPv6 socket as IPv4-mapped
-/// addresses, mapped addresses of an IPv4 socket as plain IPv4, no flow label. `None` when the
-/// socket cannot reach the family.
-pub(crate) fn to_wire(local: SocketAddr, remote: SocketAddr) -> Option<SocketAddr> {
-    match (local, remote) {
-        (SocketAddr::V4(_), SocketAddr::V4(_)) => Some(remote),
-        (SocketAddr::V4(_), SocketAddr::V6(v6)) => v6
-            .ip()
-            .to_ipv4_mapped()
-            .map(|ip| SocketAddr::V4(SocketAddrV4::new(ip, v6.port()))),
-        (SocketAddr::V6(_), SocketAddr::V4(v4)) => Some(SocketAddr::V6(SocketAddrV6::new(
-            v4.ip().to_ipv6_mapped(),
-            v4.port(),
-            0,
-            0,
-        ))),
-        (SocketAddr::V6(_), SocketAddr::V6(v6)) => Some(SocketAddr::V6(SocketAddrV6::new(
-            *v6.ip(),
-            v6.port(),
-            0,
-            v6.scope_id(),
-        ))),
-    }
-}
-
-/// The form shown to users: IPv4-mapped IPv6 addresses as plain IPv4.
-pub(crate) fn to_user(addr: SocketAddr) -> SocketAddr {
-    if let SocketAddr::V6(v6) = addr {
-        if let Some(ip) = v6.ip().to_ipv4_mapped() {
-            return SocketAddr::V4(SocketAddrV4::new(ip, v6.port()));
-        }
-    }
-    addr
-}
+// The address forms are shared by every runtime crate; see `coap_proto::addr`.
+pub(crate) use coap_proto::addr::{for_socket as to_wire, unmapped as to_user};
 
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn peer_addresses_follow_the_socket_family() {
-        let any6: SocketAddr = "[::]:0".parse().unwrap();
-        let any4: SocketAddr = "0.0.0.0:0".parse().unwrap();
-        let v4: SocketAddr = "192.0.2.7:5683".parse().unwrap();
-        let mapped: SocketAddr = "[::ffff:192.0.2.7]:5683".parse().unwrap();
-        let v6: SocketAddr = "[2001:db8::7]:5683".parse().unwrap();
-        assert_eq!(to_wire(any6, v4), Some(mapped));
-        assert_eq!(to_wire(any4, mapped), Some(v4));
-        assert_eq!(to_wire(any4, v6), None);
-        assert_eq!(to_wire(any6, v6), Some(v6));
-        assert_eq!(to_user(mapped), v4);
-        assert_eq!(to_user(v6), v6);
-    }
 
     #[test]
     fn options_are_applied_before_bind() {

@@ -119,6 +119,7 @@ extern crate alloc;
 #[cfg(any(feature = "std", test))]
 extern crate std;
 
+pub mod addr;
 pub mod cache_key;
 pub mod endpoint;
 pub mod link_format;

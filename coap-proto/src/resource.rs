@@ -52,6 +52,26 @@ use crate::link_format::{self, Filter, Link, LinkFormatError};
 use crate::msg::{Code, ContentFormat, OptionNumber, Options};
 use crate::request::Response;
 
+/// A resource path in the one form routes, observers and notifiers name resources by: `/`
+/// followed by the non-empty segments joined with `/` (`"/"` for none).
+pub fn path_from_segments<'a>(segments: impl IntoIterator<Item = &'a str>) -> String {
+    let mut out = String::new();
+    for segment in segments {
+        out.push('/');
+        out.push_str(segment);
+    }
+    if out.is_empty() {
+        out.push('/');
+    }
+    out
+}
+
+/// [`path_from_segments`] of a `/`-separated path, empty segments dropped: `"a//b/"` and
+/// `"/a/b"` both become `"/a/b"`.
+pub fn normalize_path(path: &str) -> String {
+    path_from_segments(path.split('/').filter(|s| !s.is_empty()))
+}
+
 /// The path of the resource discovery resource, as Uri-Path segments (RFC 6690 §4).
 ///
 /// [`Router::resolve`] answers a GET for it with [`Resolution::WellKnownCore`] unless the
@@ -1005,6 +1025,14 @@ pub fn hashing_etag(request: &Options, response: &mut Response) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn paths_have_one_form() {
+        assert_eq!(normalize_path(""), "/");
+        assert_eq!(normalize_path("/"), "/");
+        assert_eq!(normalize_path("a//b/"), "/a/b");
+        assert_eq!(path_from_segments(["sensors", "temp"]), "/sensors/temp");
+    }
     use alloc::vec;
     use proptest::prelude::*;
 

@@ -51,15 +51,7 @@ impl IncomingRequest {
 
     /// The path as text: `/` and the segments joined by `/` (not percent-encoded).
     pub fn path_string(&self) -> String {
-        let mut out = String::new();
-        for segment in self.message.options.uri_path() {
-            out.push('/');
-            out.push_str(segment);
-        }
-        if out.is_empty() {
-            out.push('/');
-        }
-        out
+        coap_proto::resource::path_from_segments(self.message.options.uri_path())
     }
 
     /// The segments after the part of the path the route matched: for a catch-all route

@@ -99,18 +99,7 @@ impl ObserveHooks {
     }
 }
 
-/// A path in the form the engine names resources by: `/` and the non-empty segments joined.
-fn normalize(path: &str) -> String {
-    let mut out = String::new();
-    for segment in path.split('/').filter(|s| !s.is_empty()) {
-        out.push('/');
-        out.push_str(segment);
-    }
-    if out.is_empty() {
-        out.push('/');
-    }
-    out
-}
+use coap_proto::resource::normalize_path as normalize;
 
 impl fmt::Debug for Router {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {

@@ -1,7 +1,7 @@
 //! Opening the UDP socket: options set through socket2 before bind, and address helpers.
 
 use std::io;
-use std::net::{SocketAddr, SocketAddrV4, SocketAddrV6};
+use std::net::SocketAddr;
 
 use socket2::{Domain, Protocol, Socket, Type};
 use tokio::net::UdpSocket;
@@ -174,60 +174,12 @@ fn enable_error_queue(socket: &Socket, addr: SocketAddr) {
 #[cfg(not(target_os = "linux"))]
 fn enable_error_queue(_socket: &Socket, _addr: SocketAddr) {}
 
-/// Brings a peer address into the one form the engine keys its state by: IPv4 peers of an
-/// IPv6 socket as IPv4-mapped IPv6 addresses, IPv4-mapped addresses of an IPv4 socket as plain
-/// IPv4, and no IPv6 flow label. Fails when the socket cannot reach the address family.
-pub(crate) fn to_wire(local: SocketAddr, remote: SocketAddr) -> Option<SocketAddr> {
-    match (local, remote) {
-        (SocketAddr::V6(_), SocketAddr::V4(v4)) => Some(SocketAddr::V6(SocketAddrV6::new(
-            v4.ip().to_ipv6_mapped(),
-            v4.port(),
-            0,
-            0,
-        ))),
-        (SocketAddr::V6(_), SocketAddr::V6(v6)) => Some(SocketAddr::V6(SocketAddrV6::new(
-            *v6.ip(),
-            v6.port(),
-            0,
-            v6.scope_id(),
-        ))),
-        (SocketAddr::V4(_), SocketAddr::V4(v4)) => Some(SocketAddr::V4(v4)),
-        (SocketAddr::V4(_), SocketAddr::V6(v6)) => v6
-            .ip()
-            .to_ipv4_mapped()
-            .map(|ip| SocketAddr::V4(SocketAddrV4::new(ip, v6.port()))),
-    }
-}
-
-/// The form of a peer address shown to users: IPv4-mapped IPv6 addresses as plain IPv4.
-pub(crate) fn to_user(addr: SocketAddr) -> SocketAddr {
-    match addr {
-        SocketAddr::V6(v6) => match v6.ip().to_ipv4_mapped() {
-            Some(ip) => SocketAddr::V4(SocketAddrV4::new(ip, v6.port())),
-            None => addr,
-        },
-        v4 => v4,
-    }
-}
+// The address forms are shared by every runtime crate; see `coap_proto::addr`.
+pub(crate) use coap_proto::addr::{for_socket as to_wire, unmapped as to_user};
 
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn addresses_take_the_socket_family() {
-        let v6: SocketAddr = "[::]:0".parse().unwrap();
-        let v4: SocketAddr = "0.0.0.0:0".parse().unwrap();
-        let peer4: SocketAddr = "192.0.2.1:5683".parse().unwrap();
-        let mapped: SocketAddr = "[::ffff:192.0.2.1]:5683".parse().unwrap();
-        let peer6: SocketAddr = "[2001:db8::1]:5683".parse().unwrap();
-        assert_eq!(to_wire(v6, peer4), Some(mapped));
-        assert_eq!(to_wire(v4, mapped), Some(peer4));
-        assert_eq!(to_wire(v4, peer6), None);
-        assert_eq!(to_wire(v6, peer6), Some(peer6));
-        assert_eq!(to_user(mapped), peer4);
-        assert_eq!(to_user(peer6), peer6);
-    }
 
     #[tokio::test]
     async fn options_reach_the_socket() {

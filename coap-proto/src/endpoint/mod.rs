@@ -2120,14 +2120,7 @@ impl Endpoint {
         if !matches!(request.code, Code::GET | Code::FETCH) {
             return None;
         }
-        let mut path = alloc::string::String::new();
-        for segment in request.options.uri_path() {
-            path.push('/');
-            path.push_str(segment);
-        }
-        if path.is_empty() {
-            path.push('/');
-        }
+        let path = crate::resource::path_from_segments(request.options.uri_path());
         Some(Box::new(ObserveRequest {
             path,
             key: CacheKey::new(request.code, &request.options, BLOCKWISE_OBSERVE_EXCLUDED),
