@@ -4,7 +4,6 @@
 //!
 //! Rerun one failing case with `SIM_SEED=<seed>`.
 
-use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::time::Duration;
 
@@ -210,5 +209,4 @@ fn every_block_size_pair_and_edge_lengths() {
             }
         }
     }
-    let _: HashMap<u8, u8> = HashMap::new();
 }
