@@ -3,15 +3,16 @@
 
 use alloc::collections::VecDeque;
 use alloc::sync::Arc;
-use core::net::SocketAddr;
 
+use hashbrown::hash_map;
 use hashbrown::HashMap;
 
+use super::key::MessageKey;
 use super::IncomingId;
 use crate::time::Instant;
 
 /// A message is identified by its sender and Message ID (§4.5).
-pub(super) type DedupKey = (SocketAddr, u16);
+pub(super) type DedupKey = MessageKey;
 
 /// What to do with a duplicate.
 #[derive(Clone, Debug)]
@@ -122,11 +123,9 @@ impl Dedup {
     }
 
     fn remove_if(&mut self, key: &DedupKey, expiry: Instant) -> bool {
-        match self.map.get(key) {
-            Some(entry) if entry.expires == expiry => {
-                if let Some(entry) = self.map.remove(key) {
-                    self.bytes -= state_bytes(&entry.state);
-                }
+        match self.map.entry(*key) {
+            hash_map::Entry::Occupied(entry) if entry.get().expires == expiry => {
+                self.bytes -= state_bytes(&entry.remove().state);
                 true
             }
             _ => false,
@@ -137,10 +136,10 @@ impl Dedup {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use core::net::{IpAddr, Ipv4Addr};
+    use core::net::{IpAddr, Ipv4Addr, SocketAddr};
 
     fn key(mid: u16) -> DedupKey {
-        (SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), 5683), mid)
+        MessageKey::new(SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), 5683), mid)
     }
 
     #[test]

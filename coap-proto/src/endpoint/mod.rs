@@ -38,6 +38,7 @@ mod block;
 mod config;
 mod dedup;
 mod event;
+mod key;
 mod observe;
 mod peer;
 mod timer;
@@ -51,7 +52,9 @@ use core::net::SocketAddr;
 use core::time::Duration;
 
 use bytes::Bytes;
+use hashbrown::hash_map::EntryRef;
 use hashbrown::HashMap;
+use key::{MessageKey, PeerKey};
 use rand_core::RngCore;
 
 use crate::cache_key::{CacheKey, BLOCKWISE_EXCLUDED, BLOCKWISE_OBSERVE_EXCLUDED};
@@ -407,15 +410,16 @@ const RECOGNIZED_CRITICAL: &[OptionNumber] = &[
 /// See the [module documentation](self) for how to drive it.
 pub struct Endpoint {
     config: Config,
+    lifetimes: Lifetimes,
     rng: Box<dyn RngCore + Send>,
     next_request_id: u64,
     next_incoming_id: u64,
     clients: HashMap<RequestId, ClientExchange>,
     tokens: HashMap<Token, RequestId>,
     /// NON requests by (peer, Message ID), so a Reset can be matched to them.
-    non_requests: HashMap<(SocketAddr, u16), RequestId>,
-    pending_con: HashMap<(SocketAddr, u16), PendingCon>,
-    peers: HashMap<SocketAddr, Peer>,
+    non_requests: HashMap<MessageKey, RequestId>,
+    pending_con: HashMap<MessageKey, PendingCon>,
+    peers: HashMap<PeerKey, Peer>,
     servers: HashMap<IncomingId, ServerExchange>,
     /// Empty-ACK deadlines in arrival order; the delay is constant, so this stays sorted.
     empty_acks: VecDeque<(Instant, IncomingId)>,
@@ -466,6 +470,7 @@ impl Endpoint {
         config.validate()?;
         let scratch = Vec::with_capacity(config.max_message_size);
         Ok(Endpoint {
+            lifetimes: Lifetimes::new(&config),
             config,
             rng,
             next_request_id: 1,
@@ -864,8 +869,8 @@ impl Endpoint {
         self.fail_peer_requests(now, remote, Failure::Cancelled);
         self.servers.retain(|_, ex| ex.peer != remote);
         let mut ended = Vec::new();
-        self.pending_con.retain(|(peer, _), pc| {
-            if *peer == remote {
+        self.pending_con.retain(|key, pc| {
+            if key.peer == remote {
                 if let ConOwner::Response(id) = pc.owner {
                     ended.push(id);
                 }
@@ -881,7 +886,7 @@ impl Endpoint {
                 reason: Failure::Cancelled,
             });
         }
-        if let Some(peer) = self.peers.get_mut(&remote) {
+        if let Some(peer) = self.peers.get_mut(&PeerKey(remote)) {
             peer.held.clear();
         }
         for oid in self.observers.of_peer(remote) {
@@ -1089,7 +1094,7 @@ impl Endpoint {
                 max: self.config.max_message_size,
             });
         }
-        let key = (ex.peer, ex.mid);
+        let key = MessageKey::new(ex.peer, ex.mid);
         if suppressed(&ex, response.code) {
             if ex.message_type == MessageType::Con && !ex.ack_sent {
                 let bytes = self.encode_empty(MessageType::Ack, ex.mid);
@@ -1199,7 +1204,7 @@ impl Endpoint {
     ) {
         let mid = view.message_id();
         let mtype = view.mtype();
-        let key = (remote, mid);
+        let key = MessageKey::new(remote, mid);
         if let Some(state) = self.dedup.get(&key) {
             self.stats.duplicates += 1;
             self.answer_duplicate(remote, mid, mtype, state.clone());
@@ -1276,7 +1281,7 @@ impl Endpoint {
                 observe,
             },
         );
-        let lifetime = lifetime(&self.config, mtype);
+        let lifetime = self.lifetimes.of(mtype);
         self.insert_dedup(now, key, lifetime, DedupState::Pending(id));
         if mtype == MessageType::Con {
             self.empty_acks
@@ -1509,7 +1514,7 @@ impl Endpoint {
             // §8.2: error responses to multicast requests are suppressed.
             return;
         }
-        let key = (remote, request.message_id);
+        let key = MessageKey::new(remote, request.message_id);
         match request.mtype {
             MessageType::Con => {
                 let bytes = self.encode_response(
@@ -1518,7 +1523,7 @@ impl Endpoint {
                     &request.token,
                     &response,
                 );
-                let lifetime = lifetime(&self.config, MessageType::Con);
+                let lifetime = self.lifetimes.of(MessageType::Con);
                 self.insert_dedup(now, key, lifetime, DedupState::Reply(Arc::clone(&bytes)));
                 self.queue_transmit(remote, bytes);
             }
@@ -1528,7 +1533,7 @@ impl Endpoint {
                     return;
                 };
                 let bytes = self.encode_response(MessageType::Non, mid, &request.token, &response);
-                let lifetime = lifetime(&self.config, MessageType::Non);
+                let lifetime = self.lifetimes.of(MessageType::Non);
                 self.insert_dedup(now, key, lifetime, DedupState::Reply(Arc::clone(&bytes)));
                 self.queue_transmit(remote, bytes);
             }
@@ -1542,18 +1547,15 @@ impl Endpoint {
         mid: u16,
         response: Option<&MessageView<'_>>,
     ) {
-        let key = (remote, mid);
-        let Some(pc) = self.pending_con.get(&key) else {
+        let Some(pc) = self.pending_con.remove(&MessageKey::new(remote, mid)) else {
             self.stats.unmatched_acks += 1;
             return;
         };
         match pc.owner {
             ConOwner::Response(id) => {
-                self.pending_con.remove(&key);
                 self.events.push_back(Event::ResponseConfirmed { id });
             }
             ConOwner::Notification(oid) => {
-                self.pending_con.remove(&key);
                 let waiting = self.observers.observers.get_mut(&oid).and_then(|o| {
                     o.in_flight = None;
                     o.waiting.take()
@@ -1563,7 +1565,6 @@ impl Endpoint {
                 }
             }
             ConOwner::Request(id) => {
-                self.pending_con.remove(&key);
                 let Some(ex) = self.clients.get(&id) else {
                     return;
                 };
@@ -1594,7 +1595,7 @@ impl Endpoint {
     }
 
     fn handle_reset(&mut self, now: Instant, remote: SocketAddr, mid: u16) {
-        let key = (remote, mid);
+        let key = MessageKey::new(remote, mid);
         if let Some(pc) = self.pending_con.remove(&key) {
             match pc.owner {
                 ConOwner::Request(id) => {
@@ -1618,7 +1619,7 @@ impl Endpoint {
                 }),
                 ConOwner::Notification(oid) => self.remove_observer(oid, ObserverRemoval::Reset),
             }
-        } else if let Some(oid) = self.observers.non_owner(&key) {
+        } else if let Some(oid) = self.observers.non_owner(&(remote, mid)) {
             // RFC 7641 §3.6: a Reset to a notification cancels the observation.
             self.remove_observer(oid, ObserverRemoval::Reset);
         } else if let Some(&id) = self.non_requests.get(&key) {
@@ -1647,7 +1648,7 @@ impl Endpoint {
     ) {
         let mid = view.message_id();
         let mtype = view.mtype();
-        let key = (remote, mid);
+        let key = MessageKey::new(remote, mid);
         if let Some(state) = self.dedup.get(&key) {
             self.stats.duplicates += 1;
             self.answer_duplicate(remote, mid, mtype, state.clone());
@@ -1678,12 +1679,9 @@ impl Endpoint {
             self.queue_transmit(remote, bytes);
         }
         let (state, lifetime) = if mtype == MessageType::Con {
-            (
-                DedupState::AckOnly,
-                lifetime(&self.config, MessageType::Con),
-            )
+            (DedupState::AckOnly, self.lifetimes.of(MessageType::Con))
         } else {
-            (DedupState::Silent, lifetime(&self.config, MessageType::Non))
+            (DedupState::Silent, self.lifetimes.of(MessageType::Non))
         };
         self.insert_dedup(now, key, lifetime, state);
         let message = view.to_message();
@@ -1880,10 +1878,10 @@ impl Endpoint {
         };
         match ex.state {
             ClientState::AwaitingAck { mid } => {
-                self.pending_con.remove(&(ex.peer, mid));
+                self.pending_con.remove(&MessageKey::new(ex.peer, mid));
             }
             ClientState::AwaitingResponse { mid, .. } => {
-                self.non_requests.remove(&(ex.peer, mid));
+                self.non_requests.remove(&MessageKey::new(ex.peer, mid));
             }
             ClientState::Queued(_) | ClientState::Observing { .. } => {}
         }
@@ -1979,10 +1977,10 @@ impl Endpoint {
         // Whatever the message carried it, the exchange now just listens.
         match ex.state {
             ClientState::AwaitingAck { mid } => {
-                self.pending_con.remove(&(ex.peer, mid));
+                self.pending_con.remove(&MessageKey::new(ex.peer, mid));
             }
             ClientState::AwaitingResponse { mid, .. } => {
-                self.non_requests.remove(&(ex.peer, mid));
+                self.non_requests.remove(&MessageKey::new(ex.peer, mid));
             }
             _ => {}
         }
@@ -2070,10 +2068,10 @@ impl Endpoint {
                 if ob.established && !ob.deregistering && ob.failed_reregistrations < attempts {
                     ob.failed_reregistrations += 1;
                     if let ClientState::AwaitingAck { mid } = ex.state {
-                        self.pending_con.remove(&(ex.peer, mid));
+                        self.pending_con.remove(&MessageKey::new(ex.peer, mid));
                     }
                     if let ClientState::AwaitingResponse { mid, .. } = ex.state {
-                        self.non_requests.remove(&(ex.peer, mid));
+                        self.non_requests.remove(&MessageKey::new(ex.peer, mid));
                     }
                     let deadline = now + retry;
                     ex.state = ClientState::Observing { deadline };
@@ -2231,7 +2229,7 @@ impl Endpoint {
             if let Some(o) = self.observers.observers.get_mut(&oid) {
                 o.waiting = Some(Box::new(response.clone()));
             }
-            if let Some(until) = self.peers.get(&peer).and_then(Peer::next_free) {
+            if let Some(until) = self.peers.get(&PeerKey(peer)).and_then(Peer::next_free) {
                 let _ = until;
                 self.arm_peer_timer(peer);
             }
@@ -2252,7 +2250,7 @@ impl Endpoint {
             let timeout = self.initial_timeout();
             let deadline = now + timeout;
             self.pending_con.insert(
-                (peer, mid),
+                MessageKey::new(peer, mid),
                 PendingCon {
                     owner: ConOwner::Notification(oid),
                     bytes: Arc::clone(&bytes),
@@ -2267,7 +2265,7 @@ impl Endpoint {
                 o.last_con = now;
             }
         } else {
-            let expires = now + self.config.non_lifetime();
+            let expires = now + self.lifetimes.non;
             let cap = self.config.max_dedup_entries;
             self.observers.record_non((peer, mid), oid, expires, cap);
         }
@@ -2280,7 +2278,7 @@ impl Endpoint {
     /// RFC 7641 §4.5.2: when a newer state waits behind an unacknowledged Confirmable
     /// notification, the next transmission carries the newer state (a new Message ID) while
     /// the retransmission counter and timer carry on.
-    fn supersede_notification(&mut self, now: Instant, key: (SocketAddr, u16), oid: u64) {
+    fn supersede_notification(&mut self, now: Instant, key: MessageKey, oid: u64) {
         let Some(old) = self.pending_con.remove(&key) else {
             return;
         };
@@ -2296,7 +2294,7 @@ impl Endpoint {
             self.remove_observer(oid, ObserverRemoval::Timeout);
             return;
         }
-        let peer = key.0;
+        let peer = key.peer;
         let Some(mid) = self.allocate_mid_now(now, peer, MessageType::Con) else {
             self.remove_observer(oid, ObserverRemoval::Timeout);
             return;
@@ -2309,7 +2307,7 @@ impl Endpoint {
         let timeout = old.timeout * 2;
         let deadline = now + timeout;
         self.pending_con.insert(
-            (peer, mid),
+            MessageKey::new(peer, mid),
             PendingCon {
                 owner: ConOwner::Notification(oid),
                 bytes: Arc::clone(&bytes),
@@ -2363,7 +2361,7 @@ impl Endpoint {
         if self.clients.len() >= self.config.max_client_exchanges {
             return Err(RequestError::TooManyExchanges);
         }
-        if !self.peers.contains_key(&remote) && self.peers.len() >= self.config.max_peers {
+        if self.peers.len() >= self.config.max_peers && !self.peers.contains_key(&PeerKey(remote)) {
             return Err(RequestError::TooManyPeers);
         }
         let id = RequestId(self.next_request_id);
@@ -2398,10 +2396,11 @@ impl Endpoint {
             },
         );
         self.pump_peer(now, remote);
-        if self
-            .clients
-            .get(&id)
-            .is_some_and(|ex| matches!(ex.state, ClientState::Queued(_)))
+        if self.config.report_progress
+            && self
+                .clients
+                .get(&id)
+                .is_some_and(|ex| matches!(ex.state, ClientState::Queued(_)))
         {
             self.progress(id, Progress::Queued);
         }
@@ -2409,27 +2408,55 @@ impl Endpoint {
     }
 
     /// Sends queued requests to `remote` while NSTART and Message IDs allow, and sends held
-    /// separate responses once Message IDs free up.
+    /// separate responses once Message IDs free up. Forgets the peer once nothing is left.
     fn pump_peer(&mut self, now: Instant, remote: SocketAddr) {
+        self.pump_peer_releasing(now, remote, false);
+    }
+
+    /// [`Self::pump_peer`], first giving back the NSTART slot of an exchange that no longer
+    /// holds one (`release`).
+    fn pump_peer_releasing(&mut self, now: Instant, remote: SocketAddr, mut release: bool) {
+        let nstart = self.config.nstart;
         loop {
-            let Some(peer) = self.peers.get_mut(&remote) else {
+            // One lookup per message sent: the peer's state, its timer and the choice of what
+            // goes next are all handled through this borrow.
+            let Some(peer) = self.peers.get_mut(&PeerKey(remote)) else {
                 return;
             };
-            let has_held = !peer.held.is_empty();
-            let can_request = !peer.queue.is_empty() && peer.outstanding < self.config.nstart;
-            if !has_held && !can_request {
-                break;
+            if release {
+                peer.outstanding = peer.outstanding.saturating_sub(1);
+                release = false;
             }
-            let mtype = if has_held {
-                MessageType::Con
+            let has_held = !peer.held.is_empty();
+            let next_request = if peer.outstanding < nstart {
+                peer.queue.front().copied()
             } else {
-                peer.queue
-                    .front()
-                    .and_then(|id| self.clients.get(id))
-                    .map_or(MessageType::Con, |ex| ex.message_type)
+                None
             };
-            let lifetime = lifetime(&self.config, mtype);
-            let Some(mid) = peer.allocate(now, lifetime) else {
+            if !has_held && next_request.is_none() {
+                if peer.is_idle() {
+                    self.peers.remove(&PeerKey(remote));
+                }
+                return;
+            }
+            let mtype = match next_request {
+                Some(id) if !has_held => self
+                    .clients
+                    .get(&id)
+                    .map_or(MessageType::Con, |ex| ex.message_type),
+                _ => MessageType::Con,
+            };
+            let lifetime = self.lifetimes.of(mtype);
+            let allocated = peer.allocate(now, lifetime);
+            if peer.armed.is_none() {
+                // The peer's single timer, at the expiry of its oldest Message ID bucket:
+                // expired IDs are freed, waiting messages sent and an idle peer forgotten then.
+                if let Some(at) = peer.next_free() {
+                    peer.armed = Some(at);
+                    self.timers.push(at, Timer::Peer(remote));
+                }
+            }
+            let Some(mid) = allocated else {
                 if let Some(until) = peer.next_free() {
                     if !peer.exhaustion_reported {
                         peer.exhaustion_reported = true;
@@ -2439,7 +2466,6 @@ impl Endpoint {
                         });
                     }
                 }
-                self.arm_peer_timer(remote);
                 return;
             };
             peer.exhaustion_reported = false;
@@ -2459,9 +2485,7 @@ impl Endpoint {
                     self.send_request(now, id, mid);
                 }
             }
-            self.arm_peer_timer(remote);
         }
-        self.maybe_forget_peer(remote);
     }
 
     fn send_request(&mut self, now: Instant, id: RequestId, mid: u16) {
@@ -2476,25 +2500,22 @@ impl Endpoint {
         ex.outstanding = true;
         let remote = ex.peer;
         let message_type = ex.message_type;
-        let token = ex.token.clone();
         let request = *request;
         let message = Message {
             mtype: message_type,
             code: request.method,
             message_id: mid,
-            token,
+            token: ex.token.clone(),
             options: request.options,
             payload: request.payload,
         };
-        let bytes = self.encode(&message);
-        if let Some(ex) = self.clients.get_mut(&id) {
-            ex.sent = Some(Arc::clone(&bytes));
-        }
+        let bytes = encode_with(&mut self.scratch, &message);
+        ex.sent = Some(Arc::clone(&bytes));
         if message_type == MessageType::Con {
-            let timeout = self.initial_timeout();
+            let timeout = initial_timeout(&self.config, &mut *self.rng);
             let deadline = now + timeout;
             self.pending_con.insert(
-                (remote, mid),
+                MessageKey::new(remote, mid),
                 PendingCon {
                     owner: ConOwner::Request(id),
                     bytes: Arc::clone(&bytes),
@@ -2505,21 +2526,14 @@ impl Endpoint {
             );
             self.timers.push(deadline, Timer::Retransmit(remote, mid));
         } else {
-            let ex_timeout = self.clients.get(&id).and_then(|ex| ex.timeout);
-            let multicast = self
-                .clients
-                .get(&id)
-                .is_some_and(|ex| ex.kind == ClientKind::Multicast);
-            let wait = ex_timeout.unwrap_or(if multicast {
+            let wait = ex.timeout.unwrap_or(if ex.kind == ClientKind::Multicast {
                 self.config.multicast_response_window
             } else {
                 self.config.non_timeout()
             });
             let deadline = now + wait;
-            if let Some(ex) = self.clients.get_mut(&id) {
-                ex.state = ClientState::AwaitingResponse { deadline, mid };
-            }
-            self.non_requests.insert((remote, mid), id);
+            ex.state = ClientState::AwaitingResponse { deadline, mid };
+            self.non_requests.insert(MessageKey::new(remote, mid), id);
             self.timers.push(deadline, Timer::ClientDeadline(id));
         }
         self.queue_transmit(remote, bytes);
@@ -2531,18 +2545,22 @@ impl Endpoint {
         let Some(ex) = self.clients.remove(&id) else {
             return;
         };
-        if ex.kind != ClientKind::Ping && self.tokens.get(&ex.token) == Some(&id) {
-            self.tokens.remove(&ex.token);
+        if ex.kind != ClientKind::Ping {
+            if let EntryRef::Occupied(entry) = self.tokens.entry_ref(&ex.token) {
+                if *entry.get() == id {
+                    entry.remove();
+                }
+            }
         }
         match ex.state {
             ClientState::AwaitingAck { mid } => {
-                self.pending_con.remove(&(ex.peer, mid));
+                self.pending_con.remove(&MessageKey::new(ex.peer, mid));
             }
             ClientState::AwaitingResponse { mid, .. } => {
-                self.non_requests.remove(&(ex.peer, mid));
+                self.non_requests.remove(&MessageKey::new(ex.peer, mid));
             }
             ClientState::Queued(_) => {
-                if let Some(peer) = self.peers.get_mut(&ex.peer) {
+                if let Some(peer) = self.peers.get_mut(&PeerKey(ex.peer)) {
                     peer.queue.retain(|q| *q != id);
                 }
             }
@@ -2572,12 +2590,7 @@ impl Endpoint {
         } else {
             self.events.push_back(event);
         }
-        if ex.outstanding {
-            if let Some(peer) = self.peers.get_mut(&ex.peer) {
-                peer.outstanding = peer.outstanding.saturating_sub(1);
-            }
-        }
-        self.pump_peer(now, ex.peer);
+        self.pump_peer_releasing(now, ex.peer, ex.outstanding);
     }
 
     /// Frees the NSTART slot of an exchange that is no longer outstanding (§4.7) but still
@@ -2591,10 +2604,7 @@ impl Endpoint {
         }
         ex.outstanding = false;
         let remote = ex.peer;
-        if let Some(peer) = self.peers.get_mut(&remote) {
-            peer.outstanding = peer.outstanding.saturating_sub(1);
-        }
-        self.pump_peer(now, remote);
+        self.pump_peer_releasing(now, remote, true);
     }
 
     fn fail_peer_requests(&mut self, now: Instant, remote: SocketAddr, reason: Failure) {
@@ -2692,8 +2702,10 @@ impl Endpoint {
                 payload: response.payload,
             },
         };
-        let lifetime = lifetime(&self.config, message_type);
-        if !self.peers.contains_key(&held.peer) && self.peers.len() >= self.config.max_peers {
+        let lifetime = self.lifetimes.of(message_type);
+        if !self.peers.contains_key(&PeerKey(held.peer))
+            && self.peers.len() >= self.config.max_peers
+        {
             // No room for the Message ID state this response needs.
             if message_type == MessageType::Con {
                 self.events.push_back(Event::ResponseNotConfirmed {
@@ -2747,8 +2759,10 @@ impl Endpoint {
         let bytes = self.encode(&message);
         if message_type == MessageType::Non {
             // A duplicate of the NON request gets this response again (§4.5).
-            self.dedup
-                .update((remote, request_mid), DedupState::Reply(Arc::clone(&bytes)));
+            self.dedup.update(
+                MessageKey::new(remote, request_mid),
+                DedupState::Reply(Arc::clone(&bytes)),
+            );
         }
         if multicast {
             // §8.2: spread responses to a multicast request over DEFAULT_LEISURE.
@@ -2763,7 +2777,7 @@ impl Endpoint {
             let timeout = self.initial_timeout();
             let deadline = now + timeout;
             self.pending_con.insert(
-                (remote, mid),
+                MessageKey::new(remote, mid),
                 PendingCon {
                     owner: ConOwner::Response(id),
                     bytes: Arc::clone(&bytes),
@@ -2784,7 +2798,7 @@ impl Endpoint {
     fn fire_timer(&mut self, now: Instant, deadline: Instant, timer: Timer) {
         match timer {
             Timer::Retransmit(remote, mid) => {
-                let key = (remote, mid);
+                let key = MessageKey::new(remote, mid);
                 let Some(pc) = self.pending_con.get_mut(&key) else {
                     return;
                 };
@@ -2864,7 +2878,7 @@ impl Endpoint {
                 }
             }
             Timer::Peer(remote) => {
-                match self.peers.get_mut(&remote) {
+                match self.peers.get_mut(&PeerKey(remote)) {
                     Some(peer) if peer.armed == Some(deadline) => {
                         peer.armed = None;
                         peer.expire(now);
@@ -2917,14 +2931,14 @@ impl Endpoint {
         match timer {
             Timer::Retransmit(remote, mid) => self
                 .pending_con
-                .get(&(*remote, *mid))
+                .get(&MessageKey::new(*remote, *mid))
                 .is_some_and(|pc| pc.deadline == deadline),
             Timer::ClientDeadline(id) => self.clients.get(id).is_some_and(|ex| {
                 matches!(ex.state, ClientState::AwaitingResponse { deadline: d, .. } | ClientState::Observing { deadline: d } if d == deadline)
             }),
             Timer::Peer(remote) => self
                 .peers
-                .get(remote)
+                .get(&PeerKey(*remote))
                 .is_some_and(|p| p.armed == Some(deadline)),
         }
     }
@@ -2936,19 +2950,12 @@ impl Endpoint {
     /// A random initial retransmission timeout in `[ACK_TIMEOUT, ACK_TIMEOUT × ACK_RANDOM_FACTOR]`
     /// (§4.2).
     fn initial_timeout(&mut self) -> Duration {
-        let lo = u64::try_from(self.config.ack_timeout.as_micros()).unwrap_or(u64::MAX);
-        let hi = u64::try_from(self.config.max_initial_timeout().as_micros()).unwrap_or(u64::MAX);
-        let span = hi.saturating_sub(lo);
-        Duration::from_micros(lo + self.random_below(span.saturating_add(1)))
+        initial_timeout(&self.config, &mut *self.rng)
     }
 
     /// A uniform random number in `0..n` (0 when `n` is 0).
     fn random_below(&mut self, n: u64) -> u64 {
-        if n == 0 {
-            return 0;
-        }
-        // Multiply-shift: bias below 2^-64 × n, negligible for timer jitter.
-        ((u128::from(self.rng.next_u64()) * u128::from(n)) >> 64) as u64
+        random_below(&mut *self.rng, n)
     }
 
     /// Allocates a Message ID towards `remote` for a message sent right now, creating the
@@ -2959,10 +2966,10 @@ impl Endpoint {
         remote: SocketAddr,
         mtype: MessageType,
     ) -> Option<u16> {
-        if !self.peers.contains_key(&remote) && self.peers.len() >= self.config.max_peers {
+        if self.peers.len() >= self.config.max_peers && !self.peers.contains_key(&PeerKey(remote)) {
             return None;
         }
-        let lifetime = lifetime(&self.config, mtype);
+        let lifetime = self.lifetimes.of(mtype);
         let peer = self.peer_entry(remote);
         let mid = peer.allocate(now, lifetime)?;
         self.arm_peer_timer(remote);
@@ -2973,7 +2980,7 @@ impl Endpoint {
     fn peer_entry(&mut self, remote: SocketAddr) -> &mut Peer {
         let rng = &mut self.rng;
         self.peers
-            .entry(remote)
+            .entry(PeerKey(remote))
             .or_insert_with(|| Peer::new(rng.next_u32() as u16))
     }
 
@@ -2981,7 +2988,7 @@ impl Endpoint {
     /// none armed: expired IDs are freed, waiting messages sent and an idle peer forgotten
     /// then.
     fn arm_peer_timer(&mut self, remote: SocketAddr) {
-        let Some(peer) = self.peers.get_mut(&remote) else {
+        let Some(peer) = self.peers.get_mut(&PeerKey(remote)) else {
             return;
         };
         if peer.armed.is_some() {
@@ -2993,16 +3000,10 @@ impl Endpoint {
         }
     }
 
-    fn maybe_forget_peer(&mut self, remote: SocketAddr) {
-        if self.peers.get(&remote).is_some_and(Peer::is_idle) {
-            self.peers.remove(&remote);
-        }
-    }
-
     fn insert_dedup(
         &mut self,
         now: Instant,
-        key: (SocketAddr, u16),
+        key: MessageKey,
         lifetime: Duration,
         state: DedupState,
     ) {
@@ -3072,16 +3073,38 @@ impl Endpoint {
     }
 
     fn encode(&mut self, message: &Message) -> Arc<[u8]> {
-        let len = message.encoded_len();
-        self.scratch.clear();
-        self.scratch.resize(len, 0);
-        match message.encode(&mut self.scratch) {
-            Ok(n) => Arc::from(&self.scratch[..n]),
-            // The length was computed from the same message, and sizes were checked against
-            // the configured maximum before we got here: this cannot fail.
-            Err(_) => Arc::from(&[][..]),
-        }
+        encode_with(&mut self.scratch, message)
     }
+}
+
+/// Encodes `message` through the reusable `scratch` buffer into a shared datagram.
+fn encode_with(scratch: &mut Vec<u8>, message: &Message) -> Arc<[u8]> {
+    scratch.clear();
+    match message.encode_to_vec(scratch) {
+        Ok(_) => Arc::from(&scratch[..]),
+        // Tokens and option values were checked against their limits before a message got
+        // here (the token length by the configuration, option values by the size checks):
+        // this cannot fail.
+        Err(_) => Arc::from(&[][..]),
+    }
+}
+
+/// The initial retransmission timeout of a CON message: uniformly random in
+/// [ACK_TIMEOUT, ACK_TIMEOUT × ACK_RANDOM_FACTOR] (RFC 7252 §4.2).
+fn initial_timeout(config: &Config, rng: &mut dyn RngCore) -> Duration {
+    let lo = u64::try_from(config.ack_timeout.as_micros()).unwrap_or(u64::MAX);
+    let hi = u64::try_from(config.max_initial_timeout().as_micros()).unwrap_or(u64::MAX);
+    let span = hi.saturating_sub(lo);
+    Duration::from_micros(lo + random_below(rng, span.saturating_add(1)))
+}
+
+/// A uniform random number in `0..n` (0 when `n` is 0).
+fn random_below(rng: &mut dyn RngCore, n: u64) -> u64 {
+    if n == 0 {
+        return 0;
+    }
+    // Multiply-shift: bias below 2^-64 × n, negligible for timer jitter.
+    ((u128::from(rng.next_u64()) * u128::from(n)) >> 64) as u64
 }
 
 /// What a response means for a client exchange that may be block-wise.
@@ -3164,12 +3187,28 @@ fn stamp(
     Some(Arc::from(&scratch[..]))
 }
 
-/// How long a Message ID stays in use, and a deduplication entry lives (§4.4, §4.5).
-fn lifetime(config: &Config, mtype: MessageType) -> Duration {
-    if mtype == MessageType::Con {
-        config.exchange_lifetime()
-    } else {
-        config.non_lifetime()
+/// How long a Message ID stays in use, and a deduplication entry lives (§4.4, §4.5):
+/// EXCHANGE_LIFETIME and NON_LIFETIME, derived from the configuration once.
+#[derive(Clone, Copy, Debug)]
+struct Lifetimes {
+    exchange: Duration,
+    non: Duration,
+}
+
+impl Lifetimes {
+    fn new(config: &Config) -> Lifetimes {
+        Lifetimes {
+            exchange: config.exchange_lifetime(),
+            non: config.non_lifetime(),
+        }
+    }
+
+    fn of(self, mtype: MessageType) -> Duration {
+        if mtype == MessageType::Con {
+            self.exchange
+        } else {
+            self.non
+        }
     }
 }
 

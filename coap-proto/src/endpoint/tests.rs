@@ -1012,3 +1012,9 @@ fn a_ping_answered_by_an_ack_with_a_code_is_still_a_pong() {
     client.handle_datagram(t(1), SERVER, &[0x60, 0x5f, ping[2], ping[3]]);
     assert_eq!(events(&mut client), vec![Event::Pong { id }]);
 }
+
+/// Events are queued and handed out by value on every exchange; see `messages_stay_small`.
+#[test]
+fn events_stay_small() {
+    assert!(size_of::<Event>() <= 256);
+}
