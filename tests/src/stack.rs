@@ -419,11 +419,6 @@ impl Rsp {
     pub fn etag(&self) -> Option<&[u8]> {
         self.message.options.etag()
     }
-
-    /// The token.
-    pub fn token(&self) -> &Token {
-        &self.message.token
-    }
 }
 
 /// One item of an observation.

@@ -5,13 +5,11 @@
 
 use std::future::Future;
 use std::marker::PhantomData;
-use std::net::SocketAddr;
 use std::sync::Mutex;
 use std::time::Duration;
 
 use async_io::Timer;
-use coap_proto::endpoint::Stats;
-use coap_proto::{Config, RequestId, Response};
+use coap_proto::Config;
 use futures_lite::future::{self, poll_once};
 
 use crate::stack::{
@@ -85,7 +83,7 @@ impl<E: Executor> Stack for AsyncIoStack<E> {
 
     fn client(addr: &str, config: Config) -> Result<Client<E>, StackError> {
         let bound = E::block_on(coap_async_std::Client::builder().config(config).bind(addr));
-        Ok(Client(bound.map_err(error)?, PhantomData))
+        bound.map(Client::from).map_err(error)
     }
 
     fn serve(addr: &str, config: Config) -> Result<Server<E>, StackError> {
@@ -124,6 +122,12 @@ impl<E> Clone for Client<E> {
     }
 }
 
+impl<E> From<coap_async_std::Client> for Client<E> {
+    fn from(client: coap_async_std::Client) -> Client<E> {
+        Client(client, PhantomData)
+    }
+}
+
 /// A request future of `coap-async-std`, polled once.
 #[derive(Debug)]
 pub struct Pending<E> {
@@ -146,11 +150,14 @@ impl<E: Executor> PendingResponse for Pending<E> {
 #[derive(Debug)]
 pub struct Observation<E>(coap_async_std::Observation, PhantomData<E>);
 
-impl<E: Executor> TestObservation for Observation<E> {
-    fn next(&mut self) -> Option<Result<Notif, StackError>> {
-        let item = E::block_on(self.0.next())?;
-        Some(item.map(notification).map_err(error))
+impl<E> From<coap_async_std::Observation> for Observation<E> {
+    fn from(observation: coap_async_std::Observation) -> Observation<E> {
+        Observation(observation, PhantomData)
     }
+}
+
+impl<E: Executor> TestObservation for Observation<E> {
+    super::observation_calls!(E::block_on);
 
     fn next_timeout(&mut self, limit: Duration) -> Option<Result<Notif, StackError>> {
         let item = E::block_on(future::or(async { Some(self.0.next().await) }, async {
@@ -162,24 +169,13 @@ impl<E: Executor> TestObservation for Observation<E> {
             None => Some(Err(StackError::Timeout)),
         }
     }
-
-    fn cancel(&mut self) -> Result<bool, StackError> {
-        E::block_on(self.0.cancel()).map_err(error)
-    }
 }
 
 impl<E: Executor> TestClient for Client<E> {
     type Pending = Pending<E>;
     type Observation = Observation<E>;
 
-    fn local_addr(&self) -> SocketAddr {
-        self.0.local_addr()
-    }
-
-    fn send(&self, req: Req) -> Result<Rsp, StackError> {
-        let outcome = E::block_on(builder(&self.0, req).send());
-        outcome.map(response).map_err(error)
-    }
+    super::client_calls!(E::block_on);
 
     fn start(&self, req: Req) -> Pending<E> {
         let mut future = builder(&self.0, req).send();
@@ -191,47 +187,7 @@ impl<E: Executor> TestClient for Client<E> {
         }
     }
 
-    fn drop_unsent(&self, req: Req) {
-        drop(builder(&self.0, req).send());
-    }
-
-    fn observe(&self, uri: &str) -> Result<Observation<E>, StackError> {
-        let observation = E::block_on(self.0.observe(uri)).map_err(error)?;
-        Ok(Observation(observation, PhantomData))
-    }
-
-    fn multicast(&self, req: Req) -> Result<Vec<Result<Rsp, StackError>>, StackError> {
-        let items = E::block_on(async {
-            let mut responses = builder(&self.0, req).multicast().await?;
-            let mut items = Vec::new();
-            while let Some(item) = responses.next().await {
-                items.push(item);
-            }
-            Ok(items)
-        });
-        Ok(results(items.map_err(error)?, response))
-    }
-
-    fn ping(&self, uri: &str) -> Result<Duration, StackError> {
-        E::block_on(self.0.ping(uri)).map_err(error)
-    }
-
-    fn pending(&self) -> Result<Vec<Outgoing>, StackError> {
-        let listed = E::block_on(self.0.pending_requests()).map_err(error)?;
-        Ok(listed.into_iter().map(outgoing).collect())
-    }
-
-    fn cancel(&self, id: RequestId) -> Result<bool, StackError> {
-        E::block_on(self.0.cancel(id)).map_err(error)
-    }
-
-    fn stats(&self) -> Result<Stats, StackError> {
-        E::block_on(self.0.stats()).map_err(error)
-    }
-
-    fn shutdown(&self) -> Result<(), StackError> {
-        E::block_on(self.0.shutdown()).map_err(error)
-    }
+    super::async_client_calls!(E::block_on);
 }
 
 /// A `coap_async_std::Server` serving the standard application on the executor `E`.
@@ -247,51 +203,14 @@ pub struct Server<E> {
 impl<E: Executor> TestServer for Server<E> {
     type Client = Client<E>;
 
-    fn addr(&self) -> SocketAddr {
-        self.handle.local_addr()
-    }
-
-    fn client(&self) -> Client<E> {
-        Client(self.handle.client(), PhantomData)
-    }
-
-    fn probe(&self) -> &AppProbe {
-        &self.probe
-    }
-
-    fn notify(&self, path: &str) -> Result<usize, StackError> {
-        E::block_on(self.handle.notifier(path).notify()).map_err(error)
-    }
-
-    fn notify_with(&self, path: &str, representation: Response) -> Result<usize, StackError> {
-        let notifier = self.handle.notifier(path);
-        E::block_on(notifier.notify_with(representation)).map_err(error)
-    }
-
-    fn observer_count(&self, path: &str) -> Result<usize, StackError> {
-        E::block_on(self.handle.notifier(path).observer_count()).map_err(error)
-    }
-
-    fn pending_incoming(&self) -> Result<Vec<Incoming>, StackError> {
-        let listed = E::block_on(self.handle.pending_incoming()).map_err(error)?;
-        Ok(listed.into_iter().map(incoming).collect())
-    }
-
-    fn stats(&self) -> Result<Stats, StackError> {
-        E::block_on(self.handle.stats()).map_err(error)
-    }
+    super::server_calls!(E::block_on);
 
     fn stop(&self) {
         let _ = self.stop.try_send(());
     }
 
-    fn shutdown(&self) -> Result<(), StackError> {
-        E::block_on(self.handle.shutdown()).map_err(error)
-    }
-
     fn join(&self) -> Result<(), StackError> {
-        let served = self.served.lock().expect("not poisoned").take();
-        match served {
+        match self.served.lock().expect("not poisoned").take() {
             Some(served) => E::block_on(served.recv())
                 .expect("the server task ends without a panic")
                 .map_err(error),

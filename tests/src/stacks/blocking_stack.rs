@@ -1,17 +1,16 @@
 //! `coap-blocking` as a [`Stack`]: its calls block already; the server runs `serve` on a
 //! thread of its own, the handlers on the crate's worker pool.
 
-use std::net::SocketAddr;
 use std::sync::{mpsc, Mutex};
 use std::thread::{self, JoinHandle};
 use std::time::Duration;
 
 use coap_blocking::{
-    CoapError, Code, IncomingRequest, ObserveHooks, ResourceAttributes, Response, Router,
+    CoapError, IncomingRequest, ObserveHooks, ResourceAttributes, Response, Router,
 };
-use coap_proto::endpoint::Stats;
-use coap_proto::{Config, RequestId};
+use coap_proto::Config;
 
+use super::ready;
 use crate::stack::{
     app_state, AppEvent, AppProbe, AppState, PendingResponse, Stack, TestClient, TestObservation,
     TestServer,
@@ -30,7 +29,7 @@ impl Stack for Blocking {
 
     fn client(addr: &str, config: Config) -> Result<Client, StackError> {
         let bound = coap_blocking::Client::builder().config(config).bind(addr);
-        Ok(Client(bound.map_err(error)?))
+        bound.map(Client).map_err(error)
     }
 
     fn serve(addr: &str, config: Config) -> Result<Server, StackError> {
@@ -75,120 +74,111 @@ fn app(state: AppState) -> Router {
         });
     let ok = |_req: IncomingRequest| Response::content("x");
     let echo = |req: IncomingRequest| super::echo(req.message());
-    let sensors = Router::new()
+    let mut sensors = Router::new()
         .get("/temp", ok)
-        .attributes(
-            "/temp",
-            ResourceAttributes::new()
-                .rt("temperature-c")
-                .interface("sensor")
-                .ct(0u16)
-                .observable(),
-        )
         .get("/hum", ok)
-        .attributes(
-            "/hum",
-            ResourceAttributes::new().rt("humidity").title("Humidity"),
-        )
         .observable_with(
             "/counter",
             move |_req: IncomingRequest| Response::content(counter.get().to_string()),
             hooks,
+        );
+    for (path, attributes) in super::sensor_attributes() {
+        sensors = sensors.attributes(path, attributes);
+    }
+    let mut app = Router::new();
+    for method in super::ECHO_METHODS {
+        app = app.route("/echo", method, echo);
+    }
+    app.post("/echo-big", |req: IncomingRequest| {
+        Response::content(req.payload().clone())
+    })
+    .post("/opts", |req: IncomingRequest| {
+        Response::content(crate::stack::options_summary(req.message()))
+    })
+    .get("/only-get", ok)
+    .get("/peer", |req: IncomingRequest| {
+        Response::content(req.peer().to_string())
+    })
+    .put("/cf", |req: IncomingRequest| {
+        super::content_format_check(req.message())
+    })
+    .get("/bad", |_req: IncomingRequest| {
+        Err::<Response, _>(CoapError::bad_request("missing ?id"))
+    })
+    .get("/boom", |_req: IncomingRequest| {
+        Err::<Response, _>(CoapError::internal("database down"))
+    })
+    .get("/panic/now", |_req: IncomingRequest| -> Response {
+        panic!("handler bug ({})", crate::stack::EXPECTED_PANIC)
+    })
+    .get("/panic/later", |_req: IncomingRequest| -> Response {
+        thread::yield_now();
+        panic!(
+            "handler bug after a wait ({})",
+            crate::stack::EXPECTED_PANIC
         )
-        .attributes("/counter", ResourceAttributes::new().rt("counter"));
-    Router::new()
-        .get("/echo", echo)
-        .post("/echo", echo)
-        .put("/echo", echo)
-        .delete("/echo", echo)
-        .fetch("/echo", echo)
-        .patch("/echo", echo)
-        .ipatch("/echo", echo)
-        .route("/echo", Code::new(0, 20), echo)
-        .post("/echo-big", |req: IncomingRequest| {
-            Response::content(req.payload().clone())
-        })
-        .post("/opts", |req: IncomingRequest| {
-            Response::content(crate::stack::options_summary(req.message()))
-        })
-        .get("/only-get", ok)
-        .get("/peer", |req: IncomingRequest| {
-            Response::content(req.peer().to_string())
-        })
-        .put("/cf", |req: IncomingRequest| {
-            super::content_format_check(req.message())
-        })
-        .get("/bad", |_req: IncomingRequest| {
-            Err::<Response, _>(CoapError::bad_request("missing ?id"))
-        })
-        .get("/boom", |_req: IncomingRequest| {
-            Err::<Response, _>(CoapError::internal("database down"))
-        })
-        .get("/panic/now", |_req: IncomingRequest| -> Response {
-            panic!("handler bug ({})", crate::stack::EXPECTED_PANIC)
-        })
-        .get("/panic/later", |_req: IncomingRequest| -> Response {
-            thread::yield_now();
-            panic!(
-                "handler bug after a wait ({})",
-                crate::stack::EXPECTED_PANIC
-            )
-        })
-        .get("/slow", |req: IncomingRequest| {
-            thread::sleep(super::millis(req.message(), 100));
-            Response::content("done")
-        })
-        .get("/gate", move |_req: IncomingRequest| {
+    })
+    .get("/slow", |req: IncomingRequest| {
+        thread::sleep(super::millis(req.message(), 100));
+        Response::content("done")
+    })
+    .get("/gate", move |_req: IncomingRequest| {
+        gate.pass_blocking();
+        Response::content("released")
+    })
+    .get("/deferred", move |req: IncomingRequest| {
+        let (responder, deferred) = req.defer();
+        let _ = deferred_events.send(AppEvent::Deferred(responder.id()));
+        let gate = deferred_gate.clone();
+        thread::spawn(move || {
             gate.pass_blocking();
-            Response::content("released")
-        })
-        .get("/deferred", move |req: IncomingRequest| {
-            let (responder, deferred) = req.defer();
-            let _ = deferred_events.send(AppEvent::Deferred(responder.id()));
-            let gate = deferred_gate.clone();
-            thread::spawn(move || {
-                gate.pass_blocking();
-                let _ = responder.send(Response::content("from another task"));
-            });
-            deferred
-        })
-        .get("/dropped", |req: IncomingRequest| {
-            let (responder, deferred) = req.defer();
-            drop(responder);
-            deferred
-        })
-        .get("/twice", move |req: IncomingRequest| {
-            let (responder, _deferred) = req.defer();
-            let events = twice_events.clone();
-            thread::spawn(move || {
-                thread::sleep(Duration::from_millis(20));
-                let again = responder.send(Response::content("second"));
-                let _ = events.send(AppEvent::SecondAnswer(again.map_err(error)));
-            });
-            // The handler answers itself after all: the responder comes too late.
-            Response::content("first")
-        })
-        .get("/hello", |_req: IncomingRequest| Response::content("hello"))
-        .get("/secret", ok)
-        .attributes("/secret", ResourceAttributes::new().hidden())
-        .nest("/sensors", sensors)
-        .prefix_get("/files", |req: IncomingRequest| {
-            let rest = req.rest().collect::<Vec<_>>().join("/");
-            req.with_etag(Response::content(format!("file {rest}")))
-        })
-        .get("/files/special", |_req: IncomingRequest| {
-            Response::content("exact route wins")
-        })
-        .get("/big", |req: IncomingRequest| super::big(req.message()))
-        .put("/big", |req: IncomingRequest| {
-            super::upload_check(req.message())
-        })
-        .get("/n", |req: IncomingRequest| super::number(req.message()))
+            let _ = responder.send(Response::content("from another task"));
+        });
+        deferred
+    })
+    .get("/dropped", |req: IncomingRequest| {
+        let (responder, deferred) = req.defer();
+        drop(responder);
+        deferred
+    })
+    .get("/twice", move |req: IncomingRequest| {
+        let (responder, _deferred) = req.defer();
+        let events = twice_events.clone();
+        thread::spawn(move || {
+            thread::sleep(Duration::from_millis(20));
+            let again = responder.send(Response::content("second"));
+            let _ = events.send(AppEvent::SecondAnswer(again.map_err(error)));
+        });
+        // The handler answers itself after all: the responder comes too late.
+        Response::content("first")
+    })
+    .get("/hello", |_req: IncomingRequest| Response::content("hello"))
+    .get("/secret", ok)
+    .attributes("/secret", ResourceAttributes::new().hidden())
+    .nest("/sensors", sensors)
+    .prefix_get("/files", |req: IncomingRequest| {
+        let rest = req.rest().collect::<Vec<_>>().join("/");
+        req.with_etag(Response::content(format!("file {rest}")))
+    })
+    .get("/files/special", |_req: IncomingRequest| {
+        Response::content("exact route wins")
+    })
+    .get("/big", |req: IncomingRequest| super::big(req.message()))
+    .put("/big", |req: IncomingRequest| {
+        super::upload_check(req.message())
+    })
+    .get("/n", |req: IncomingRequest| super::number(req.message()))
 }
 
 /// A `coap_blocking::Client`.
 #[derive(Clone, Debug)]
 pub struct Client(coap_blocking::Client);
+
+impl From<coap_blocking::Client> for Client {
+    fn from(client: coap_blocking::Client) -> Client {
+        Client(client)
+    }
+}
 
 /// A started request of `coap-blocking` (or why it did not start).
 #[derive(Debug)]
@@ -196,10 +186,8 @@ pub struct Pending(Result<coap_blocking::ResponseHandle, coap_blocking::Error>);
 
 impl PendingResponse for Pending {
     fn wait(self) -> Result<Rsp, StackError> {
-        self.0
-            .and_then(coap_blocking::ResponseHandle::wait)
-            .map(response)
-            .map_err(error)
+        let outcome = self.0.and_then(coap_blocking::ResponseHandle::wait);
+        outcome.map(response).map_err(error)
     }
 }
 
@@ -207,19 +195,18 @@ impl PendingResponse for Pending {
 #[derive(Debug)]
 pub struct Observation(coap_blocking::Observation);
 
-impl TestObservation for Observation {
-    fn next(&mut self) -> Option<Result<Notif, StackError>> {
-        let item = self.0.next()?;
-        Some(item.map(notification).map_err(error))
+impl From<coap_blocking::Observation> for Observation {
+    fn from(observation: coap_blocking::Observation) -> Observation {
+        Observation(observation)
     }
+}
+
+impl TestObservation for Observation {
+    super::observation_calls!(ready);
 
     fn next_timeout(&mut self, limit: Duration) -> Option<Result<Notif, StackError>> {
         let item = self.0.next_timeout(limit)?;
         Some(item.map(notification).map_err(error))
-    }
-
-    fn cancel(&mut self) -> Result<bool, StackError> {
-        self.0.cancel().map_err(error)
     }
 }
 
@@ -227,13 +214,7 @@ impl TestClient for Client {
     type Pending = Pending;
     type Observation = Observation;
 
-    fn local_addr(&self) -> SocketAddr {
-        self.0.local_addr()
-    }
-
-    fn send(&self, req: Req) -> Result<Rsp, StackError> {
-        builder(&self.0, req).send().map(response).map_err(error)
-    }
+    super::client_calls!(ready);
 
     fn start(&self, req: Req) -> Pending {
         Pending(builder(&self.0, req).start())
@@ -243,34 +224,9 @@ impl TestClient for Client {
         drop(builder(&self.0, req));
     }
 
-    fn observe(&self, uri: &str) -> Result<Observation, StackError> {
-        Ok(Observation(self.0.observe(uri).map_err(error)?))
-    }
-
     fn multicast(&self, req: Req) -> Result<Vec<Result<Rsp, StackError>>, StackError> {
         let responses = builder(&self.0, req).multicast().map_err(error)?;
         Ok(results(responses.collect(), response))
-    }
-
-    fn ping(&self, uri: &str) -> Result<Duration, StackError> {
-        self.0.ping(uri).map_err(error)
-    }
-
-    fn pending(&self) -> Result<Vec<Outgoing>, StackError> {
-        let listed = self.0.pending_requests().map_err(error)?;
-        Ok(listed.into_iter().map(outgoing).collect())
-    }
-
-    fn cancel(&self, id: RequestId) -> Result<bool, StackError> {
-        self.0.cancel(id).map_err(error)
-    }
-
-    fn stats(&self) -> Result<Stats, StackError> {
-        self.0.stats().map_err(error)
-    }
-
-    fn shutdown(&self) -> Result<(), StackError> {
-        self.0.shutdown().map_err(error)
     }
 }
 
@@ -286,39 +242,7 @@ pub struct Server {
 impl TestServer for Server {
     type Client = Client;
 
-    fn addr(&self) -> SocketAddr {
-        self.handle.local_addr()
-    }
-
-    fn client(&self) -> Client {
-        Client(self.handle.client())
-    }
-
-    fn probe(&self) -> &AppProbe {
-        &self.probe
-    }
-
-    fn notify(&self, path: &str) -> Result<usize, StackError> {
-        self.handle.notifier(path).notify().map_err(error)
-    }
-
-    fn notify_with(&self, path: &str, representation: Response) -> Result<usize, StackError> {
-        let notifier = self.handle.notifier(path);
-        notifier.notify_with(representation).map_err(error)
-    }
-
-    fn observer_count(&self, path: &str) -> Result<usize, StackError> {
-        self.handle.notifier(path).observer_count().map_err(error)
-    }
-
-    fn pending_incoming(&self) -> Result<Vec<Incoming>, StackError> {
-        let listed = self.handle.pending_incoming().map_err(error)?;
-        Ok(listed.into_iter().map(incoming).collect())
-    }
-
-    fn stats(&self) -> Result<Stats, StackError> {
-        self.handle.stats().map_err(error)
-    }
+    super::server_calls!(ready);
 
     fn stop(&self) {
         if let Some(stop) = self.stop.lock().expect("not poisoned").take() {
@@ -326,13 +250,8 @@ impl TestServer for Server {
         }
     }
 
-    fn shutdown(&self) -> Result<(), StackError> {
-        self.handle.shutdown().map_err(error)
-    }
-
     fn join(&self) -> Result<(), StackError> {
-        let served = self.served.lock().expect("not poisoned").take();
-        match served {
+        match self.served.lock().expect("not poisoned").take() {
             Some(thread) => thread
                 .join()
                 .expect("the server thread ends without a panic")
