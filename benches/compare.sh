@@ -12,12 +12,16 @@
 #   aiocoap   benches/aiocoap_server.py in a venv under target/
 #   ours      the coap-tokio example server, when `cargo build --release -p coap-tokio
 #             --example server` works (skipped with a message otherwise)
+#   ours-async-std  coap-async-std's example bench_server_async_std (the same resources, on
+#             smol's block_on), skipped when it does not build
+#   ours-blocking   coap-blocking's example bench_server_blocking (the same resources, handlers
+#             on the crate's default worker pool), skipped when it does not build
 # The load tool (coap-bench) runs pinned to CLIENT_CORE.
 #
 # Knobs (environment):
 #   QUICK=1                 RUNS=1 DURATION=2 WARMUP=0.5 unless those are set
 #   RUNS=3 DURATION=5 WARMUP=1
-#   SERVERS="ceiling libcoap coap-rs aiocoap ours"
+#   SERVERS="ceiling libcoap coap-rs aiocoap ours ours-async-std ours-blocking"
 #   CONFIGS="con-1 con-16 non-16 con-256 non-256"   a config is TYPE-N, N requests in flight
 #                           (up to 16 sockets with one each, beyond that 16 sockets with N/16
 #                           each), or TYPE-CxK: C sockets with K requests in flight each
@@ -56,7 +60,7 @@ fi
 RUNS=${RUNS:-3}
 DURATION=${DURATION:-5}
 WARMUP=${WARMUP:-1}
-SERVERS=${SERVERS:-"ceiling libcoap coap-rs aiocoap ours"}
+SERVERS=${SERVERS:-"ceiling libcoap coap-rs aiocoap ours ours-async-std ours-blocking"}
 CONFIGS=${CONFIGS:-"con-1 con-16 non-16 con-256 non-256"}
 OBSERVERS=${OBSERVERS-100}
 SERVER_CORE=${SERVER_CORE:-0}
@@ -165,6 +169,19 @@ if want ours; then
     fi
 fi
 
+# The bench servers of the other runtime crates: the same resources as coap-tokio's.
+declare -A OURS_OTHER=()
+for entry in "ours-async-std coap-async-std bench_server_async_std" \
+    "ours-blocking coap-blocking bench_server_blocking"; do
+    read -r name package example <<<"$entry"
+    want "$name" || continue
+    if cargo build --release -q -p "$package" --example "$example" 2>/dev/null; then
+        OURS_OTHER[$name]="target/release/examples/$example"
+    else
+        log "$package's example $example does not build: skipping $name"
+    fi
+done
+
 # ---------------------------------------------------------------------------------------------
 # Servers.
 SERVER_PID=""
@@ -206,6 +223,7 @@ start_server() {
         coap-rs) cmd=("$COAPRS" "$addr") ;;
         aiocoap) cmd=("$AIOPY" benches/aiocoap_server.py 127.0.0.1 "$SERVER_PORT") ;;
         ours) read -r -a cmd <<<"${OURS//\{addr\}/$addr}" ;;
+        ours-async-std | ours-blocking) cmd=("${OURS_OTHER[$name]}" "$addr") ;;
     esac
     taskset -c "$SERVER_CORE" "${cmd[@]}" >"$WORK/$name.log" 2>&1 &
     SERVER_PID=$!
@@ -351,6 +369,7 @@ for server in $SERVERS; do
         coap-rs) [[ -n "$COAPRS" ]] || continue ;;
         aiocoap) [[ -n "$AIOPY" ]] || continue ;;
         ours) [[ -n "$OURS" ]] || continue ;;
+        ours-async-std | ours-blocking) [[ -n "${OURS_OTHER[$server]:-}" ]] || continue ;;
         *) log "unknown server $server"; continue ;;
     esac
     log "starting $server"

@@ -1,15 +1,15 @@
-//! A CoAP client: `cargo run -p coap-async-std --example client [URI] [PAYLOAD]`.
+//! A blocking CoAP client:
+//! `cargo run -p coap-blocking --example client_blocking [URI] [PAYLOAD]`.
 //! With a payload it POSTs, without it GETs; the default URI is `coap://[::1]/hello`.
 
 use std::time::Duration;
 
-use coap_async_std::{Client, ContentFormat};
+use coap_blocking::{Client, ContentFormat};
 
-#[async_std::main]
-async fn main() -> Result<(), coap_async_std::Error> {
+fn main() -> Result<(), coap_blocking::Error> {
     let mut args = std::env::args().skip(1);
     let uri = args.next().unwrap_or_else(|| "coap://[::1]/hello".into());
-    let client = Client::bind("[::]:0").await?;
+    let client = Client::bind("[::]:0")?;
     let request = match args.next() {
         Some(body) => client
             .post(uri.as_str())
@@ -17,7 +17,7 @@ async fn main() -> Result<(), coap_async_std::Error> {
             .content_format(ContentFormat::TEXT_PLAIN),
         None => client.get(uri.as_str()),
     };
-    let rsp = request.timeout(Duration::from_secs(10)).await?;
+    let rsp = request.timeout(Duration::from_secs(10)).send()?;
     println!("{} from {}", rsp.code(), rsp.peer());
     match rsp.payload_str() {
         Some(text) => println!("{text}"),
