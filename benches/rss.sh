@@ -32,7 +32,8 @@ ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cd "$ROOT"
 
 COMMAND=""
-for v in LOAD IDLE BASELINE CLIENTS OUTSTANDING TYPE SERVER_CORE CLIENT_CORE BOUND_MIB SERVER_CMD; do
+for v in LOAD IDLE BASELINE CLIENTS OUTSTANDING TYPE SERVER_CORE CLIENT_CORE BOUND_MIB SERVER_CMD \
+    GLIBC_TUNABLES; do
     if [[ -n "${!v:-}" ]]; then COMMAND+="$(printf '%s=%q ' "$v" "${!v}")"; fi
 done
 COMMAND+="benches/rss.sh"
