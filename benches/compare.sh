@@ -448,17 +448,7 @@ for c in order:
           f"{max(r['other_cpu'] for r in rs) * 100:.0f} % |")
 print("<!-- compare.sh clients end -->")
 PY
-    python3 - "$RESULTS" "$section" <<'PY'
-import os, re, sys
-path, section = sys.argv[1], open(sys.argv[2]).read().rstrip("\n")
-text = open(path).read() if os.path.exists(path) else "# Benchmark results\n"
-pattern = re.compile(r"<!-- compare\.sh clients begin -->.*?<!-- compare\.sh clients end -->", re.S)
-if pattern.search(text):
-    text = pattern.sub(lambda _: section, text, count=1)
-else:
-    text = text.rstrip("\n") + "\n\n" + section + "\n"
-open(path, "w").write(text if text.endswith("\n") else text + "\n")
-PY
+    python3 benches/write_section.py "$RESULTS" "$section"
     log "wrote the client rows to $RESULTS"
     cat "$section"
 }

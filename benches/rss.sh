@@ -220,16 +220,6 @@ if s_load:
 print("<!-- rss.sh end -->")
 EOF
 
-python3 - "$RESULTS" "$SECTION" <<'EOF'
-import os, re, sys
-path, section = sys.argv[1], open(sys.argv[2]).read().rstrip("\n")
-text = open(path).read() if os.path.exists(path) else "# Benchmark results\n"
-pattern = re.compile(r"<!-- rss\.sh begin -->.*?<!-- rss\.sh end -->", re.S)
-if pattern.search(text):
-    text = pattern.sub(lambda _: section, text, count=1)
-else:
-    text = text.rstrip("\n") + "\n\n" + section + "\n"
-open(path, "w").write(text if text.endswith("\n") else text + "\n")
-EOF
+python3 benches/write_section.py "$RESULTS" "$SECTION"
 log "wrote $RESULTS"
 cat "$SECTION"

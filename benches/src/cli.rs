@@ -3,6 +3,7 @@
 
 use std::fmt::Write as _;
 use std::net::SocketAddr;
+use std::process::ExitCode;
 use std::time::Duration;
 
 use coap_proto::uri::CoapUri;
@@ -48,6 +49,41 @@ pub fn cpu_time() -> Duration {
             tv(u.user_time()) + tv(u.system_time())
         }
         Err(_) => Duration::ZERO,
+    }
+}
+
+/// Ends the process (exit code 3) if it still runs `limit` from now, whatever it is doing,
+/// so a load tool always stops by itself.
+pub fn watchdog(tool: &'static str, limit: Duration) {
+    std::thread::spawn(move || {
+        std::thread::sleep(limit);
+        eprintln!("{tool}: watchdog: still running after {limit:?}, stopping");
+        std::process::exit(3);
+    });
+}
+
+/// What a tool does when its arguments do not parse: `error` is empty for `--help`, which
+/// prints `usage` and succeeds; otherwise the error and `usage` go to standard error (exit 2).
+pub fn usage_exit(tool: &str, usage: &str, error: &str) -> ExitCode {
+    if error.is_empty() {
+        print!("{usage}");
+        return ExitCode::SUCCESS;
+    }
+    eprintln!("{tool}: {error}\n\n{usage}");
+    ExitCode::from(2)
+}
+
+/// Prints a run's report on standard output, or its error on standard error.
+pub fn finish(tool: &str, outcome: Result<String, String>) -> ExitCode {
+    match outcome {
+        Ok(report) => {
+            println!("{}", report.trim_end());
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("{tool}: {e}");
+            ExitCode::FAILURE
+        }
     }
 }
 

@@ -28,7 +28,8 @@ use std::time::{Duration, Instant};
 
 use coap_benches::batch::{self, RecvBatch, MAX_BATCH};
 use coap_benches::cli::{
-    count, cpu_time, hist_json, hist_text, json_escape, loopback_uri, seconds,
+    count, cpu_time, finish, hist_json, hist_text, json_escape, loopback_uri, seconds, usage_exit,
+    watchdog,
 };
 use coap_benches::hist::Histogram;
 use coap_benches::ids::{
@@ -1384,36 +1385,18 @@ fn report(args: &Args, o: &Outcome) -> String {
 fn main() -> ExitCode {
     let args = match parse_args(std::env::args().skip(1)) {
         Ok(a) => a,
-        Err(e) => {
-            if e.is_empty() {
-                print!("{USAGE}");
-                return ExitCode::SUCCESS;
-            }
-            eprintln!("coap-bench: {e}\n\n{USAGE}");
-            return ExitCode::from(2);
-        }
+        Err(e) => return usage_exit("coap-bench", USAGE, &e),
     };
     // The watchdog: whatever happens, the process ends shortly after its deadline.
     let setup = match args.observe {
         Some(n) => registration_budget(n) + args.timeout * 3,
         None => Duration::from_secs(5),
     };
-    let limit = setup + args.warmup + args.duration + Duration::from_secs(10);
-    std::thread::spawn(move || {
-        std::thread::sleep(limit);
-        eprintln!("coap-bench: watchdog: still running after {limit:?}, stopping");
-        std::process::exit(3);
-    });
-    match run(args.clone()) {
-        Ok(o) => {
-            println!("{}", report(&args, &o));
-            ExitCode::SUCCESS
-        }
-        Err(e) => {
-            eprintln!("coap-bench: {e}");
-            ExitCode::FAILURE
-        }
-    }
+    watchdog(
+        "coap-bench",
+        setup + args.warmup + args.duration + Duration::from_secs(10),
+    );
+    finish("coap-bench", run(args.clone()).map(|o| report(&args, &o)))
 }
 
 #[cfg(test)]

@@ -32,7 +32,8 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use coap_benches::cli::{
-    count, cpu_time, hist_json, hist_text, json_escape, loopback_uri, seconds,
+    count, cpu_time, finish, hist_json, hist_text, json_escape, loopback_uri, seconds, usage_exit,
+    watchdog,
 };
 use coap_benches::hist::Histogram;
 use coap_benches::ids::{random_loopback_v4, EndpointLedger, SplitMix, EXCHANGE_LIFETIME};
@@ -517,22 +518,12 @@ fn report(args: &Args, o: &Outcome) -> String {
 fn main() -> ExitCode {
     let args = match parse_args(std::env::args().skip(1)) {
         Ok(a) => a,
-        Err(e) if e.is_empty() => {
-            print!("{USAGE}");
-            return ExitCode::SUCCESS;
-        }
-        Err(e) => {
-            eprintln!("tokio-client-bench: {e}\n\n{USAGE}");
-            return ExitCode::from(2);
-        }
+        Err(e) => return usage_exit("tokio-client-bench", USAGE, &e),
     };
-    // The watchdog: whatever happens, the process ends shortly after its deadline.
-    let limit = Duration::from_secs(10) + args.warmup + args.duration + args.timeout * 2;
-    std::thread::spawn(move || {
-        std::thread::sleep(limit);
-        eprintln!("tokio-client-bench: watchdog: still running after {limit:?}, stopping");
-        std::process::exit(3);
-    });
+    watchdog(
+        "tokio-client-bench",
+        Duration::from_secs(10) + args.warmup + args.duration + args.timeout * 2,
+    );
     let warnings = Arc::new(Warnings::default());
     if tracing::subscriber::set_global_default(WarningCounter(Arc::clone(&warnings))).is_err() {
         eprintln!("tokio-client-bench: could not install the warning counter");
@@ -547,19 +538,8 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(run(args.clone(), warnings)) {
-        Ok(o) => {
-            print!("{}", report(&args, &o));
-            if args.json {
-                println!();
-            }
-            ExitCode::SUCCESS
-        }
-        Err(e) => {
-            eprintln!("tokio-client-bench: {e}");
-            ExitCode::FAILURE
-        }
-    }
+    let outcome = runtime.block_on(run(args.clone(), warnings));
+    finish("tokio-client-bench", outcome.map(|o| report(&args, &o)))
 }
 
 #[cfg(test)]
