@@ -217,6 +217,9 @@ pub struct TableSizes {
     pub peers: usize,
     /// Deduplication cache entries.
     pub dedup_entries: usize,
+    /// Bytes charged to the deduplication cache (see
+    /// [`Config::max_dedup_bytes`](super::Config::max_dedup_bytes)).
+    pub dedup_bytes: usize,
     /// Request bodies being reassembled from Block1 blocks.
     pub reassemblies: usize,
     /// Representations kept for follow-up Block2 requests.
@@ -576,6 +579,7 @@ impl Endpoint {
             awaiting_ack: self.pending_con.len(),
             peers: self.peers.len(),
             dedup_entries: self.dedup.len(),
+            dedup_bytes: self.dedup.bytes(),
             reassemblies: self.assemblies.len(),
             representations: self.representations.len(),
             observers: self.observers.len() + self.observers.non_mid_entries() + self.renders.len(),
