@@ -43,7 +43,7 @@
 //!   separate response, RFC 7252 §5.2.2), or hands the request to a [`Responder`] that answers
 //!   later from any task. `/.well-known/core` lists the routes with their
 //!   [`ResourceAttributes`] and filters by query (RFC 6690 §4.1). Routers nest, and prefix
-//!   routes take the rest of the path. [`IncomingRequest::with_etag`] sets an ETag from the
+//!   routes take the rest of the path. [`IncomingRequest::with_etag`](Incoming::with_etag) sets an ETag from the
 //!   payload and answers 2.03 Valid to a client that already has it.
 //! * **Large bodies** travel block-wise (RFC 7959) in both directions without the application
 //!   seeing blocks: the engine splits and reassembles them.
@@ -94,9 +94,7 @@
 
 mod client;
 mod driver;
-mod error;
 mod incoming;
-mod response;
 mod router;
 mod server;
 pub mod socket;
@@ -104,10 +102,11 @@ pub mod socket;
 pub use client::{
     Client, ClientBuilder, MulticastResponses, Observation, RequestBuilder, ResponseFuture,
 };
-pub use driver::{PendingIncoming, PendingRequest};
-pub use error::Error;
-pub use incoming::{Deferred, IncomingRequest, IntoReply, Reply, Responder};
-pub use response::{IncomingResponse, Notification};
+pub use coap_proto::host::{
+    Deferred, Error, Incoming, IncomingResponse, IntoReply, Notification, PendingIncoming,
+    PendingRequest, Reply,
+};
+pub use incoming::{IncomingRequest, Responder};
 pub use router::{ObserveHooks, Router};
 pub use server::{Notifier, Server, ServerBuilder, ServerHandle};
 
