@@ -26,7 +26,7 @@ use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
 use coap_proto::endpoint::Stats;
-use coap_proto::host::{self, Delivery, Dispatch, Host, Incoming, Kind};
+use coap_proto::host::{self, Delivery, Dispatch, Host, Incoming, Kind, Routed};
 use coap_proto::msg::Code;
 use coap_proto::uri::CoapUri;
 use coap_proto::{Endpoint, IncomingId, Request, RequestId, Response};
@@ -35,8 +35,9 @@ use tokio::net::UdpSocket;
 use tokio::sync::{mpsc, oneshot};
 use tracing::{debug, trace, warn, Instrument, Span};
 
-use crate::router::{Routed, Router};
+use crate::incoming::IncomingRequest;
 use crate::socket::{to_user, to_wire};
+use crate::Router;
 use crate::{Error, IncomingResponse, Notification, Reply};
 
 pub(crate) use coap_proto::host::{PendingIncoming, PendingRequest};
@@ -54,9 +55,6 @@ pub(crate) const MULTICAST_CAPACITY: usize = 256;
 /// Capacity of the channel behind an observation; notifications beyond it are dropped while
 /// the observer does not read (only the latest state matters, RFC 7641 §1.3).
 pub(crate) const OBSERVE_CAPACITY: usize = 64;
-
-/// A future a handler returns, boxed.
-pub(crate) type HandlerFuture = Pin<Box<dyn Future<Output = Reply> + Send>>;
 
 /// A command from a user handle.
 pub(crate) enum Command {
@@ -668,12 +666,18 @@ impl host::Service for Handlers<'_> {
             return Dispatch::answer(Response::new(Code::NOT_FOUND));
         };
         let id = request.id();
-        let (mut future, accept_observer) = match router.dispatch(request, self.internal) {
+        let internal = self.internal;
+        let routed = router.dispatch(request, |head| IncomingRequest {
+            head,
+            internal: internal.clone(),
+        });
+        let (mut future, accept_observer) = match routed {
             Routed::Answer(response) => return Dispatch::answer(response),
             Routed::Handler {
-                future,
+                handler,
+                request,
                 accept_observer,
-            } => (future, accept_observer),
+            } => (handler(request), accept_observer),
         };
         let answer = match future
             .as_mut()

@@ -26,9 +26,9 @@
 //!
 //! Beside it: the types the runtime crates' users see ([`IncomingResponse`],
 //! [`Notification`], [`Incoming`] behind each `IncomingRequest`, [`Reply`], [`Error`],
-//! [`PendingRequest`], [`PendingIncoming`]), the routing table of their `Router`s
-//! ([`Routes`]), and request assembly from a URI ([`RequestSpec`], [`destination`],
-//! [`choose_address`]).
+//! [`PendingRequest`], [`PendingIncoming`]), their [`Router`] (generic over the request type
+//! and over how handlers run, [`Async`] or [`Blocking`]) with its routing table ([`Routes`]),
+//! and request assembly from a URI ([`RequestSpec`], [`destination`], [`choose_address`]).
 //!
 //! Spans and events go to `tracing`: a span per client exchange (`coap_request`,
 //! `coap_ping`) and per incoming request (`coap_incoming`, entered while the service is
@@ -116,6 +116,7 @@ mod client;
 mod error;
 mod incoming;
 mod response;
+mod router;
 mod routes;
 #[cfg(test)]
 mod tests;
@@ -137,6 +138,9 @@ pub use client::{choose_address, destination, new_endpoint, parse_uri, Destinati
 pub use error::Error;
 pub use incoming::{Deferred, Incoming, IntoReply, Reply};
 pub use response::{IncomingResponse, Notification};
+pub use router::{
+    Async, Blocking, Handler, HandlerFuture, HandlerOutput, HandlerStyle, Routed, Router,
+};
 pub use routes::{ObserveHooks, Route, Routes};
 
 use crate::addr::unmapped;

@@ -720,6 +720,93 @@ fn observer_counts_reach_the_count_hook() {
     assert_eq!(*counts.lock().unwrap(), [2]);
 }
 
+#[test]
+fn a_router_hands_out_handlers_of_its_style() {
+    use core::task::{Context, Poll, Waker};
+
+    // Blocking: the handler returns its answer.
+    let blocking: Router<Incoming, Blocking> = Router::new()
+        .get("/hello", |req: Incoming| {
+            Response::content(req.path_string())
+        })
+        .put("/fail", |_req: Incoming| {
+            Err::<Response, _>(crate::resource::CoapError::bad_request("no"))
+        })
+        .observable_with(
+            "/obs",
+            |_req: Incoming| Response::content("state"),
+            ObserveHooks::new().accept(|req: &Incoming| req.query_value("deny").is_none()),
+        );
+    let head = incoming(Code::GET, "/hello", None, false);
+    let Routed::Handler {
+        handler,
+        request,
+        accept_observer,
+    } = blocking.dispatch(head, |head| head)
+    else {
+        panic!("no handler");
+    };
+    assert!(!accept_observer);
+    let Reply::Response(rsp) = handler(request) else {
+        panic!("deferred");
+    };
+    assert_eq!(&rsp.payload[..], b"/hello");
+    let head = incoming(Code::PUT, "/fail", None, false);
+    let Routed::Handler {
+        handler, request, ..
+    } = blocking.dispatch(head, |head| head)
+    else {
+        panic!("no handler");
+    };
+    assert!(matches!(
+        handler(request),
+        Reply::Response(Response {
+            code: Code::BAD_REQUEST,
+            ..
+        })
+    ));
+    let registration = incoming(Code::GET, "/obs", Some(0), false);
+    assert!(matches!(
+        blocking.dispatch(registration, |head| head),
+        Routed::Handler {
+            accept_observer: true,
+            ..
+        }
+    ));
+    // No request is made for what no handler serves.
+    let head = incoming(Code::DELETE, "/hello", None, false);
+    let routed = blocking.dispatch(head, |_| panic!("made a request for a 4.05"));
+    assert!(matches!(
+        routed,
+        Routed::Answer(Response {
+            code: Code::METHOD_NOT_ALLOWED,
+            ..
+        })
+    ));
+
+    // Async: the handler returns a future of its answer.
+    let asynchronous: Router<Incoming, Async> = Router::new()
+        .prefix_get("/files", |req: Incoming| async move {
+            Response::content(req.rest().collect::<Vec<_>>().join(","))
+        });
+    let head = incoming(Code::GET, "/files/a/b", None, false);
+    let Routed::Handler {
+        handler, request, ..
+    } = asynchronous.dispatch(head, |head| head)
+    else {
+        panic!("no handler");
+    };
+    let mut future = handler(request);
+    let Poll::Ready(Reply::Response(rsp)) = future
+        .as_mut()
+        .poll(&mut Context::from_waker(Waker::noop()))
+    else {
+        panic!("not ready at once");
+    };
+    assert_eq!(&rsp.payload[..], b"a,b");
+    assert_eq!(asynchronous.routes().count(), 1);
+}
+
 // ------------------------------------------------------------------------------------------
 // Request assembly
 // ------------------------------------------------------------------------------------------
