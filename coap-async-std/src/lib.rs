@@ -80,9 +80,7 @@
 
 mod client;
 mod driver;
-mod error;
 mod incoming;
-mod response;
 mod router;
 mod server;
 pub mod socket;
@@ -91,10 +89,11 @@ pub use async_net::AsyncToSocketAddrs;
 pub use client::{
     Client, ClientBuilder, MulticastResponses, Observation, RequestBuilder, ResponseFuture,
 };
-pub use driver::{PendingIncoming, PendingRequest};
-pub use error::Error;
-pub use incoming::{Deferred, IncomingRequest, IntoReply, Reply, Responder};
-pub use response::{IncomingResponse, Notification};
+pub use coap_proto::host::{
+    Deferred, Error, Incoming, IncomingResponse, IntoReply, Notification, PendingIncoming,
+    PendingRequest, Reply,
+};
+pub use incoming::{IncomingRequest, Responder};
 pub use router::{ObserveHooks, Router};
 pub use server::{Notifier, Server, ServerBuilder, ServerHandle};
 
