@@ -7,19 +7,18 @@ use std::sync::{mpsc, Arc};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
 use coap_proto::endpoint::Stats;
-use coap_proto::msg::{Code, ContentFormat, MessageType, OptionNumber, Options};
-use coap_proto::uri::{CoapUri, Host, Scheme};
-use coap_proto::{Config, Endpoint, Request, RequestId};
+use coap_proto::host::{self, parse_uri, Destination, RequestSpec};
+use coap_proto::msg::{Code, MessageType};
+use coap_proto::uri::CoapUri;
+use coap_proto::{Config, Endpoint, RequestId};
 use rand_core::{RngCore, SeedableRng};
 
 use crate::io::{
     Command, Driver, PendingRequest, Shared, Waiting, MULTICAST_CAPACITY, OBSERVE_CAPACITY,
 };
-use crate::response::Notification;
-use crate::socket::{self, to_wire, SocketOptions};
-use crate::{Error, IncomingResponse};
+use crate::socket::{self, SocketOptions};
+use crate::{Error, IncomingResponse, Notification};
 
 /// A CoAP client over one UDP socket, served by one I/O thread.
 ///
@@ -119,12 +118,7 @@ impl Client {
     pub fn request(&self, method: Code, uri: impl Into<String>) -> RequestBuilder {
         RequestBuilder {
             client: self.clone(),
-            method,
-            uri: uri.into(),
-            options: Vec::new(),
-            payload: Bytes::new(),
-            message_type: None,
-            timeout: None,
+            spec: RequestSpec::new(method, uri.into()),
         }
     }
 
@@ -356,20 +350,14 @@ impl ClientBuilder {
     }
 }
 
-/// The engine, with a strong random generator unless one is given. Accept (RFC 7252
-/// §5.10.4) is declared understood, so handlers see it rather than the engine answering 4.02.
+/// The engine, with a strong random generator unless one is given (see
+/// [`host::new_endpoint`]).
 pub(crate) fn new_endpoint(
-    mut config: Config,
+    config: Config,
     rng: Option<Box<dyn RngCore + Send>>,
 ) -> Result<Endpoint, Error> {
-    if !config
-        .extra_critical_options
-        .contains(&OptionNumber::ACCEPT)
-    {
-        config.extra_critical_options.push(OptionNumber::ACCEPT);
-    }
     let rng = rng.unwrap_or_else(|| Box::new(rand_chacha::ChaCha20Rng::from_entropy()));
-    Ok(Endpoint::with_rng(config, rng)?)
+    host::new_endpoint(config, rng)
 }
 
 /// The first address `addr` names.
@@ -385,107 +373,19 @@ pub(crate) fn first_addr(addr: impl ToSocketAddrs) -> Result<SocketAddr, Error> 
 #[must_use = "a request does nothing until it is sent"]
 pub struct RequestBuilder {
     client: Client,
-    method: Code,
-    uri: String,
-    options: Vec<(OptionNumber, Vec<u8>)>,
-    payload: Bytes,
-    message_type: Option<MessageType>,
-    timeout: Option<Duration>,
+    spec: RequestSpec,
 }
 
 impl fmt::Debug for RequestBuilder {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("RequestBuilder")
-            .field("method", &self.method)
-            .field("uri", &self.uri)
-            .field("options", &self.options.len())
-            .field("payload_len", &self.payload.len())
-            .field("message_type", &self.message_type)
-            .field("timeout", &self.timeout)
-            .finish()
+            .field("spec", &self.spec)
+            .finish_non_exhaustive()
     }
 }
 
 impl RequestBuilder {
-    /// The body (sent block-wise if large, RFC 7959).
-    pub fn payload(mut self, payload: impl Into<Bytes>) -> Self {
-        self.payload = payload.into();
-        self
-    }
-
-    /// The Content-Format of the body.
-    pub fn content_format(self, format: ContentFormat) -> Self {
-        self.option_uint(OptionNumber::CONTENT_FORMAT, u32::from(format.0))
-    }
-
-    /// The Content-Format wanted in the response (Accept).
-    pub fn accept(self, format: ContentFormat) -> Self {
-        self.option_uint(OptionNumber::ACCEPT, u32::from(format.0))
-    }
-
-    /// Adds an ETag the client holds: the server answers 2.03 Valid if it is current
-    /// (RFC 7252 §5.10.6).
-    pub fn etag(self, etag: impl AsRef<[u8]>) -> Self {
-        self.option(OptionNumber::ETAG, etag)
-    }
-
-    /// Adds an If-Match condition (RFC 7252 §5.10.8.1); empty means "exists".
-    pub fn if_match(self, etag: impl AsRef<[u8]>) -> Self {
-        self.option(OptionNumber::IF_MATCH, etag)
-    }
-
-    /// Adds If-None-Match (RFC 7252 §5.10.8.2).
-    pub fn if_none_match(self) -> Self {
-        self.option(OptionNumber::IF_NONE_MATCH, [])
-    }
-
-    /// Adds a Uri-Query argument after those of the URI.
-    pub fn query(self, arg: &str) -> Self {
-        self.option_str(OptionNumber::URI_QUERY, arg)
-    }
-
-    /// Adds an option with an opaque value.
-    pub fn option(mut self, number: OptionNumber, value: impl AsRef<[u8]>) -> Self {
-        self.options.push((number, value.as_ref().to_vec()));
-        self
-    }
-
-    /// Adds an option with a string value.
-    pub fn option_str(self, number: OptionNumber, value: &str) -> Self {
-        self.option(number, value.as_bytes())
-    }
-
-    /// Adds an option with an unsigned integer value, shortest encoding (RFC 7252 §3.2).
-    pub fn option_uint(self, number: OptionNumber, value: u32) -> Self {
-        let mut scratch = Options::new();
-        scratch.push_uint(number, value);
-        let bytes = scratch.get(number).map(<[u8]>::to_vec).unwrap_or_default();
-        self.option(number, bytes)
-    }
-
-    /// Confirmable (the default): retransmitted until acknowledged.
-    pub fn con(mut self) -> Self {
-        self.message_type = Some(MessageType::Con);
-        self
-    }
-
-    /// Non-confirmable: sent once.
-    pub fn non(mut self) -> Self {
-        self.message_type = Some(MessageType::Non);
-        self
-    }
-
-    /// Gives up with [`Error::Timeout`] when no response has come `timeout` after the
-    /// request was started (name resolution included). Without it the engine's limits
-    /// apply (MAX_TRANSMIT_WAIT for a lost CON request: 93 s with the defaults).
-    ///
-    /// With [`send_with`](RequestBuilder::send_with) nobody waits, so only the engine's
-    /// part of the timeout applies: the wait for a response once the request is acknowledged
-    /// (or sent as NON).
-    pub fn timeout(mut self, timeout: Duration) -> Self {
-        self.timeout = Some(timeout);
-        self
-    }
+    coap_proto::request_builder_methods!();
 
     /// Sends the request and blocks until the response, or until the request fails: no
     /// answer in time ([`Error::Timeout`]), a Reset ([`Error::Reset`]), a cancel from another
@@ -500,13 +400,13 @@ impl RequestBuilder {
     /// Dropping the handle before the outcome cancels the exchange. Blocks only until the
     /// I/O thread has taken the request.
     pub fn start(self) -> Result<ResponseHandle, Error> {
-        let deadline = self.timeout.map(|t| Instant::now() + t);
+        let deadline = self.spec.timeout().map(|t| Instant::now() + t);
         let (tx, rx) = mpsc::sync_channel(1);
         let client = self.client.clone();
         let done = Box::new(move |outcome| {
             let _ = tx.try_send(outcome);
         });
-        let id = self.begin(false, Waiting::Once(done))?;
+        let id = self.begin(Waiting::Once(done))?;
         Ok(ResponseHandle {
             id,
             rx,
@@ -518,6 +418,10 @@ impl RequestBuilder {
 
     /// Starts the request and returns its id at once; `callback` gets the outcome.
     ///
+    /// Nobody waits here, so of the builder's [`timeout`](RequestBuilder::timeout) only the
+    /// engine's part applies: the wait for a response once the request is acknowledged (or
+    /// sent as NON).
+    ///
     /// The callback runs on the I/O thread: it must be quick and must not block (send the
     /// outcome to a channel for anything heavier). If the request cannot be started, the
     /// error is returned here and the callback is not called.
@@ -525,7 +429,7 @@ impl RequestBuilder {
         self,
         callback: impl FnOnce(Result<IncomingResponse, Error>) + Send + 'static,
     ) -> Result<RequestId, Error> {
-        self.begin(false, Waiting::Once(Box::new(callback)))
+        self.begin(Waiting::Once(Box::new(callback)))
     }
 
     /// Sends the request to a multicast group (RFC 7252 §8, always Non-confirmable) and
@@ -533,10 +437,10 @@ impl RequestBuilder {
     /// builder's [`timeout`](RequestBuilder::timeout) or
     /// [`Config::multicast_response_window`]. Dropping it ends the request.
     pub fn multicast(mut self) -> Result<MulticastResponses, Error> {
-        self.message_type = Some(MessageType::Non);
+        self.spec.set_message_type(Some(MessageType::Non));
         let client = self.client.clone();
         let (tx, rx) = mpsc::sync_channel(MULTICAST_CAPACITY);
-        let id = self.begin(false, Waiting::Many(tx))?;
+        let id = self.begin(Waiting::Many(tx))?;
         Ok(MulticastResponses {
             id,
             rx,
@@ -556,7 +460,7 @@ impl RequestBuilder {
     pub fn observe(self) -> Result<Observation, Error> {
         let client = self.client.clone();
         let (tx, rx) = mpsc::sync_channel(OBSERVE_CAPACITY);
-        let id = self.begin(true, Waiting::Observe(tx))?;
+        let id = self.begin(Waiting::Observe(tx))?;
         Ok(Observation {
             id,
             rx,
@@ -566,26 +470,16 @@ impl RequestBuilder {
     }
 
     /// Builds the request, hands it to the I/O thread and waits for its id.
-    fn begin(self, observe: bool, waiting: Waiting) -> Result<RequestId, Error> {
-        let uri = parse_uri(&self.uri)?;
+    fn begin(self, waiting: Waiting) -> Result<RequestId, Error> {
+        let uri = self.spec.parse_uri()?;
         let shared = &self.client.shared;
         let remote = resolve(shared, &uri)?;
-        let mut request = Request::new(self.method);
-        // Uri-Host only for a name (or an address other than the destination), Uri-Port only
-        // for a port other than the destination's (RFC 7252 §6.4 steps 5 to 7).
-        uri.to_options_for(&mut request.options, socket::to_user(remote));
-        for (number, value) in &self.options {
-            request.options.push(*number, value);
-        }
-        request.payload = self.payload;
-        request.message_type = self.message_type;
-        request.timeout = self.timeout;
+        let request = self.spec.into_request(&uri, remote);
         let (started, id) = mpsc::channel();
         shared.mailbox.post(Command::Request {
             remote,
             request: Box::new(request),
             uri: Arc::new(uri),
-            observe,
             waiting,
             started,
         })?;
@@ -787,42 +681,20 @@ impl fmt::Debug for Observation {
     }
 }
 
-/// Parses a request URI; only `coap` is served.
-fn parse_uri(text: &str) -> Result<CoapUri, Error> {
-    let uri = CoapUri::parse(text)?;
-    if uri.scheme() != Scheme::Coap {
-        return Err(Error::UnsupportedScheme(uri.scheme()));
-    }
-    Ok(uri)
-}
-
-/// Where to send a request for `uri`, in the engine's address form. Names are resolved; an
-/// address of the socket's own family is preferred.
+/// Where to send a request for `uri`, in the engine's address form (see
+/// [`host::destination`] and [`host::choose_address`]).
 fn resolve(shared: &Shared, uri: &CoapUri) -> Result<SocketAddr, Error> {
     let local = shared.local_addr;
-    if let Some(addr) = uri.socket_addr_hint() {
-        return to_wire(local, addr).ok_or_else(|| Error::NoUsableAddress {
-            host: uri.host().to_string(),
-        });
-    }
-    let Host::Name(name) = uri.host() else {
-        // An IPv6 zone given by interface name needs the system's help.
-        return Err(Error::Unsupported("IPv6 zones given by interface name"));
-    };
-    let addrs = (name.as_str(), uri.port())
-        .to_socket_addrs()
-        .map_err(|source| Error::Resolve {
-            host: name.clone(),
-            source,
-        })?;
-    let mut fallback = None;
-    for addr in addrs {
-        if addr.is_ipv4() == local.is_ipv4() {
-            if let Some(a) = to_wire(local, addr) {
-                return Ok(a);
-            }
+    match host::destination(local, uri)? {
+        Destination::Address(addr) => Ok(addr),
+        Destination::Name(name, port) => {
+            let addrs = (name, port)
+                .to_socket_addrs()
+                .map_err(|source| Error::Resolve {
+                    host: name.into(),
+                    source,
+                })?;
+            host::choose_address(local, name, addrs)
         }
-        fallback = fallback.or_else(|| to_wire(local, addr));
     }
-    fallback.ok_or_else(|| Error::NoUsableAddress { host: name.clone() })
 }

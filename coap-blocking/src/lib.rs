@@ -89,11 +89,9 @@
 #![forbid(unsafe_code)]
 
 mod client;
-mod error;
 mod incoming;
 mod io;
 mod pool;
-mod response;
 mod router;
 mod server;
 pub mod socket;
@@ -101,10 +99,11 @@ pub mod socket;
 pub use client::{
     Client, ClientBuilder, MulticastResponses, Observation, RequestBuilder, ResponseHandle,
 };
-pub use error::Error;
-pub use incoming::{Deferred, IncomingRequest, IntoReply, Reply, Responder};
-pub use io::{PendingIncoming, PendingRequest};
-pub use response::{IncomingResponse, Notification};
+pub use coap_proto::host::{
+    Deferred, Error, Incoming, IncomingResponse, IntoReply, Notification, PendingIncoming,
+    PendingRequest, Reply,
+};
+pub use incoming::{IncomingRequest, Responder};
 pub use router::{ObserveHooks, Router};
 pub use server::{Notifier, Server, ServerBuilder, ServerHandle, DEFAULT_QUEUE, DEFAULT_WORKERS};
 
