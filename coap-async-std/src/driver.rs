@@ -36,7 +36,7 @@ use async_channel::{Receiver, Sender, TryRecvError};
 use async_executor::Executor;
 use async_io::{Async, Timer};
 use coap_proto::endpoint::Stats;
-use coap_proto::host::{self, Delivery, Dispatch, Host, Incoming, Kind, Routed};
+use coap_proto::host::{self, is_unreachable, Delivery, Dispatch, Host, Incoming, Kind, Routed};
 use coap_proto::msg::Code;
 use coap_proto::uri::CoapUri;
 use coap_proto::{Endpoint, IncomingId, Request, RequestId, Response};
@@ -779,17 +779,6 @@ impl Drop for AnswerGuard {
             let _ = internal.try_send(Internal::Abandoned(self.id));
         }
     }
-}
-
-/// Errors by which the socket says a peer cannot be reached.
-fn is_unreachable(e: &io::Error) -> bool {
-    matches!(
-        e.kind(),
-        io::ErrorKind::ConnectionRefused
-            | io::ErrorKind::ConnectionReset
-            | io::ErrorKind::HostUnreachable
-            | io::ErrorKind::NetworkUnreachable
-    )
 }
 
 /// Reads up to [`BATCH`] entries of the error queue (`MSG_ERRQUEUE`, see ip(7)) and collects

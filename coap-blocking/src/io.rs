@@ -21,7 +21,7 @@ use std::sync::{mpsc, Arc, Weak};
 use std::time::Duration;
 
 use coap_proto::endpoint::Stats;
-use coap_proto::host::{self, Delivery, Dispatch, Host, Incoming, Kind, Routed};
+use coap_proto::host::{self, is_unreachable, Delivery, Dispatch, Host, Incoming, Kind, Routed};
 use coap_proto::msg::Code;
 use coap_proto::uri::CoapUri;
 use coap_proto::{Endpoint, IncomingId, Request, RequestId, Response};
@@ -703,15 +703,4 @@ impl Drop for AnswerGuard {
             let _ = mailbox.post(Command::Abandoned(self.id));
         }
     }
-}
-
-/// Errors through which a socket reports an unreachable peer.
-fn is_unreachable(e: &io::Error) -> bool {
-    matches!(
-        e.kind(),
-        io::ErrorKind::ConnectionRefused
-            | io::ErrorKind::ConnectionReset
-            | io::ErrorKind::HostUnreachable
-            | io::ErrorKind::NetworkUnreachable
-    )
 }

@@ -81,41 +81,7 @@ impl Client {
         self.shared.local_addr
     }
 
-    /// A GET request for `uri`. Await it directly, or set options first and then
-    /// [`send`](RequestBuilder::send).
-    pub fn get(&self, uri: impl Into<String>) -> RequestBuilder {
-        self.request(Code::GET, uri)
-    }
-
-    /// A POST request.
-    pub fn post(&self, uri: impl Into<String>) -> RequestBuilder {
-        self.request(Code::POST, uri)
-    }
-
-    /// A PUT request.
-    pub fn put(&self, uri: impl Into<String>) -> RequestBuilder {
-        self.request(Code::PUT, uri)
-    }
-
-    /// A DELETE request.
-    pub fn delete(&self, uri: impl Into<String>) -> RequestBuilder {
-        self.request(Code::DELETE, uri)
-    }
-
-    /// A FETCH request (RFC 8132).
-    pub fn fetch(&self, uri: impl Into<String>) -> RequestBuilder {
-        self.request(Code::FETCH, uri)
-    }
-
-    /// A PATCH request (RFC 8132).
-    pub fn patch(&self, uri: impl Into<String>) -> RequestBuilder {
-        self.request(Code::PATCH, uri)
-    }
-
-    /// An iPATCH request (RFC 8132).
-    pub fn ipatch(&self, uri: impl Into<String>) -> RequestBuilder {
-        self.request(Code::IPATCH, uri)
-    }
+    coap_proto::client_verbs!();
 
     /// A request with any method code (class 0, detail 1 to 31); another code fails with
     /// [`Error::NotARequest`] when sent.
@@ -256,79 +222,7 @@ impl fmt::Debug for ClientBuilder {
 }
 
 impl ClientBuilder {
-    /// The engine configuration (transmission parameters, NSTART, table bounds ...).
-    pub fn config(mut self, config: Config) -> Self {
-        self.config = config;
-        self
-    }
-
-    /// All socket options at once.
-    pub fn socket_options(mut self, options: SocketOptions) -> Self {
-        self.socket = options;
-        self
-    }
-
-    /// `SO_REUSEADDR`.
-    pub fn reuse_address(mut self, on: bool) -> Self {
-        self.socket.reuse_address = on;
-        self
-    }
-
-    /// `SO_REUSEPORT` (Unix).
-    pub fn reuse_port(mut self, on: bool) -> Self {
-        self.socket.reuse_port = on;
-        self
-    }
-
-    /// The receive buffer size to ask for.
-    pub fn recv_buffer_size(mut self, bytes: usize) -> Self {
-        self.socket.recv_buffer_size = Some(bytes);
-        self
-    }
-
-    /// The send buffer size to ask for.
-    pub fn send_buffer_size(mut self, bytes: usize) -> Self {
-        self.socket.send_buffer_size = Some(bytes);
-        self
-    }
-
-    /// `IPV6_V6ONLY` for an IPv6 socket.
-    pub fn only_v6(mut self, on: bool) -> Self {
-        self.socket.only_v6 = Some(on);
-        self
-    }
-
-    /// The DSCP code point (0..=63) of every datagram sent.
-    pub fn dscp(mut self, dscp: u8) -> Self {
-        self.socket.dscp = Some(dscp);
-        self
-    }
-
-    /// Set the don't-fragment bit (see [`SocketOptions::dont_fragment`]).
-    pub fn dont_fragment(mut self, on: bool) -> Self {
-        self.socket.dont_fragment = on;
-        self
-    }
-
-    /// The largest datagram to send or accept ([`Config::max_message_size`]).
-    pub fn max_datagram_size(mut self, bytes: usize) -> Self {
-        self.config.max_message_size = bytes;
-        self
-    }
-
-    /// The random number generator for tokens, Message IDs and back-off jitter. By default a
-    /// ChaCha20 generator seeded from the operating system, so tokens are hard to guess
-    /// (RFC 7252 §5.3.1).
-    pub fn rng(mut self, rng: Box<dyn RngCore + Send>) -> Self {
-        self.rng = Some(rng);
-        self
-    }
-
-    /// How long [`Client::shutdown`] lets requests in flight finish. Default 10 s.
-    pub fn shutdown_grace(mut self, grace: Duration) -> Self {
-        self.grace = grace;
-        self
-    }
+    coap_proto::bind_builder_methods!();
 
     /// Binds the socket and starts the driver task (on the current tokio runtime).
     pub async fn bind(self, addr: impl ToSocketAddrs) -> Result<Client, Error> {

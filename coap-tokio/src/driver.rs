@@ -26,7 +26,7 @@ use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
 use coap_proto::endpoint::Stats;
-use coap_proto::host::{self, Delivery, Dispatch, Host, Incoming, Kind, Routed};
+use coap_proto::host::{self, is_unreachable, Delivery, Dispatch, Host, Incoming, Kind, Routed};
 use coap_proto::msg::Code;
 use coap_proto::uri::CoapUri;
 use coap_proto::{Endpoint, IncomingId, Request, RequestId, Response};
@@ -756,17 +756,6 @@ async fn wait_for(signal: &mut Option<Pin<Box<dyn Future<Output = ()> + Send>>>)
         Some(s) => s.as_mut().await,
         None => std::future::pending().await,
     }
-}
-
-/// Errors through which the socket reports that a peer cannot be reached.
-fn is_unreachable(e: &io::Error) -> bool {
-    matches!(
-        e.kind(),
-        io::ErrorKind::ConnectionRefused
-            | io::ErrorKind::ConnectionReset
-            | io::ErrorKind::HostUnreachable
-            | io::ErrorKind::NetworkUnreachable
-    )
 }
 
 /// Reads up to [`BATCH`] entries of the socket's error queue and collects the destinations of

@@ -292,3 +292,136 @@ macro_rules! request_builder_methods {
         }
     };
 }
+
+/// Writes the request shortcuts of a runtime crate's `Client`: `get`, `post`, `put`,
+/// `delete`, `fetch`, `patch` and `ipatch`, each `self.request(method, uri)`. The invoking
+/// module must have the crate's `RequestBuilder` in scope, and `Client` must have a method
+/// `request(&self, Code, impl Into<String>) -> RequestBuilder`.
+#[macro_export]
+macro_rules! client_verbs {
+    () => {
+        /// A GET request for `uri` (`coap://host:port/path?query`): set options on the
+        /// builder, then send it.
+        pub fn get(&self, uri: impl Into<String>) -> RequestBuilder {
+            self.request($crate::msg::Code::GET, uri)
+        }
+
+        /// A POST request.
+        pub fn post(&self, uri: impl Into<String>) -> RequestBuilder {
+            self.request($crate::msg::Code::POST, uri)
+        }
+
+        /// A PUT request.
+        pub fn put(&self, uri: impl Into<String>) -> RequestBuilder {
+            self.request($crate::msg::Code::PUT, uri)
+        }
+
+        /// A DELETE request.
+        pub fn delete(&self, uri: impl Into<String>) -> RequestBuilder {
+            self.request($crate::msg::Code::DELETE, uri)
+        }
+
+        /// A FETCH request (RFC 8132).
+        pub fn fetch(&self, uri: impl Into<String>) -> RequestBuilder {
+            self.request($crate::msg::Code::FETCH, uri)
+        }
+
+        /// A PATCH request (RFC 8132).
+        pub fn patch(&self, uri: impl Into<String>) -> RequestBuilder {
+            self.request($crate::msg::Code::PATCH, uri)
+        }
+
+        /// An iPATCH request (RFC 8132).
+        pub fn ipatch(&self, uri: impl Into<String>) -> RequestBuilder {
+            self.request($crate::msg::Code::IPATCH, uri)
+        }
+    };
+}
+
+/// Writes the setters a runtime crate's `ClientBuilder` and `ServerBuilder` share: `config`,
+/// `socket_options`, `reuse_address`, `reuse_port`, `recv_buffer_size`, `send_buffer_size`,
+/// `only_v6`, `dscp`, `dont_fragment`, `max_datagram_size`, `rng` and `shutdown_grace`.
+///
+/// The builder must have the fields `config` ([`Config`](crate::Config)), `socket` (the
+/// crate's `SocketOptions`, which the invoking module must have in scope), `rng`
+/// (`Option<Box<dyn RngCore + Send>>`) and `grace` (a `Duration`).
+#[macro_export]
+macro_rules! bind_builder_methods {
+    () => {
+        /// The engine configuration (transmission parameters, NSTART, table bounds, ...).
+        pub fn config(mut self, config: $crate::Config) -> Self {
+            self.config = config;
+            self
+        }
+
+        /// All socket options at once.
+        pub fn socket_options(mut self, options: SocketOptions) -> Self {
+            self.socket = options;
+            self
+        }
+
+        /// `SO_REUSEADDR`.
+        pub fn reuse_address(mut self, on: bool) -> Self {
+            self.socket.reuse_address = on;
+            self
+        }
+
+        /// `SO_REUSEPORT` (Unix): several sockets, even in several processes, share the port
+        /// and the system spreads the traffic over them.
+        pub fn reuse_port(mut self, on: bool) -> Self {
+            self.socket.reuse_port = on;
+            self
+        }
+
+        /// The receive buffer size to ask for.
+        pub fn recv_buffer_size(mut self, bytes: usize) -> Self {
+            self.socket.recv_buffer_size = Some(bytes);
+            self
+        }
+
+        /// The send buffer size to ask for.
+        pub fn send_buffer_size(mut self, bytes: usize) -> Self {
+            self.socket.send_buffer_size = Some(bytes);
+            self
+        }
+
+        /// `IPV6_V6ONLY` for an IPv6 socket.
+        pub fn only_v6(mut self, on: bool) -> Self {
+            self.socket.only_v6 = Some(on);
+            self
+        }
+
+        /// The DSCP code point (0..=63) of every datagram sent.
+        pub fn dscp(mut self, dscp: u8) -> Self {
+            self.socket.dscp = Some(dscp);
+            self
+        }
+
+        /// Set the don't-fragment bit (see [`SocketOptions::dont_fragment`]).
+        pub fn dont_fragment(mut self, on: bool) -> Self {
+            self.socket.dont_fragment = on;
+            self
+        }
+
+        /// The largest datagram to send or accept (`Config::max_message_size`).
+        pub fn max_datagram_size(mut self, bytes: usize) -> Self {
+            self.config.max_message_size = bytes;
+            self
+        }
+
+        /// The random number generator for tokens, Message IDs and back-off jitter. By
+        /// default a ChaCha20 generator seeded from the operating system, so tokens are hard
+        /// to guess (RFC 7252 §5.3.1).
+        pub fn rng(mut self, rng: Box<dyn $crate::host::RngCore + Send>) -> Self {
+            self.rng = Some(rng);
+            self
+        }
+
+        /// How long a graceful shutdown lets exchanges under way (handlers, Confirmable
+        /// responses, requests in flight) finish. Default 10 s.
+        pub fn shutdown_grace(mut self, grace: ::core::time::Duration) -> Self {
+            self.grace = grace;
+            self
+        }
+    };
+}

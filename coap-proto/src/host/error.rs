@@ -188,6 +188,19 @@ impl From<RespondError> for Error {
     }
 }
 
+/// Whether a socket error says that a peer cannot be reached (an ICMP error surfacing on a
+/// send or a receive): the runtime crates then read the error queue, or report the peer
+/// unreachable to the engine.
+pub fn is_unreachable(e: &io::Error) -> bool {
+    matches!(
+        e.kind(),
+        io::ErrorKind::ConnectionRefused
+            | io::ErrorKind::ConnectionReset
+            | io::ErrorKind::HostUnreachable
+            | io::ErrorKind::NetworkUnreachable
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -223,5 +236,7 @@ mod tests {
         assert!(e.to_string().contains("taken"));
         assert!(core::error::Error::source(&e).is_some());
         assert!(core::error::Error::source(&Error::Timeout).is_none());
+        assert!(is_unreachable(&io::ErrorKind::ConnectionRefused.into()));
+        assert!(!is_unreachable(&io::ErrorKind::WouldBlock.into()));
     }
 }

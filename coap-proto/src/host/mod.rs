@@ -135,8 +135,9 @@ use tracing::{debug, trace, warn, Span};
 
 pub use bytes::Bytes;
 pub use client::{choose_address, destination, new_endpoint, parse_uri, Destination, RequestSpec};
-pub use error::Error;
+pub use error::{is_unreachable, Error};
 pub use incoming::{Deferred, Incoming, IntoReply, Reply};
+pub use rand_core::RngCore;
 pub use response::{IncomingResponse, Notification};
 pub use router::{
     Async, Blocking, Handler, HandlerFuture, HandlerOutput, HandlerStyle, Routed, Router,
