@@ -35,11 +35,9 @@ use std::time::Duration;
 use async_channel::{Receiver, Sender, TryRecvError};
 use async_executor::Executor;
 use async_io::{Async, Timer};
-use coap_proto::endpoint::Stats;
 use coap_proto::host::{self, is_unreachable, Delivery, Dispatch, Host, Incoming, Kind, Routed};
 use coap_proto::msg::Code;
-use coap_proto::uri::CoapUri;
-use coap_proto::{Endpoint, IncomingId, Request, RequestId, Response};
+use coap_proto::{Endpoint, IncomingId, Response};
 use futures_lite::{future, FutureExt, StreamExt};
 use tracing::{debug, trace, warn, Instrument, Span};
 
@@ -72,42 +70,21 @@ pub(crate) fn oneshot<T>() -> (Sender<T>, Receiver<T>) {
 /// A future that asks for a graceful shutdown when it resolves.
 pub(crate) type ShutdownSignal = Pin<Box<dyn Future<Output = ()> + Send>>;
 
-/// A request from a user handle.
-pub(crate) enum Command {
-    Request {
-        ticket: u64,
-        remote: SocketAddr,
-        request: Box<Request>,
-        uri: Arc<CoapUri>,
-        reply: Waiting,
-    },
-    CancelObservation {
-        ticket: u64,
-        reply: Sender<bool>,
-    },
-    Notify {
-        path: String,
-        representation: Option<Box<Response>>,
-        reply: Sender<usize>,
-    },
-    ObserverCount {
-        path: String,
-        reply: Sender<usize>,
-    },
-    Ping {
-        ticket: u64,
-        remote: SocketAddr,
-        reply: Sender<Result<(), Error>>,
-    },
-    Cancel {
-        id: RequestId,
-        reply: Sender<bool>,
-    },
-    PendingRequests(Sender<Vec<PendingRequest>>),
-    PendingIncoming(Sender<Vec<PendingIncoming>>),
-    Stats(Sender<Stats>),
-    Shutdown(Sender<()>),
+/// This crate's channels, as the host core sees them: [`Waiting`] for client exchanges,
+/// one-slot async-channel queues for answers.
+pub(crate) enum Chan {}
+
+impl host::Channels for Chan {
+    type Waiter = Waiting;
+    type Reply<T> = Sender<T>;
+
+    fn reply<T>(to: Sender<T>, value: T) {
+        let _ = to.try_send(value);
+    }
 }
+
+/// What handles send the driver, on either queue (see the module documentation).
+pub(crate) type Command = host::Command<Chan>;
 
 /// Who waits for a client exchange.
 pub(crate) enum Waiting {
@@ -160,20 +137,6 @@ impl host::Waiter for Waiting {
     }
 }
 
-/// Messages sent without waiting (see the module documentation).
-pub(crate) enum Internal {
-    /// The future or stream with this ticket was dropped before its exchange ended.
-    Cancel(u64),
-    /// The answer to an incoming request, from a handler task or a responder.
-    Respond {
-        id: IncomingId,
-        response: Box<Response>,
-        done: Option<Sender<Result<(), Error>>>,
-    },
-    /// A handler task or responder ended without answering.
-    Abandoned(IncomingId),
-}
-
 /// What the handles of one driver share: the socket (for options and groups, which need no
 /// engine) and the queues.
 #[derive(Debug)]
@@ -181,7 +144,7 @@ pub(crate) struct Shared {
     pub(crate) socket: Arc<Async<UdpSocket>>,
     pub(crate) local_addr: SocketAddr,
     pub(crate) commands: Sender<Command>,
-    pub(crate) internal: Sender<Internal>,
+    pub(crate) internal: Sender<Command>,
     pub(crate) next_ticket: AtomicU64,
 }
 
@@ -238,7 +201,7 @@ enum Wake {
     Readable(io::Result<()>),
     Writable(io::Result<()>),
     Command(Option<Command>),
-    Internal(Option<Internal>),
+    Internal(Option<Command>),
     Timer,
     Shutdown,
 }
@@ -248,15 +211,14 @@ pub(crate) struct Driver {
     socket: Arc<Async<UdpSocket>>,
     local_addr: SocketAddr,
     ep: Endpoint,
-    host: Host<Waiting>,
+    host: Host<Chan>,
     clock: Clock,
     commands: Pin<Box<Receiver<Command>>>,
     commands_open: bool,
-    internal_rx: Pin<Box<Receiver<Internal>>>,
-    internal_tx: Sender<Internal>,
+    internal_rx: Pin<Box<Receiver<Command>>>,
+    internal_tx: Sender<Command>,
     service: Option<Arc<Router>>,
     executor: Arc<Executor<'static>>,
-    shutdown_waiters: Vec<Sender<()>>,
     /// A client stops when its last handle is gone; a server only on shutdown.
     stop_when_orphaned: bool,
     /// The socket may hold datagrams: read before waiting.
@@ -302,7 +264,6 @@ impl Driver {
             internal_tx: int_tx,
             service: None,
             executor: Arc::new(Executor::new()),
-            shutdown_waiters: Vec::new(),
             stop_when_orphaned: parts.stop_when_orphaned,
             readable: true,
             pending_tx: None,
@@ -397,7 +358,7 @@ impl Driver {
                 }
                 // Internal messages before commands: a future dropped before its command was
                 // taken has its cancel seen first.
-                Wake::Internal(Some(msg)) => self.internal(now, msg),
+                Wake::Internal(Some(msg)) => self.command(now, msg),
                 // The driver holds a sender itself: this queue never closes.
                 Wake::Internal(None) => {}
                 Wake::Command(Some(cmd)) => {
@@ -437,18 +398,13 @@ impl Driver {
         // sender lives, so nothing else would drop it).
         self.commands.close();
         while let Ok(cmd) = self.commands.try_recv() {
-            if let Command::Request { reply, .. } = cmd {
-                host::Waiter::finish(reply, Err(Error::ShuttingDown));
-            }
+            Host::refuse(cmd);
         }
         // Likewise for answers: a responder waiting for its answer to be taken learns
         // that the server has stopped.
         self.internal_rx.close();
         while self.internal_rx.try_recv().is_ok() {}
         self.host.finish();
-        for tx in self.shutdown_waiters.drain(..) {
-            let _ = tx.try_send(());
-        }
     }
 
     // --- socket --------------------------------------------------------------------------
@@ -578,98 +534,15 @@ impl Driver {
     fn drain_internal(&mut self, now: coap_proto::Instant) {
         for _ in 0..BATCH {
             match self.internal_rx.try_recv() {
-                Ok(msg) => self.internal(now, msg),
+                Ok(msg) => self.command(now, msg),
                 Err(_) => break,
             }
         }
     }
 
+    /// Carries out a command or an internal message (see [`Host::command`]).
     fn command(&mut self, now: coap_proto::Instant, cmd: Command) {
-        match cmd {
-            Command::Request {
-                ticket,
-                remote,
-                request,
-                uri,
-                reply,
-            } => {
-                let started = self.host.request(
-                    &mut self.ep,
-                    now,
-                    Some(ticket),
-                    remote,
-                    *request,
-                    uri,
-                    reply,
-                );
-                if let Err(refused) = started {
-                    host::Waiter::finish(refused.waiter, Err(refused.error));
-                }
-            }
-            Command::Ping {
-                ticket,
-                remote,
-                reply,
-            } => {
-                let waiting = Waiting::Ping(reply);
-                let started = self
-                    .host
-                    .ping(&mut self.ep, now, Some(ticket), remote, waiting);
-                if let Err(refused) = started {
-                    host::Waiter::finish(refused.waiter, Err(refused.error));
-                }
-            }
-            Command::CancelObservation { ticket, reply } => {
-                let done = self
-                    .host
-                    .request_id(ticket)
-                    .is_some_and(|id| self.host.cancel_observation(&mut self.ep, now, id));
-                let _ = reply.try_send(done);
-            }
-            Command::Notify {
-                path,
-                representation,
-                reply,
-            } => {
-                let representation = representation.map(|r| *r);
-                let n = self.host.notify(&mut self.ep, now, &path, representation);
-                let _ = reply.try_send(n);
-            }
-            Command::ObserverCount { path, reply } => {
-                let _ = reply.try_send(self.ep.observer_count(&path));
-            }
-            Command::Cancel { id, reply } => {
-                let _ = reply.try_send(self.ep.cancel(now, id));
-            }
-            Command::PendingRequests(reply) => {
-                let _ = reply.try_send(self.host.pending_requests(&self.ep));
-            }
-            Command::PendingIncoming(reply) => {
-                let _ = reply.try_send(self.host.pending_incoming(&self.ep));
-            }
-            Command::Stats(reply) => {
-                let _ = reply.try_send(self.ep.stats());
-            }
-            Command::Shutdown(reply) => {
-                self.shutdown_waiters.push(reply);
-                self.host.shut_down(&mut self.ep, now);
-            }
-        }
-    }
-
-    fn internal(&mut self, now: coap_proto::Instant, msg: Internal) {
-        match msg {
-            Internal::Cancel(ticket) => {
-                self.host.cancel_ticket(&mut self.ep, now, ticket);
-            }
-            Internal::Respond { id, response, done } => {
-                let result = self.host.respond(&mut self.ep, now, id, *response);
-                if let Some(done) = done {
-                    let _ = done.try_send(result);
-                }
-            }
-            Internal::Abandoned(id) => self.host.abandon(&mut self.ep, now, id),
-        }
+        self.host.command(&mut self.ep, now, cmd);
     }
 
     /// Runs the engine's due timers and routes its events (see [`Host::drive`]).
@@ -688,7 +561,7 @@ impl Driver {
 /// has to wait becomes a task of the driver's executor. A plain client answers 4.04.
 struct Handlers<'a> {
     router: Option<&'a Router>,
-    internal: &'a Sender<Internal>,
+    internal: &'a Sender<Command>,
     executor: &'a Executor<'static>,
 }
 
@@ -755,7 +628,7 @@ impl host::Service for Handlers<'_> {
 /// (panic, or the driver stopping), reports the request abandoned so it is answered 5.00.
 struct AnswerGuard {
     id: IncomingId,
-    internal: Option<Sender<Internal>>,
+    internal: Option<Sender<Command>>,
 }
 
 impl AnswerGuard {
@@ -764,7 +637,7 @@ impl AnswerGuard {
             return;
         };
         if let Reply::Response(response) = reply {
-            let _ = internal.try_send(Internal::Respond {
+            let _ = internal.try_send(Command::Respond {
                 id: self.id,
                 response: Box::new(response),
                 done: None,
@@ -776,7 +649,7 @@ impl AnswerGuard {
 impl Drop for AnswerGuard {
     fn drop(&mut self) {
         if let Some(internal) = self.internal.take() {
-            let _ = internal.try_send(Internal::Abandoned(self.id));
+            let _ = internal.try_send(Command::Abandoned(self.id));
         }
     }
 }

@@ -8,7 +8,7 @@ use async_channel::Sender;
 use coap_proto::host::{Deferred, Incoming};
 use coap_proto::{IncomingId, Response};
 
-use crate::driver::{oneshot, Internal};
+use crate::driver::{oneshot, Command};
 use crate::Error;
 
 /// A request a [`Server`](crate::Server) received, handed to the handler of its route.
@@ -19,7 +19,7 @@ use crate::Error;
 /// [`with_etag`](Incoming::with_etag) and the rest.
 pub struct IncomingRequest {
     pub(crate) head: Incoming,
-    pub(crate) internal: Sender<Internal>,
+    pub(crate) internal: Sender<Command>,
 }
 
 impl Deref for IncomingRequest {
@@ -56,7 +56,7 @@ impl fmt::Debug for IncomingRequest {
 /// The right to answer one request, usable from any task (see [`IncomingRequest::defer`]).
 pub struct Responder {
     id: IncomingId,
-    internal: Option<Sender<Internal>>,
+    internal: Option<Sender<Command>>,
 }
 
 impl Responder {
@@ -74,7 +74,7 @@ impl Responder {
         let internal = self.internal.take().ok_or(Error::AlreadyAnswered)?;
         let (done, taken) = oneshot();
         internal
-            .try_send(Internal::Respond {
+            .try_send(Command::Respond {
                 id: self.id,
                 response: Box::new(response),
                 done: Some(done),
@@ -87,7 +87,7 @@ impl Responder {
 impl Drop for Responder {
     fn drop(&mut self) {
         if let Some(internal) = self.internal.take() {
-            let _ = internal.try_send(Internal::Abandoned(self.id));
+            let _ = internal.try_send(Command::Abandoned(self.id));
         }
     }
 }

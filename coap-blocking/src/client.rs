@@ -8,7 +8,7 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use coap_proto::endpoint::Stats;
-use coap_proto::host::{self, parse_uri, Destination, RequestSpec};
+use coap_proto::host::{self, parse_uri, Destination, ExchangeKey, RequestSpec};
 use coap_proto::msg::{Code, MessageType};
 use coap_proto::uri::CoapUri;
 use coap_proto::{Config, Endpoint, RequestId};
@@ -103,9 +103,11 @@ impl Client {
         let uri = parse_uri(uri)?;
         let remote = resolve(&self.shared, &uri)?;
         let start = Instant::now();
-        self.shared
-            .mailbox
-            .ask(|reply| Command::Ping { remote, reply })??;
+        self.shared.mailbox.ask(|reply| Command::Ping {
+            ticket: None,
+            remote,
+            waiter: Waiting::Ping(reply),
+        })??;
         Ok(start.elapsed())
     }
 
@@ -118,7 +120,7 @@ impl Client {
     /// if it had already ended.
     pub fn cancel(&self, id: RequestId) -> Result<bool, Error> {
         self.shared.mailbox.ask(|reply| Command::Cancel {
-            id,
+            exchange: ExchangeKey::Id(id),
             reply: Some(reply),
         })
     }
@@ -358,18 +360,19 @@ impl RequestBuilder {
     }
 
     /// Builds the request, hands it to the I/O thread and waits for its id.
-    fn begin(self, waiting: Waiting) -> Result<RequestId, Error> {
+    fn begin(self, waiter: Waiting) -> Result<RequestId, Error> {
         let uri = self.spec.parse_uri()?;
         let shared = &self.client.shared;
         let remote = resolve(shared, &uri)?;
         let request = self.spec.into_request(&uri, remote);
         let (started, id) = mpsc::channel();
         shared.mailbox.post(Command::Request {
+            ticket: None,
             remote,
             request: Box::new(request),
             uri: Arc::new(uri),
-            waiting,
-            started,
+            waiter,
+            started: Some(started),
         })?;
         id.recv().map_err(|_| Error::ShuttingDown)?
     }
@@ -438,7 +441,7 @@ impl ResponseHandle {
 
     fn cancel(&self) {
         let _ = self.client.shared.mailbox.post(Command::Cancel {
-            id: self.id,
+            exchange: ExchangeKey::Id(self.id),
             reply: None,
         });
     }
@@ -484,7 +487,7 @@ impl Drop for MulticastResponses {
     fn drop(&mut self) {
         if !self.ended {
             let _ = self.client.shared.mailbox.post(Command::Cancel {
-                id: self.id,
+                exchange: ExchangeKey::Id(self.id),
                 reply: None,
             });
         }
@@ -536,7 +539,10 @@ impl Observation {
         self.client
             .shared
             .mailbox
-            .ask(|reply| Command::CancelObservation { id, reply })
+            .ask(|reply| Command::CancelObservation {
+                exchange: ExchangeKey::Id(id),
+                reply,
+            })
     }
 }
 
@@ -554,7 +560,7 @@ impl Drop for Observation {
     fn drop(&mut self) {
         if !self.ended {
             let _ = self.client.shared.mailbox.post(Command::Cancel {
-                id: self.id,
+                exchange: ExchangeKey::Id(self.id),
                 reply: None,
             });
         }

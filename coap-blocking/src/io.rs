@@ -20,11 +20,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{mpsc, Arc, Weak};
 use std::time::Duration;
 
-use coap_proto::endpoint::Stats;
 use coap_proto::host::{self, is_unreachable, Delivery, Dispatch, Host, Incoming, Kind, Routed};
 use coap_proto::msg::Code;
-use coap_proto::uri::CoapUri;
-use coap_proto::{Endpoint, IncomingId, Request, RequestId, Response};
+use coap_proto::{Endpoint, IncomingId, Response};
 use rustix::event::{PollFd, PollFlags, Timespec};
 use tracing::{debug, trace, warn};
 
@@ -107,49 +105,21 @@ impl Drop for Shared {
     }
 }
 
-/// A command from a handle.
-pub(crate) enum Command {
-    Request {
-        remote: SocketAddr,
-        request: Box<Request>,
-        uri: Arc<CoapUri>,
-        waiting: Waiting,
-        started: mpsc::Sender<Result<RequestId, Error>>,
-    },
-    Ping {
-        remote: SocketAddr,
-        reply: mpsc::Sender<Result<(), Error>>,
-    },
-    Cancel {
-        id: RequestId,
-        reply: Option<mpsc::Sender<bool>>,
-    },
-    CancelObservation {
-        id: RequestId,
-        reply: mpsc::Sender<bool>,
-    },
-    Notify {
-        path: String,
-        representation: Option<Box<Response>>,
-        reply: mpsc::Sender<usize>,
-    },
-    ObserverCount {
-        path: String,
-        reply: mpsc::Sender<usize>,
-    },
-    PendingRequests(mpsc::Sender<Vec<PendingRequest>>),
-    PendingIncoming(mpsc::Sender<Vec<PendingIncoming>>),
-    Stats(mpsc::Sender<Stats>),
-    Shutdown(mpsc::Sender<()>),
-    /// An answer to an incoming request, from a handler or a responder.
-    Respond {
-        id: IncomingId,
-        response: Box<Response>,
-        done: Option<mpsc::Sender<Result<(), Error>>>,
-    },
-    /// A handler panicked, or a responder went away without answering: 5.00.
-    Abandoned(IncomingId),
+/// This crate's channels, as the host core sees them: [`Waiting`] for client exchanges,
+/// std channels for answers.
+pub(crate) enum Chan {}
+
+impl host::Channels for Chan {
+    type Waiter = Waiting;
+    type Reply<T> = mpsc::Sender<T>;
+
+    fn reply<T>(to: mpsc::Sender<T>, value: T) {
+        let _ = to.send(value);
+    }
 }
+
+/// What handles post to the thread.
+pub(crate) type Command = host::Command<Chan>;
 
 /// A callback that takes the outcome of a unicast request.
 pub(crate) type OnceCallback = Box<dyn FnOnce(Result<IncomingResponse, Error>) + Send>;
@@ -248,9 +218,8 @@ pub(crate) struct Driver {
     stop_when_orphaned: bool,
     ep: Endpoint,
     clock: Clock,
-    host: Host<Waiting>,
+    host: Host<Chan>,
     service: Option<Service>,
-    shutdown_waiters: Vec<mpsc::Sender<()>>,
     /// A datagram taken from the engine that the socket would not take yet.
     pending_tx: Option<(SocketAddr, usize)>,
     tx_buf: Vec<u8>,
@@ -305,7 +274,6 @@ impl Driver {
             },
             host: Host::new(local_addr, grace),
             service: None,
-            shutdown_waiters: Vec::new(),
             pending_tx: None,
             tx_buf: vec![0; max.max(1280)],
             // Any UDP datagram fits, so none arrives truncated.
@@ -420,9 +388,6 @@ impl Driver {
     /// Ends what is left: waiting requests fail with `ShuttingDown`, shutdown callers return.
     fn finish(&mut self) {
         self.host.finish();
-        for tx in self.shutdown_waiters.drain(..) {
-            let _ = tx.send(());
-        }
     }
 
     // ------------------------------------------------------------------------------------
@@ -529,72 +494,9 @@ impl Driver {
         }
     }
 
+    /// Carries out a command (see [`Host::command`]).
     fn command(&mut self, now: coap_proto::Instant, command: Command) {
-        match command {
-            Command::Request {
-                remote,
-                request,
-                uri,
-                waiting,
-                started,
-            } => {
-                // A refused request drops its waiter unused: the error goes back through
-                // `started` alone.
-                let result = self
-                    .host
-                    .request(&mut self.ep, now, None, remote, *request, uri, waiting)
-                    .map_err(|refused| refused.error);
-                let _ = started.send(result);
-            }
-            Command::Ping { remote, reply } => {
-                let started = self
-                    .host
-                    .ping(&mut self.ep, now, None, remote, Waiting::Ping(reply));
-                if let Err(refused) = started {
-                    host::Waiter::finish(refused.waiter, Err(refused.error));
-                }
-            }
-            Command::Cancel { id, reply } => {
-                let done = self.ep.cancel(now, id);
-                if let Some(reply) = reply {
-                    let _ = reply.send(done);
-                }
-            }
-            Command::CancelObservation { id, reply } => {
-                let _ = reply.send(self.host.cancel_observation(&mut self.ep, now, id));
-            }
-            Command::Notify {
-                path,
-                representation,
-                reply,
-            } => {
-                let representation = representation.map(|r| *r);
-                let _ = reply.send(self.host.notify(&mut self.ep, now, &path, representation));
-            }
-            Command::ObserverCount { path, reply } => {
-                let _ = reply.send(self.ep.observer_count(&path));
-            }
-            Command::PendingRequests(reply) => {
-                let _ = reply.send(self.host.pending_requests(&self.ep));
-            }
-            Command::PendingIncoming(reply) => {
-                let _ = reply.send(self.host.pending_incoming(&self.ep));
-            }
-            Command::Stats(reply) => {
-                let _ = reply.send(self.ep.stats());
-            }
-            Command::Shutdown(reply) => {
-                self.shutdown_waiters.push(reply);
-                self.host.shut_down(&mut self.ep, now);
-            }
-            Command::Respond { id, response, done } => {
-                let result = self.host.respond(&mut self.ep, now, id, *response);
-                if let Some(done) = done {
-                    let _ = done.send(result);
-                }
-            }
-            Command::Abandoned(id) => self.host.abandon(&mut self.ep, now, id),
-        }
+        self.host.command(&mut self.ep, now, command);
     }
 
     /// Runs the engine's due timers and routes its events (see [`Host::drive`]).

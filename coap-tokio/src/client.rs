@@ -9,7 +9,7 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use coap_proto::endpoint::Stats;
-use coap_proto::host::{self, parse_uri, Destination, RequestSpec};
+use coap_proto::host::{self, parse_uri, Destination, ExchangeKey, RequestSpec};
 use coap_proto::msg::{Code, MessageType};
 use coap_proto::uri::CoapUri;
 use coap_proto::{Config, Endpoint, RequestId};
@@ -18,7 +18,7 @@ use tokio::net::ToSocketAddrs;
 use tokio::sync::{mpsc, oneshot};
 
 use crate::driver::{
-    Command, Driver, DriverParts, Internal, PendingRequest, Shared, Waiting, MULTICAST_CAPACITY,
+    Command, Driver, DriverParts, PendingRequest, Shared, Waiting, MULTICAST_CAPACITY,
     OBSERVE_CAPACITY,
 };
 use crate::socket::{self, SocketOptions};
@@ -107,9 +107,9 @@ impl Client {
         let (tx, mut reply) = OnceReply::new(ticket, &self.shared);
         let start = tokio::time::Instant::now();
         let ping = Command::Ping {
-            ticket,
+            ticket: Some(ticket),
             remote,
-            reply: tx,
+            waiter: Waiting::Ping(tx),
         };
         self.shared.command(ping).await?;
         reply.recv().await?.map(|()| start.elapsed())
@@ -123,7 +123,13 @@ impl Client {
     /// Cancels a request by id (from [`pending_requests`](Client::pending_requests)): its
     /// future fails with [`Error::Cancelled`]. Returns false if it had already ended.
     pub async fn cancel(&self, id: RequestId) -> Result<bool, Error> {
-        self.shared.ask(|reply| Command::Cancel { id, reply }).await
+        let exchange = ExchangeKey::Id(id);
+        self.shared
+            .ask(|reply| Command::Cancel {
+                exchange,
+                reply: Some(reply),
+            })
+            .await
     }
 
     /// The engine's counters (datagrams, retransmissions, duplicates, ...).
@@ -450,7 +456,10 @@ impl Observation {
     pub async fn cancel(&mut self) -> Result<bool, Error> {
         let ticket = self.ticket;
         self.shared
-            .ask(|reply| Command::CancelObservation { ticket, reply })
+            .ask(|reply| Command::CancelObservation {
+                exchange: ExchangeKey::Ticket(ticket),
+                reply,
+            })
             .await
     }
 
@@ -530,7 +539,7 @@ impl<T> Drop for OnceReply<T> {
 /// that has started it receives the cancel.
 pub(crate) struct CancelGuard {
     ticket: u64,
-    internal: Option<mpsc::UnboundedSender<Internal>>,
+    internal: Option<mpsc::UnboundedSender<Command>>,
 }
 
 impl CancelGuard {
@@ -550,28 +559,32 @@ impl CancelGuard {
 impl Drop for CancelGuard {
     fn drop(&mut self) {
         if let Some(internal) = self.internal.take() {
-            let _ = internal.send(Internal::Cancel(self.ticket));
+            let _ = internal.send(Command::Cancel {
+                exchange: ExchangeKey::Ticket(self.ticket),
+                reply: None,
+            });
         }
     }
 }
 
-/// Resolves the URI of `spec`, builds the request and hands it to the driver, with `reply`
+/// Resolves the URI of `spec`, builds the request and hands it to the driver, with `waiter`
 /// waiting for its outcome.
 async fn submit(
     shared: &Shared,
     ticket: u64,
     spec: RequestSpec,
-    reply: Waiting,
+    waiter: Waiting,
 ) -> Result<(), Error> {
     let uri = spec.parse_uri()?;
     let remote = resolve(shared, &uri).await?;
     let request = spec.into_request(&uri, remote);
     let command = Command::Request {
-        ticket,
+        ticket: Some(ticket),
         remote,
         request: Box::new(request),
         uri: Arc::new(uri),
-        reply,
+        waiter,
+        started: None,
     };
     shared.command(command).await
 }

@@ -25,11 +25,9 @@ use std::sync::Arc;
 use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
-use coap_proto::endpoint::Stats;
 use coap_proto::host::{self, is_unreachable, Delivery, Dispatch, Host, Incoming, Kind, Routed};
 use coap_proto::msg::Code;
-use coap_proto::uri::CoapUri;
-use coap_proto::{Endpoint, IncomingId, Request, RequestId, Response};
+use coap_proto::{Endpoint, IncomingId, Response};
 use tokio::io::Interest;
 use tokio::net::UdpSocket;
 use tokio::sync::{mpsc, oneshot};
@@ -56,42 +54,21 @@ pub(crate) const MULTICAST_CAPACITY: usize = 256;
 /// the observer does not read (only the latest state matters, RFC 7641 §1.3).
 pub(crate) const OBSERVE_CAPACITY: usize = 64;
 
-/// A command from a user handle.
-pub(crate) enum Command {
-    Request {
-        ticket: u64,
-        remote: SocketAddr,
-        request: Box<Request>,
-        uri: Arc<CoapUri>,
-        reply: Waiting,
-    },
-    CancelObservation {
-        ticket: u64,
-        reply: oneshot::Sender<bool>,
-    },
-    Notify {
-        path: String,
-        representation: Option<Box<Response>>,
-        reply: oneshot::Sender<usize>,
-    },
-    ObserverCount {
-        path: String,
-        reply: oneshot::Sender<usize>,
-    },
-    Ping {
-        ticket: u64,
-        remote: SocketAddr,
-        reply: oneshot::Sender<Result<(), Error>>,
-    },
-    Cancel {
-        id: RequestId,
-        reply: oneshot::Sender<bool>,
-    },
-    PendingRequests(oneshot::Sender<Vec<PendingRequest>>),
-    PendingIncoming(oneshot::Sender<Vec<PendingIncoming>>),
-    Stats(oneshot::Sender<Stats>),
-    Shutdown(oneshot::Sender<()>),
+/// This crate's channels, as the host core sees them: [`Waiting`] for client exchanges,
+/// oneshot channels for answers.
+pub(crate) enum Chan {}
+
+impl host::Channels for Chan {
+    type Waiter = Waiting;
+    type Reply<T> = oneshot::Sender<T>;
+
+    fn reply<T>(to: oneshot::Sender<T>, value: T) {
+        let _ = to.send(value);
+    }
 }
+
+/// What handles send the driver, on either channel (see the module documentation).
+pub(crate) type Command = host::Command<Chan>;
 
 /// Who waits for the outcome of a client exchange.
 pub(crate) enum Waiting {
@@ -146,20 +123,6 @@ impl host::Waiter for Waiting {
     }
 }
 
-/// Messages that must be sendable without waiting (see the module documentation).
-pub(crate) enum Internal {
-    /// The future or stream with this ticket was dropped before its exchange ended.
-    Cancel(u64),
-    /// An answer to an incoming request, from a handler task or a responder.
-    Respond {
-        id: IncomingId,
-        response: Box<Response>,
-        done: Option<oneshot::Sender<Result<(), Error>>>,
-    },
-    /// A handler task or responder went away without answering.
-    Abandoned(IncomingId),
-}
-
 /// The part of a driver that handles share: the socket (for options and multicast groups,
 /// which need no engine) and the channels.
 #[derive(Debug)]
@@ -167,7 +130,7 @@ pub(crate) struct Shared {
     pub(crate) socket: Arc<UdpSocket>,
     pub(crate) local_addr: SocketAddr,
     pub(crate) commands: mpsc::Sender<Command>,
-    pub(crate) internal: mpsc::UnboundedSender<Internal>,
+    pub(crate) internal: mpsc::UnboundedSender<Command>,
     pub(crate) next_ticket: AtomicU64,
 }
 
@@ -226,14 +189,13 @@ pub(crate) struct Driver {
     socket: Arc<UdpSocket>,
     local_addr: SocketAddr,
     ep: Endpoint,
-    host: Host<Waiting>,
+    host: Host<Chan>,
     clock: Clock,
     commands: mpsc::Receiver<Command>,
     commands_open: bool,
-    internal_rx: mpsc::UnboundedReceiver<Internal>,
-    internal_tx: mpsc::UnboundedSender<Internal>,
+    internal_rx: mpsc::UnboundedReceiver<Command>,
+    internal_tx: mpsc::UnboundedSender<Command>,
     service: Option<Arc<Router>>,
-    shutdown_waiters: Vec<oneshot::Sender<()>>,
     /// Stop when every handle is gone (a client) or only on shutdown (a server).
     stop_when_orphaned: bool,
     /// A datagram taken from the engine that the socket would not take yet.
@@ -277,7 +239,6 @@ impl Driver {
             internal_rx: int_rx,
             internal_tx: int_tx,
             service: parts.service,
-            shutdown_waiters: Vec::new(),
             stop_when_orphaned: parts.stop_when_orphaned,
             pending_tx: None,
             tx_buf: vec![0; max_message_size.max(1280)],
@@ -362,7 +323,7 @@ impl Driver {
                         }
                     }
                     Wake::Internal(Some(msg)) => {
-                        self.internal(now, msg);
+                        self.command(now, msg);
                         busy |= self.drain_internal(now);
                     }
                     // The driver holds a sender itself, so this channel never closes.
@@ -395,9 +356,6 @@ impl Driver {
     /// Ends what is left once the loop stops: waiting requests fail with `ShuttingDown`.
     fn finish(&mut self) {
         self.host.finish();
-        for tx in self.shutdown_waiters.drain(..) {
-            let _ = tx.send(());
-        }
     }
 
     // ----------------------------------------------------------------------------------------
@@ -548,98 +506,16 @@ impl Driver {
     fn drain_internal(&mut self, now: coap_proto::Instant) -> bool {
         for _ in 0..BATCH {
             match self.internal_rx.try_recv() {
-                Ok(msg) => self.internal(now, msg),
+                Ok(msg) => self.command(now, msg),
                 Err(_) => return false,
             }
         }
         true
     }
 
+    /// Carries out a command or an internal message (see [`Host::command`]).
     fn command(&mut self, now: coap_proto::Instant, cmd: Command) {
-        match cmd {
-            Command::Request {
-                ticket,
-                remote,
-                request,
-                uri,
-                reply,
-            } => {
-                let started = self.host.request(
-                    &mut self.ep,
-                    now,
-                    Some(ticket),
-                    remote,
-                    *request,
-                    uri,
-                    reply,
-                );
-                if let Err(refused) = started {
-                    host::Waiter::finish(refused.waiter, Err(refused.error));
-                }
-            }
-            Command::Ping {
-                ticket,
-                remote,
-                reply,
-            } => {
-                let waiting = Waiting::Ping(reply);
-                let started = self
-                    .host
-                    .ping(&mut self.ep, now, Some(ticket), remote, waiting);
-                if let Err(refused) = started {
-                    host::Waiter::finish(refused.waiter, Err(refused.error));
-                }
-            }
-            Command::CancelObservation { ticket, reply } => {
-                let done = self
-                    .host
-                    .request_id(ticket)
-                    .is_some_and(|id| self.host.cancel_observation(&mut self.ep, now, id));
-                let _ = reply.send(done);
-            }
-            Command::Notify {
-                path,
-                representation,
-                reply,
-            } => {
-                let representation = representation.map(|r| *r);
-                let _ = reply.send(self.host.notify(&mut self.ep, now, &path, representation));
-            }
-            Command::ObserverCount { path, reply } => {
-                let _ = reply.send(self.ep.observer_count(&path));
-            }
-            Command::Cancel { id, reply } => {
-                let _ = reply.send(self.ep.cancel(now, id));
-            }
-            Command::PendingRequests(reply) => {
-                let _ = reply.send(self.host.pending_requests(&self.ep));
-            }
-            Command::PendingIncoming(reply) => {
-                let _ = reply.send(self.host.pending_incoming(&self.ep));
-            }
-            Command::Stats(reply) => {
-                let _ = reply.send(self.ep.stats());
-            }
-            Command::Shutdown(reply) => {
-                self.shutdown_waiters.push(reply);
-                self.host.shut_down(&mut self.ep, now);
-            }
-        }
-    }
-
-    fn internal(&mut self, now: coap_proto::Instant, msg: Internal) {
-        match msg {
-            Internal::Cancel(ticket) => {
-                self.host.cancel_ticket(&mut self.ep, now, ticket);
-            }
-            Internal::Respond { id, response, done } => {
-                let result = self.host.respond(&mut self.ep, now, id, *response);
-                if let Some(done) = done {
-                    let _ = done.send(result);
-                }
-            }
-            Internal::Abandoned(id) => self.host.abandon(&mut self.ep, now, id),
-        }
+        self.host.command(&mut self.ep, now, cmd);
     }
 
     /// Runs the engine's due timers and routes its events (see [`Host::drive`]).
@@ -657,7 +533,7 @@ impl Driver {
 /// ACK; only a handler that has to wait is spawned. A plain client answers 4.04.
 struct Handlers<'a> {
     router: Option<&'a Router>,
-    internal: &'a mpsc::UnboundedSender<Internal>,
+    internal: &'a mpsc::UnboundedSender<Command>,
 }
 
 impl host::Service for Handlers<'_> {
@@ -716,7 +592,7 @@ impl host::Service for Handlers<'_> {
 /// one (it panicked or was aborted), reports the request abandoned so it is answered 5.00.
 struct AnswerGuard {
     id: IncomingId,
-    internal: Option<mpsc::UnboundedSender<Internal>>,
+    internal: Option<mpsc::UnboundedSender<Command>>,
 }
 
 impl AnswerGuard {
@@ -725,7 +601,7 @@ impl AnswerGuard {
             return;
         };
         if let Reply::Response(response) = reply {
-            let _ = internal.send(Internal::Respond {
+            let _ = internal.send(Command::Respond {
                 id: self.id,
                 response: Box::new(response),
                 done: None,
@@ -737,7 +613,7 @@ impl AnswerGuard {
 impl Drop for AnswerGuard {
     fn drop(&mut self) {
         if let Some(internal) = self.internal.take() {
-            let _ = internal.send(Internal::Abandoned(self.id));
+            let _ = internal.send(Command::Abandoned(self.id));
         }
     }
 }
@@ -745,7 +621,7 @@ impl Drop for AnswerGuard {
 enum Wake {
     Socket(io::Result<tokio::io::Ready>),
     Command(Option<Command>),
-    Internal(Option<Internal>),
+    Internal(Option<Command>),
     Timer,
     Shutdown,
 }

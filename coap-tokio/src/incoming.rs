@@ -8,7 +8,7 @@ use coap_proto::host::{Deferred, Incoming};
 use coap_proto::{IncomingId, Response};
 use tokio::sync::{mpsc, oneshot};
 
-use crate::driver::Internal;
+use crate::driver::Command;
 use crate::Error;
 
 /// A request received by a [`Server`](crate::Server), handed to the handler of its route.
@@ -19,7 +19,7 @@ use crate::Error;
 /// [`with_etag`](Incoming::with_etag) and the rest.
 pub struct IncomingRequest {
     pub(crate) head: Incoming,
-    pub(crate) internal: mpsc::UnboundedSender<Internal>,
+    pub(crate) internal: mpsc::UnboundedSender<Command>,
 }
 
 impl Deref for IncomingRequest {
@@ -56,7 +56,7 @@ impl fmt::Debug for IncomingRequest {
 /// Answers one request later, from any task (see [`IncomingRequest::defer`]).
 pub struct Responder {
     id: IncomingId,
-    internal: Option<mpsc::UnboundedSender<Internal>>,
+    internal: Option<mpsc::UnboundedSender<Command>>,
 }
 
 impl Responder {
@@ -77,7 +77,7 @@ impl Responder {
         };
         let (tx, rx) = oneshot::channel();
         internal
-            .send(Internal::Respond {
+            .send(Command::Respond {
                 id: self.id,
                 response: Box::new(response),
                 done: Some(tx),
@@ -90,7 +90,7 @@ impl Responder {
 impl Drop for Responder {
     fn drop(&mut self) {
         if let Some(internal) = self.internal.take() {
-            let _ = internal.send(Internal::Abandoned(self.id));
+            let _ = internal.send(Command::Abandoned(self.id));
         }
     }
 }

@@ -2,9 +2,11 @@
 //! `coap-async-std` and `coap-blocking` share, written once.
 //!
 //! A runtime crate owns a socket, an [`Endpoint`] and the channels its user handles talk
-//! through. Everything else a driver does is here, in a [`Host`] that sits next to the
-//! engine and is handed the engine with every call:
+//! through (described to the core by a [`Channels`] type). Everything else a driver does is
+//! here, in a [`Host`] that sits next to the engine and is handed the engine with every call:
 //!
+//! * **Commands.** What the handles ask for travels to the driver as a [`Command`];
+//!   [`Host::command`] carries it out and answers it.
 //! * **Client exchanges.** [`Host::request`] and [`Host::ping`] start an exchange and keep its
 //!   [`Waiter`] (the adapter's oneshot or channel sender) by [`RequestId`], and by ticket when
 //!   the handle that waits names it before the id exists. [`Host::drive`] routes what the
@@ -44,7 +46,7 @@
 //! use std::time::Duration;
 //!
 //! use coap_proto::host::{
-//!     parse_uri, Delivery, Dispatch, Error, Host, Incoming, Kind, Service, Waiter,
+//!     parse_uri, Channels, Delivery, Dispatch, Error, Host, Incoming, Kind, Service, Waiter,
 //! };
 //! use coap_proto::{Config, Endpoint, Instant, Request, Response};
 //!
@@ -66,6 +68,15 @@
 //!     }
 //! }
 //!
+//! /// The channels of this example: a slot for the outcome, replies dropped.
+//! struct Local;
+//!
+//! impl Channels for Local {
+//!     type Waiter = Slot;
+//!     type Reply<T> = ();
+//!     fn reply<T>(_to: (), _value: T) {}
+//! }
+//!
 //! /// Answers every request at once.
 //! struct Hello;
 //!
@@ -81,8 +92,8 @@
 //! let server_addr: SocketAddr = "127.0.0.1:5683".parse().unwrap();
 //! let mut client_ep = Endpoint::new(Config::default(), 1)?;
 //! let mut server_ep = Endpoint::new(Config::default(), 2)?;
-//! let mut client: Host<Slot> = Host::new(client_addr, Duration::from_secs(1));
-//! let mut server: Host<Slot> = Host::new(server_addr, Duration::from_secs(1));
+//! let mut client: Host<Local> = Host::new(client_addr, Duration::from_secs(1));
+//! let mut server: Host<Local> = Host::new(server_addr, Duration::from_secs(1));
 //!
 //! let now = Instant::ZERO;
 //! let uri = parse_uri("coap://127.0.0.1/x")?;
@@ -121,6 +132,7 @@ mod routes;
 #[cfg(test)]
 mod tests;
 
+use alloc::boxed::Box;
 use alloc::format;
 use alloc::string::String;
 use alloc::sync::Arc;
@@ -145,7 +157,7 @@ pub use router::{
 pub use routes::{ObserveHooks, Route, Routes};
 
 use crate::addr::unmapped;
-use crate::endpoint::{Event, Failure, RespondError};
+use crate::endpoint::{Event, Failure, RespondError, Stats};
 use crate::msg::{Code, Message, Token};
 use crate::uri::CoapUri;
 use crate::{Endpoint, IncomingId, Instant, Request, RequestId, Response};
@@ -193,6 +205,108 @@ pub trait Waiter {
 
     /// Ends the wait with the exchange's last item or its error.
     fn finish(self, outcome: Result<Delivery, Error>);
+}
+
+/// The channels of a runtime crate, as its [`Host`] uses them: the waiter type of client
+/// exchanges, and the one-answer channel commands are answered through.
+pub trait Channels {
+    /// Who waits for a client exchange.
+    type Waiter: Waiter;
+
+    /// The sending half of a one-answer channel for a `T`.
+    type Reply<T>;
+
+    /// Answers through `to`, without waiting; a receiver that is gone is ignored.
+    fn reply<T>(to: Self::Reply<T>, value: T);
+}
+
+/// How a command names a client exchange.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ExchangeKey {
+    /// By the ticket its handle gave it before it had an id (see [`Host::request`]).
+    Ticket(u64),
+    /// By the engine's id.
+    Id(RequestId),
+}
+
+/// What a runtime crate's handles ask of its driver, which passes it to
+/// [`Host::command`]. Each bounded by what the engine bounds: a request, a ping and an answer
+/// belong to one exchange each.
+pub enum Command<C: Channels> {
+    /// Start a request (an observation or a multicast request, after the waiter's
+    /// [`Kind`]).
+    Request {
+        /// The name the handle gave it, to cancel it by before it has an id.
+        ticket: Option<u64>,
+        /// Where it goes, in the socket's address form.
+        remote: SocketAddr,
+        /// The request.
+        request: Box<Request>,
+        /// Its URI, for responses and introspection.
+        uri: Arc<CoapUri>,
+        /// Who waits for the outcome.
+        waiter: C::Waiter,
+        /// Who waits for the id (or for the error, which then does not reach the waiter).
+        started: Option<C::Reply<Result<RequestId, Error>>>,
+    },
+    /// Ping a peer (RFC 7252 §4.3).
+    Ping {
+        /// As for a request.
+        ticket: Option<u64>,
+        /// The peer, in the socket's address form.
+        remote: SocketAddr,
+        /// Who waits for the pong.
+        waiter: C::Waiter,
+    },
+    /// Cancel a client exchange; answers whether it was still running.
+    Cancel {
+        /// Which one.
+        exchange: ExchangeKey,
+        /// Who wants to know (nobody, for a handle that was dropped).
+        reply: Option<C::Reply<bool>>,
+    },
+    /// End an observation actively (see [`Host::cancel_observation`]).
+    CancelObservation {
+        /// Which one.
+        exchange: ExchangeKey,
+        /// Whether it was still running.
+        reply: C::Reply<bool>,
+    },
+    /// An observable resource changed (see [`Host::notify`]).
+    Notify {
+        /// Its path.
+        path: String,
+        /// The new representation, or `None` to have it rendered.
+        representation: Option<Box<Response>>,
+        /// How many observers (or variants) it concerns.
+        reply: C::Reply<usize>,
+    },
+    /// How many observers a resource has.
+    ObserverCount {
+        /// Its path.
+        path: String,
+        /// The count.
+        reply: C::Reply<usize>,
+    },
+    /// The client exchanges under way.
+    PendingRequests(C::Reply<Vec<PendingRequest>>),
+    /// The incoming requests not answered yet.
+    PendingIncoming(C::Reply<Vec<PendingIncoming>>),
+    /// The engine's counters.
+    Stats(C::Reply<Stats>),
+    /// Shut down gracefully; answered once the driver has stopped.
+    Shutdown(C::Reply<()>),
+    /// The answer to an incoming request, from a handler or a responder.
+    Respond {
+        /// The request.
+        id: IncomingId,
+        /// The answer.
+        response: Box<Response>,
+        /// Who waits for the engine to take it.
+        done: Option<C::Reply<Result<(), Error>>>,
+    },
+    /// The handler or responder of an incoming request went away without answering.
+    Abandoned(IncomingId),
 }
 
 /// A client exchange the engine did not start, with the waiter that was to wait for it.
@@ -270,7 +384,7 @@ pub struct PendingIncoming {
 }
 
 /// One client exchange and who waits for it.
-struct Exchange<W> {
+struct Entry<W> {
     ticket: Option<u64>,
     waiter: W,
     target: Target,
@@ -301,21 +415,22 @@ enum Phase {
     Closing(Instant),
 }
 
-/// The bookkeeping of a driver around one [`Endpoint`], generic over the waiter type `W`
-/// (see the [module documentation](self)).
+/// The bookkeeping of a driver around one [`Endpoint`], generic over the runtime crate's
+/// [`Channels`] (see the [module documentation](self)).
 ///
 /// Every call that touches the engine takes it as an argument, so the driver keeps the
 /// endpoint in its own hands for the socket I/O; always pass the same one.
-pub struct Host<W> {
+pub struct Host<C: Channels> {
     local_addr: SocketAddr,
     grace: Duration,
     phase: Phase,
-    exchanges: HashMap<RequestId, Exchange<W>>,
+    exchanges: HashMap<RequestId, Entry<C::Waiter>>,
     tickets: HashMap<u64, RequestId>,
     incoming: HashMap<IncomingId, Unanswered>,
+    shutdown_waiters: Vec<C::Reply<()>>,
 }
 
-impl<W> core::fmt::Debug for Host<W> {
+impl<C: Channels> core::fmt::Debug for Host<C> {
     fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
         f.debug_struct("Host")
             .field("local_addr", &self.local_addr)
@@ -326,10 +441,10 @@ impl<W> core::fmt::Debug for Host<W> {
     }
 }
 
-impl<W: Waiter> Host<W> {
+impl<C: Channels> Host<C> {
     /// A host for an endpoint on a socket bound to `local_addr` (the peer notification
     /// renderings show), which a shutdown gives `grace` to finish what is under way.
-    pub fn new(local_addr: SocketAddr, grace: Duration) -> Host<W> {
+    pub fn new(local_addr: SocketAddr, grace: Duration) -> Host<C> {
         Host {
             local_addr,
             grace,
@@ -337,6 +452,100 @@ impl<W: Waiter> Host<W> {
             exchanges: HashMap::new(),
             tickets: HashMap::new(),
             incoming: HashMap::new(),
+            shutdown_waiters: Vec::new(),
+        }
+    }
+
+    // ----------------------------------------------------------------------------------------
+    // Commands
+    // ----------------------------------------------------------------------------------------
+
+    /// Carries out what a handle asked (see [`Command`]) and answers it through its channel.
+    pub fn command(&mut self, ep: &mut Endpoint, now: Instant, command: Command<C>) {
+        match command {
+            Command::Request {
+                ticket,
+                remote,
+                request,
+                uri,
+                waiter,
+                started,
+            } => match self.request(ep, now, ticket, remote, *request, uri, waiter) {
+                Ok(id) => {
+                    if let Some(started) = started {
+                        C::reply(started, Ok(id));
+                    }
+                }
+                // Whoever waits for the start learns why; else the waiter does.
+                Err(refused) => match started {
+                    Some(started) => C::reply(started, Err(refused.error)),
+                    None => refused.waiter.finish(Err(refused.error)),
+                },
+            },
+            Command::Ping {
+                ticket,
+                remote,
+                waiter,
+            } => {
+                if let Err(refused) = self.ping(ep, now, ticket, remote, waiter) {
+                    refused.waiter.finish(Err(refused.error));
+                }
+            }
+            Command::Cancel { exchange, reply } => {
+                let done = match exchange {
+                    ExchangeKey::Ticket(ticket) => self.cancel_ticket(ep, now, ticket),
+                    ExchangeKey::Id(id) => ep.cancel(now, id),
+                };
+                if let Some(reply) = reply {
+                    C::reply(reply, done);
+                }
+            }
+            Command::CancelObservation { exchange, reply } => {
+                let id = match exchange {
+                    ExchangeKey::Ticket(ticket) => self.request_id(ticket),
+                    ExchangeKey::Id(id) => Some(id),
+                };
+                let done = id.is_some_and(|id| self.cancel_observation(ep, now, id));
+                C::reply(reply, done);
+            }
+            Command::Notify {
+                path,
+                representation,
+                reply,
+            } => {
+                let n = self.notify(ep, now, &path, representation.map(|r| *r));
+                C::reply(reply, n);
+            }
+            Command::ObserverCount { path, reply } => C::reply(reply, ep.observer_count(&path)),
+            Command::PendingRequests(reply) => C::reply(reply, self.pending_requests(ep)),
+            Command::PendingIncoming(reply) => C::reply(reply, self.pending_incoming(ep)),
+            Command::Stats(reply) => C::reply(reply, ep.stats()),
+            Command::Shutdown(reply) => {
+                self.shutdown_waiters.push(reply);
+                self.shut_down(ep, now);
+            }
+            Command::Respond { id, response, done } => {
+                let result = self.respond(ep, now, id, *response);
+                if let Some(done) = done {
+                    C::reply(done, result);
+                }
+            }
+            Command::Abandoned(id) => self.abandon(ep, now, id),
+        }
+    }
+
+    /// Answers a command that came after the driver stopped: a request's waiter (or whoever
+    /// waits for its start) gets [`Error::ShuttingDown`]; anything else is dropped, and with
+    /// it its reply channel, which tells the asker the same.
+    pub fn refuse(command: Command<C>) {
+        if let Command::Request {
+            waiter, started, ..
+        } = command
+        {
+            match started {
+                Some(started) => C::reply(started, Err(Error::ShuttingDown)),
+                None => waiter.finish(Err(Error::ShuttingDown)),
+            }
         }
     }
 
@@ -362,8 +571,8 @@ impl<W: Waiter> Host<W> {
         remote: SocketAddr,
         request: Request,
         uri: Arc<CoapUri>,
-        waiter: W,
-    ) -> Result<RequestId, Refused<W>> {
+        waiter: C::Waiter,
+    ) -> Result<RequestId, Refused<C::Waiter>> {
         if waiter.is_closed() {
             // Its handle was dropped before the driver got here.
             return Err(Refused {
@@ -411,8 +620,8 @@ impl<W: Waiter> Host<W> {
         now: Instant,
         ticket: Option<u64>,
         remote: SocketAddr,
-        waiter: W,
-    ) -> Result<RequestId, Refused<W>> {
+        waiter: C::Waiter,
+    ) -> Result<RequestId, Refused<C::Waiter>> {
         if waiter.is_closed() {
             return Err(Refused {
                 error: Error::Cancelled,
@@ -437,14 +646,14 @@ impl<W: Waiter> Host<W> {
         &mut self,
         id: RequestId,
         ticket: Option<u64>,
-        waiter: W,
+        waiter: C::Waiter,
         target: Target,
         span: Span,
     ) {
         if let Some(ticket) = ticket {
             self.tickets.insert(ticket, id);
         }
-        let exchange = Exchange {
+        let exchange = Entry {
             ticket,
             waiter,
             target,
@@ -453,7 +662,7 @@ impl<W: Waiter> Host<W> {
         self.exchanges.insert(id, exchange);
     }
 
-    fn take(&mut self, id: RequestId) -> Option<Exchange<W>> {
+    fn take(&mut self, id: RequestId) -> Option<Entry<C::Waiter>> {
         let exchange = self.exchanges.remove(&id)?;
         if let Some(ticket) = exchange.ticket {
             self.tickets.remove(&ticket);
@@ -841,10 +1050,14 @@ impl<W: Waiter> Host<W> {
         }
     }
 
-    /// Ends what is left once the driver stops: every waiter gets [`Error::ShuttingDown`].
+    /// Ends what is left once the driver stops: every waiter gets [`Error::ShuttingDown`],
+    /// and whoever asked for the shutdown learns that it is done.
     pub fn finish(&mut self) {
         for (_, exchange) in self.exchanges.drain() {
             exchange.waiter.finish(Err(Error::ShuttingDown));
+        }
+        for reply in self.shutdown_waiters.drain(..) {
+            C::reply(reply, ());
         }
         self.tickets.clear();
         if !self.incoming.is_empty() {

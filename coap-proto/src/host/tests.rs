@@ -73,6 +73,22 @@ impl Waiter for TestWaiter {
     }
 }
 
+/// The channels of the tests: the recording waiter, and replies into shared cells.
+struct TestChannels;
+
+impl Channels for TestChannels {
+    type Waiter = TestWaiter;
+    type Reply<T> = Rc<RefCell<Option<T>>>;
+
+    fn reply<T>(to: Self::Reply<T>, value: T) {
+        *to.borrow_mut() = Some(value);
+    }
+}
+
+fn reply_cell<T>() -> Rc<RefCell<Option<T>>> {
+    Rc::new(RefCell::new(None))
+}
+
 /// What a test server does with a request.
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Behaviour {
@@ -133,7 +149,7 @@ impl Service for TestService {
 struct Node {
     addr: SocketAddr,
     ep: Endpoint,
-    host: Host<TestWaiter>,
+    host: Host<TestChannels>,
     service: TestService,
 }
 
@@ -605,6 +621,208 @@ fn shutdown_ends_what_waits() {
         Some(Err(Error::ShuttingDown))
     ));
     assert_eq!(c.host.request_id(1), None);
+}
+
+#[test]
+fn commands_are_carried_out_and_answered() {
+    let mut net = Net::new(&[Behaviour::Defer]);
+    let now = net.now;
+    let uri = Arc::new(parse_uri("coap://127.0.0.1/c").unwrap());
+    let request = |code| Box::new(Request::new(code).with_path("/c"));
+
+    // Started with an id for whoever waits for the start.
+    let started = reply_cell();
+    let (waiter, seen) = TestWaiter::new(Kind::Once);
+    let c = net.client();
+    c.host.command(
+        &mut c.ep,
+        now,
+        Command::Request {
+            ticket: Some(1),
+            remote: addr(SERVER),
+            request: request(Code::GET),
+            uri: Arc::clone(&uri),
+            waiter,
+            started: Some(Rc::clone(&started)),
+        },
+    );
+    let id = started.borrow_mut().take().unwrap().unwrap();
+    assert_eq!(c.host.request_id(1), Some(id));
+
+    // Refused: the error goes to whoever waits for the start, else to the waiter.
+    let refused_start = reply_cell();
+    let (waiter, unused) = TestWaiter::new(Kind::Once);
+    c.host.command(
+        &mut c.ep,
+        now,
+        Command::Request {
+            ticket: None,
+            remote: addr(SERVER),
+            request: request(Code::CONTENT),
+            uri: Arc::clone(&uri),
+            waiter,
+            started: Some(Rc::clone(&refused_start)),
+        },
+    );
+    assert!(matches!(
+        refused_start.borrow_mut().take(),
+        Some(Err(Error::NotARequest(_)))
+    ));
+    assert!(unused.borrow().outcome.is_none() && unused.borrow().dropped);
+    let (waiter, told) = TestWaiter::new(Kind::Once);
+    c.host.command(
+        &mut c.ep,
+        now,
+        Command::Request {
+            ticket: None,
+            remote: addr(SERVER),
+            request: request(Code::CONTENT),
+            uri: Arc::clone(&uri),
+            waiter,
+            started: None,
+        },
+    );
+    assert!(matches!(
+        told.borrow().outcome,
+        Some(Err(Error::NotARequest(_)))
+    ));
+
+    // Introspection and counters, answered at once.
+    let pending = reply_cell();
+    c.host.command(
+        &mut c.ep,
+        now,
+        Command::PendingRequests(Rc::clone(&pending)),
+    );
+    assert_eq!(pending.borrow().as_ref().map(Vec::len), Some(1));
+    let stats = reply_cell();
+    c.host
+        .command(&mut c.ep, now, Command::Stats(Rc::clone(&stats)));
+    assert!(stats.borrow().is_some());
+    let observation = reply_cell();
+    c.host.command(
+        &mut c.ep,
+        now,
+        Command::CancelObservation {
+            exchange: ExchangeKey::Ticket(99),
+            reply: Rc::clone(&observation),
+        },
+    );
+    assert_eq!(*observation.borrow(), Some(false));
+
+    // The server sees the request; it is answered by a Respond command.
+    net.settle();
+    let s = net.server();
+    let incoming = reply_cell();
+    s.host.command(
+        &mut s.ep,
+        now,
+        Command::PendingIncoming(Rc::clone(&incoming)),
+    );
+    let received = incoming.borrow_mut().take().unwrap();
+    assert_eq!(received[0].uri, "/c");
+    let done = reply_cell();
+    s.host.command(
+        &mut s.ep,
+        now,
+        Command::Respond {
+            id: received[0].id,
+            response: Box::new(Response::content("answered")),
+            done: Some(Rc::clone(&done)),
+        },
+    );
+    assert!(matches!(*done.borrow(), Some(Ok(()))));
+    s.host
+        .command(&mut s.ep, now, Command::Abandoned(received[0].id));
+    let count = reply_cell();
+    s.host.command(
+        &mut s.ep,
+        now,
+        Command::ObserverCount {
+            path: "/c".into(),
+            reply: Rc::clone(&count),
+        },
+    );
+    assert_eq!(*count.borrow(), Some(0));
+    let notified = reply_cell();
+    s.host.command(
+        &mut s.ep,
+        now,
+        Command::Notify {
+            path: "/c".into(),
+            representation: None,
+            reply: Rc::clone(&notified),
+        },
+    );
+    assert_eq!(*notified.borrow(), Some(0));
+    net.run_until(|_| finished(&seen));
+    let Some(Ok(delivery)) = &seen.borrow().outcome else {
+        panic!("no answer");
+    };
+    assert_eq!(payload(delivery), (Code::CONTENT, "answered".into()));
+
+    // Cancelling: by ticket for a dropped handle, by id with an answer.
+    let (waiter, cancelled) = TestWaiter::new(Kind::Once);
+    let c = net.client();
+    c.host.command(
+        &mut c.ep,
+        now,
+        Command::Ping {
+            ticket: Some(5),
+            remote: addr(SILENT),
+            waiter,
+        },
+    );
+    let id = c.host.request_id(5).unwrap();
+    c.host.command(
+        &mut c.ep,
+        now,
+        Command::Cancel {
+            exchange: ExchangeKey::Ticket(5),
+            reply: None,
+        },
+    );
+    let again = reply_cell();
+    c.host.command(
+        &mut c.ep,
+        now,
+        Command::Cancel {
+            exchange: ExchangeKey::Id(id),
+            reply: Some(Rc::clone(&again)),
+        },
+    );
+    assert_eq!(*again.borrow(), Some(false), "cancelled already");
+    net.settle();
+    assert!(matches!(
+        cancelled.borrow().outcome,
+        Some(Err(Error::Cancelled))
+    ));
+
+    // A shutdown is answered once the driver has finished.
+    let now = net.now;
+    let stopped = reply_cell();
+    let c = net.client();
+    c.host
+        .command(&mut c.ep, now, Command::Shutdown(Rc::clone(&stopped)));
+    assert!(!c.host.is_running());
+    assert!(stopped.borrow().is_none());
+    c.host.finish();
+    assert!(stopped.borrow().is_some());
+
+    // A request that comes after the stop is refused.
+    let (waiter, late) = TestWaiter::new(Kind::Once);
+    Host::<TestChannels>::refuse(Command::Request {
+        ticket: None,
+        remote: addr(SERVER),
+        request: request(Code::GET),
+        uri,
+        waiter,
+        started: None,
+    });
+    assert!(matches!(
+        late.borrow().outcome,
+        Some(Err(Error::ShuttingDown))
+    ));
 }
 
 // ------------------------------------------------------------------------------------------
