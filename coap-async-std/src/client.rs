@@ -21,8 +21,8 @@ use futures_lite::{FutureExt, StreamExt};
 use rand_core::{RngCore, SeedableRng};
 
 use crate::driver::{
-    oneshot, Command, Driver, DriverParts, PendingRequest, Shared, Waiting, MULTICAST_CAPACITY,
-    OBSERVE_CAPACITY,
+    oneshot, Chan, Command, Driver, DriverParts, PendingRequest, Shared, Waiting,
+    MULTICAST_CAPACITY, OBSERVE_CAPACITY,
 };
 use crate::socket::{self, SocketOptions};
 use crate::{Error, IncomingResponse, Notification};
@@ -340,7 +340,7 @@ impl RequestBuilder {
         let shared = &self.client.shared;
         let ticket = shared.ticket();
         let (tx, rx) = async_channel::bounded(MULTICAST_CAPACITY);
-        let guard = CancelGuard::new(ticket, shared);
+        let guard = CancelGuard::new(ticket, shared.internal.clone());
         submit(shared, ticket, self.spec, Waiting::Many(tx)).await?;
         Ok(MulticastResponses {
             rx: Box::pin(rx),
@@ -361,7 +361,7 @@ impl RequestBuilder {
         let shared = Arc::clone(&self.client.shared);
         let ticket = shared.ticket();
         let (tx, rx) = async_channel::bounded(OBSERVE_CAPACITY);
-        let guard = CancelGuard::new(ticket, &shared);
+        let guard = CancelGuard::new(ticket, shared.internal.clone());
         submit(&shared, ticket, self.spec, Waiting::Observe(tx)).await?;
         Ok(Observation {
             ticket,
@@ -516,7 +516,7 @@ struct OnceReply<T> {
 impl<T> OnceReply<T> {
     fn new(ticket: u64, shared: &Shared) -> (Sender<T>, OnceReply<T>) {
         let (tx, rx) = oneshot();
-        let guard = Some(CancelGuard::new(ticket, shared));
+        let guard = Some(CancelGuard::new(ticket, shared.internal.clone()));
         (tx, OnceReply { rx, guard })
     }
 
@@ -537,40 +537,9 @@ impl<T> Drop for OnceReply<T> {
     }
 }
 
-/// Cancels an exchange whose future or stream is dropped before it ended.
-///
-/// The reply channel is closed before the guard drops, so a driver that has not taken the
-/// command yet sees it closed and never starts the exchange, and one that has started it
-/// gets the cancel.
-pub(crate) struct CancelGuard {
-    ticket: u64,
-    internal: Option<Sender<Command>>,
-}
-
-impl CancelGuard {
-    pub(crate) fn new(ticket: u64, shared: &Shared) -> CancelGuard {
-        CancelGuard {
-            ticket,
-            internal: Some(shared.internal.clone()),
-        }
-    }
-
-    /// The exchange has ended: nothing to cancel.
-    pub(crate) fn disarm(mut self) {
-        self.internal = None;
-    }
-}
-
-impl Drop for CancelGuard {
-    fn drop(&mut self) {
-        if let Some(internal) = self.internal.take() {
-            let _ = internal.try_send(Command::Cancel {
-                exchange: ExchangeKey::Ticket(self.ticket),
-                reply: None,
-            });
-        }
-    }
-}
+/// Cancels an exchange whose future or stream is dropped before the exchange ended (see
+/// [`host::CancelGuard`]).
+type CancelGuard = host::CancelGuard<Chan>;
 
 /// Resolves the URI of `spec`, builds the request and hands it to the driver, with `waiter`
 /// waiting for its outcome.

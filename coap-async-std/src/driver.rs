@@ -29,22 +29,22 @@ use std::panic::AssertUnwindSafe;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::task::{Context, Poll, Waker};
+use std::task::Poll;
 use std::time::Duration;
 
 use async_channel::{Receiver, Sender, TryRecvError};
 use async_executor::Executor;
 use async_io::{Async, Timer};
-use coap_proto::host::{self, is_unreachable, Delivery, Dispatch, Host, Incoming, Kind, Routed};
+use coap_proto::host::{self, is_unreachable, Delivery, Dispatch, Host, Incoming, Kind};
 use coap_proto::msg::Code;
-use coap_proto::{Endpoint, IncomingId, Response};
+use coap_proto::{Endpoint, Response};
 use futures_lite::{future, FutureExt, StreamExt};
 use tracing::{debug, trace, warn, Instrument, Span};
 
 use crate::incoming::IncomingRequest;
 use crate::socket::{to_user, to_wire};
 use crate::Router;
-use crate::{Error, IncomingResponse, Notification, Reply};
+use crate::{Error, IncomingResponse, Notification};
 
 pub(crate) use coap_proto::host::{PendingIncoming, PendingRequest};
 
@@ -77,9 +77,14 @@ pub(crate) enum Chan {}
 impl host::Channels for Chan {
     type Waiter = Waiting;
     type Reply<T> = Sender<T>;
+    type Sender = Sender<Command>;
 
     fn reply<T>(to: Sender<T>, value: T) {
         let _ = to.try_send(value);
+    }
+
+    fn post(to: &Self::Sender, command: Command) -> bool {
+        to.try_send(command).is_ok()
     }
 }
 
@@ -570,86 +575,27 @@ impl host::Service for Handlers<'_> {
         let Some(router) = self.router else {
             return Dispatch::answer(Response::new(Code::NOT_FOUND));
         };
-        let id = request.id();
         let internal = self.internal;
-        let routed = router.dispatch(request, |head| IncomingRequest {
+        let request_of = |head| IncomingRequest {
             head,
             internal: internal.clone(),
-        });
-        let (mut future, accept_observer) = match routed {
-            Routed::Answer(response) => return Dispatch::answer(response),
-            Routed::Handler {
-                handler,
-                request,
-                accept_observer,
-            } => (handler(request), accept_observer),
         };
-        let answer = match future
-            .as_mut()
-            .poll(&mut Context::from_waker(Waker::noop()))
-        {
-            Poll::Ready(Reply::Response(response)) => Some(response),
-            Poll::Ready(Reply::Deferred(_)) => {
-                debug!("deferred to a responder");
-                None
-            }
-            Poll::Pending => {
-                trace!("handler pending: spawned");
-                let guard = AnswerGuard {
-                    id,
-                    internal: Some(self.internal.clone()),
-                };
-                let task = async move {
-                    // A panic ends the task here; the guard, dropped unanswered, asks 5.00.
-                    if let Ok(reply) = AssertUnwindSafe(future).catch_unwind().await {
-                        guard.answer(reply);
-                    }
-                };
-                self.executor
-                    .spawn(task.instrument(Span::current()))
-                    .detach();
-                None
-            }
-        };
-        Dispatch {
-            answer,
-            accept_observer,
-        }
+        router.start::<Chan>(request, request_of, internal, |future, guard| {
+            let task = async move {
+                // A panic ends the task here; the guard, dropped unanswered, asks 5.00.
+                if let Ok(reply) = AssertUnwindSafe(future).catch_unwind().await {
+                    guard.answer(reply);
+                }
+            };
+            self.executor
+                .spawn(task.instrument(Span::current()))
+                .detach();
+        })
     }
 
     fn observers_changed(&mut self, resource: &str, count: usize) {
         if let Some(router) = self.router {
             router.observers_changed(resource, count);
-        }
-    }
-}
-
-/// Held by a handler task: sends the handler's answer, or, if the task ends without one
-/// (panic, or the driver stopping), reports the request abandoned so it is answered 5.00.
-struct AnswerGuard {
-    id: IncomingId,
-    internal: Option<Sender<Command>>,
-}
-
-impl AnswerGuard {
-    fn answer(mut self, reply: Reply) {
-        let Some(internal) = self.internal.take() else {
-            return;
-        };
-        if let Reply::Response(response) = reply {
-            let _ = internal.try_send(Command::Respond {
-                id: self.id,
-                response: Box::new(response),
-                done: None,
-            });
-        }
-    }
-}
-
-impl Drop for AnswerGuard {
-    fn drop(&mut self) {
-        if let Some(internal) = self.internal.take() {
-            let _ = internal.try_send(Command::Abandoned(self.id));
         }
     }
 }

@@ -5,10 +5,10 @@ use std::fmt;
 use std::ops::Deref;
 
 use async_channel::Sender;
-use coap_proto::host::{Deferred, Incoming};
+use coap_proto::host::{AnswerGuard, Deferred, Incoming};
 use coap_proto::{IncomingId, Response};
 
-use crate::driver::{oneshot, Command};
+use crate::driver::{oneshot, Chan, Command};
 use crate::Error;
 
 /// A request a [`Server`](crate::Server) received, handed to the handler of its route.
@@ -40,8 +40,7 @@ impl IncomingRequest {
     /// is left waiting and the server keeps nothing for it.
     pub fn defer(&self) -> (Responder, Deferred) {
         let responder = Responder {
-            id: self.id(),
-            internal: Some(self.internal.clone()),
+            guard: AnswerGuard::new(self.id(), self.internal.clone()),
         };
         (responder, Deferred::new())
     }
@@ -55,14 +54,13 @@ impl fmt::Debug for IncomingRequest {
 
 /// The right to answer one request, usable from any task (see [`IncomingRequest::defer`]).
 pub struct Responder {
-    id: IncomingId,
-    internal: Option<Sender<Command>>,
+    guard: AnswerGuard<Chan>,
 }
 
 impl Responder {
     /// The request it answers.
     pub fn id(&self) -> IncomingId {
-        self.id
+        self.guard.id()
     }
 
     /// Sends `response` and waits until the engine has taken it.
@@ -70,30 +68,15 @@ impl Responder {
     /// Fails with [`Error::AlreadyAnswered`] if the request has an answer already (the
     /// handler returned one, say), with [`Error::MessageTooBig`] or [`Error::NotAResponse`]
     /// if the engine refused it, and with [`Error::ShuttingDown`] once the server stopped.
-    pub async fn send(mut self, response: Response) -> Result<(), Error> {
-        let internal = self.internal.take().ok_or(Error::AlreadyAnswered)?;
+    pub async fn send(self, response: Response) -> Result<(), Error> {
         let (done, taken) = oneshot();
-        internal
-            .try_send(Command::Respond {
-                id: self.id,
-                response: Box::new(response),
-                done: Some(done),
-            })
-            .map_err(|_| Error::ShuttingDown)?;
+        self.guard.respond(response, Some(done))?;
         taken.recv().await.map_err(|_| Error::ShuttingDown)?
-    }
-}
-
-impl Drop for Responder {
-    fn drop(&mut self) {
-        if let Some(internal) = self.internal.take() {
-            let _ = internal.try_send(Command::Abandoned(self.id));
-        }
     }
 }
 
 impl fmt::Debug for Responder {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Responder").field("id", &self.id).finish()
+        f.debug_struct("Responder").field("id", &self.id()).finish()
     }
 }

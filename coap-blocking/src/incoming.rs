@@ -4,10 +4,10 @@ use std::fmt;
 use std::ops::Deref;
 use std::sync::mpsc;
 
-use coap_proto::host::{Deferred, Incoming};
+use coap_proto::host::{AnswerGuard, Deferred, Incoming};
 use coap_proto::{IncomingId, Response};
 
-use crate::io::{Command, Mailbox};
+use crate::io::{Chan, Mailbox};
 use crate::Error;
 
 /// A request received by a [`Server`](crate::Server), handed to its route's handler on a
@@ -37,8 +37,7 @@ impl IncomingRequest {
     /// dropped without answering answers 5.00.
     pub fn defer(&self) -> (Responder, Deferred) {
         let responder = Responder {
-            id: self.id(),
-            mailbox: Some(self.mailbox.clone()),
+            guard: AnswerGuard::new(self.id(), self.mailbox.clone()),
         };
         (responder, Deferred::new())
     }
@@ -52,14 +51,13 @@ impl fmt::Debug for IncomingRequest {
 
 /// Answers one request later, from any thread (see [`IncomingRequest::defer`]).
 pub struct Responder {
-    id: IncomingId,
-    mailbox: Option<Mailbox>,
+    guard: AnswerGuard<Chan>,
 }
 
 impl Responder {
     /// The request it answers.
     pub fn id(&self) -> IncomingId {
-        self.id
+        self.guard.id()
     }
 
     /// Sends the response and blocks until the engine has taken it (not until the client
@@ -68,30 +66,15 @@ impl Responder {
     /// Fails with [`Error::AlreadyAnswered`] if the request was answered already,
     /// [`Error::MessageTooBig`] or [`Error::NotAResponse`] if the engine refused the response
     /// (the client then gets 5.00), and [`Error::ShuttingDown`] if the server has stopped.
-    pub fn send(mut self, response: Response) -> Result<(), Error> {
-        let Some(mailbox) = self.mailbox.take() else {
-            return Err(Error::AlreadyAnswered);
-        };
+    pub fn send(self, response: Response) -> Result<(), Error> {
         let (tx, rx) = mpsc::channel();
-        mailbox.post(Command::Respond {
-            id: self.id,
-            response: Box::new(response),
-            done: Some(tx),
-        })?;
+        self.guard.respond(response, Some(tx))?;
         rx.recv().map_err(|_| Error::ShuttingDown)?
-    }
-}
-
-impl Drop for Responder {
-    fn drop(&mut self) {
-        if let Some(mailbox) = self.mailbox.take() {
-            let _ = mailbox.post(Command::Abandoned(self.id));
-        }
     }
 }
 
 impl fmt::Debug for Responder {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Responder").field("id", &self.id).finish()
+        f.debug_struct("Responder").field("id", &self.id()).finish()
     }
 }

@@ -15,21 +15,20 @@
 
 use std::io;
 use std::net::{SocketAddr, UdpSocket};
-use std::panic::AssertUnwindSafe;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{mpsc, Arc, Weak};
 use std::time::Duration;
 
-use coap_proto::host::{self, is_unreachable, Delivery, Dispatch, Host, Incoming, Kind, Routed};
+use coap_proto::host::{self, is_unreachable, Delivery, Dispatch, Host, Incoming, Kind};
 use coap_proto::msg::Code;
-use coap_proto::{Endpoint, IncomingId, Response};
+use coap_proto::{Endpoint, Response};
 use rustix::event::{PollFd, PollFlags, Timespec};
 use tracing::{debug, trace, warn};
 
 use crate::incoming::IncomingRequest;
 use crate::pool::Pool;
 use crate::socket::{to_user, to_wire, unreachable_peers};
-use crate::{Error, IncomingResponse, Notification, Reply, Router};
+use crate::{Error, IncomingResponse, Notification, Router};
 
 pub(crate) use coap_proto::host::{PendingIncoming, PendingRequest};
 
@@ -112,9 +111,14 @@ pub(crate) enum Chan {}
 impl host::Channels for Chan {
     type Waiter = Waiting;
     type Reply<T> = mpsc::Sender<T>;
+    type Sender = Mailbox;
 
     fn reply<T>(to: mpsc::Sender<T>, value: T) {
         let _ = to.send(value);
+    }
+
+    fn post(to: &Mailbox, command: Command) -> bool {
+        to.post(command).is_ok()
     }
 }
 
@@ -522,44 +526,16 @@ impl host::Service for Handlers<'_> {
         let Some(service) = self.service else {
             return Dispatch::answer(Response::new(Code::NOT_FOUND));
         };
-        let id = request.id();
         let mailbox = self.mailbox;
-        let routed = service.router.dispatch(request, |head| IncomingRequest {
+        let request_of = |head| IncomingRequest {
             head,
             mailbox: mailbox.clone(),
-        });
-        let (handler, request, accept_observer) = match routed {
-            Routed::Answer(response) => return Dispatch::answer(response),
-            Routed::Handler {
-                handler,
-                request,
-                accept_observer,
-            } => (Arc::clone(handler), request, accept_observer),
         };
-        let guard = AnswerGuard {
-            id,
-            mailbox: Some(mailbox.clone()),
-        };
-        let job = Box::new(move || {
-            let reply = std::panic::catch_unwind(AssertUnwindSafe(|| handler(request)));
-            match reply {
-                Ok(reply) => guard.answer(reply),
-                // The guard reports the request abandoned: 5.00.
-                Err(_) => drop(guard),
-            }
-        });
-        let answer = if service.pool.try_run(job) {
-            None
-        } else {
-            // RFC 7252 §5.9.3.4: 5.03 with Max-Age says when to come back. The dropped job's
-            // guard reports the request abandoned later, which is ignored once answered.
-            warn!("every worker busy and the queue full: 5.03");
-            Some(Response::new(Code::SERVICE_UNAVAILABLE).with_max_age(1))
-        };
-        Dispatch {
-            answer,
-            accept_observer,
-        }
+        service
+            .router
+            .start::<Chan>(request, request_of, mailbox, |job| {
+                service.pool.try_run(job)
+            })
     }
 
     fn observers_changed(&mut self, resource: &str, count: usize) {
@@ -575,34 +551,4 @@ struct Ready {
     socket: bool,
     error: bool,
     waker: bool,
-}
-
-/// Travels with a handler's job: sends the handler's answer, or, dropped without one (the
-/// handler panicked, or the job never ran), reports the request abandoned so it gets a 5.00.
-struct AnswerGuard {
-    id: IncomingId,
-    mailbox: Option<Mailbox>,
-}
-
-impl AnswerGuard {
-    fn answer(mut self, reply: Reply) {
-        let Some(mailbox) = self.mailbox.take() else {
-            return;
-        };
-        if let Reply::Response(response) = reply {
-            let _ = mailbox.post(Command::Respond {
-                id: self.id,
-                response: Box::new(response),
-                done: None,
-            });
-        }
-    }
-}
-
-impl Drop for AnswerGuard {
-    fn drop(&mut self) {
-        if let Some(mailbox) = self.mailbox.take() {
-            let _ = mailbox.post(Command::Abandoned(self.id));
-        }
-    }
 }

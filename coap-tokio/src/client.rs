@@ -18,7 +18,7 @@ use tokio::net::ToSocketAddrs;
 use tokio::sync::{mpsc, oneshot};
 
 use crate::driver::{
-    Command, Driver, DriverParts, PendingRequest, Shared, Waiting, MULTICAST_CAPACITY,
+    Chan, Command, Driver, DriverParts, PendingRequest, Shared, Waiting, MULTICAST_CAPACITY,
     OBSERVE_CAPACITY,
 };
 use crate::socket::{self, SocketOptions};
@@ -323,7 +323,7 @@ impl RequestBuilder {
         let shared = &self.client.shared;
         let ticket = shared.ticket();
         let (tx, rx) = mpsc::channel(MULTICAST_CAPACITY);
-        let guard = CancelGuard::new(ticket, shared);
+        let guard = CancelGuard::new(ticket, shared.internal.clone());
         submit(shared, ticket, self.spec, Waiting::Many(tx)).await?;
         Ok(MulticastResponses {
             rx,
@@ -344,7 +344,7 @@ impl RequestBuilder {
         let shared = Arc::clone(&self.client.shared);
         let ticket = shared.ticket();
         let (tx, rx) = mpsc::channel(OBSERVE_CAPACITY);
-        let guard = CancelGuard::new(ticket, &shared);
+        let guard = CancelGuard::new(ticket, shared.internal.clone());
         submit(&shared, ticket, self.spec, Waiting::Observe(tx)).await?;
         Ok(Observation {
             rx,
@@ -510,7 +510,7 @@ impl<T> OnceReply<T> {
         let (tx, rx) = oneshot::channel();
         let reply = OnceReply {
             rx,
-            guard: Some(CancelGuard::new(ticket, shared)),
+            guard: Some(CancelGuard::new(ticket, shared.internal.clone())),
         };
         (tx, reply)
     }
@@ -532,40 +532,9 @@ impl<T> Drop for OnceReply<T> {
     }
 }
 
-/// Cancels an exchange whose future (or stream) is dropped before the exchange ended.
-///
-/// The reply channel's receiver is dropped with (or before) the guard, so a driver that has
-/// not yet taken the command sees a closed channel and never starts the exchange; a driver
-/// that has started it receives the cancel.
-pub(crate) struct CancelGuard {
-    ticket: u64,
-    internal: Option<mpsc::UnboundedSender<Command>>,
-}
-
-impl CancelGuard {
-    pub(crate) fn new(ticket: u64, shared: &Shared) -> CancelGuard {
-        CancelGuard {
-            ticket,
-            internal: Some(shared.internal.clone()),
-        }
-    }
-
-    /// The exchange ended: nothing to cancel.
-    pub(crate) fn disarm(mut self) {
-        self.internal = None;
-    }
-}
-
-impl Drop for CancelGuard {
-    fn drop(&mut self) {
-        if let Some(internal) = self.internal.take() {
-            let _ = internal.send(Command::Cancel {
-                exchange: ExchangeKey::Ticket(self.ticket),
-                reply: None,
-            });
-        }
-    }
-}
+/// Cancels an exchange whose future or stream is dropped before the exchange ended (see
+/// [`host::CancelGuard`]).
+type CancelGuard = host::CancelGuard<Chan>;
 
 /// Resolves the URI of `spec`, builds the request and hands it to the driver, with `waiter`
 /// waiting for its outcome.

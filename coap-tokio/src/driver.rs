@@ -22,12 +22,11 @@ use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
-use coap_proto::host::{self, is_unreachable, Delivery, Dispatch, Host, Incoming, Kind, Routed};
+use coap_proto::host::{self, is_unreachable, Delivery, Dispatch, Host, Incoming, Kind};
 use coap_proto::msg::Code;
-use coap_proto::{Endpoint, IncomingId, Response};
+use coap_proto::{Endpoint, Response};
 use tokio::io::Interest;
 use tokio::net::UdpSocket;
 use tokio::sync::{mpsc, oneshot};
@@ -36,7 +35,7 @@ use tracing::{debug, trace, warn, Instrument, Span};
 use crate::incoming::IncomingRequest;
 use crate::socket::{to_user, to_wire};
 use crate::Router;
-use crate::{Error, IncomingResponse, Notification, Reply};
+use crate::{Error, IncomingResponse, Notification};
 
 pub(crate) use coap_proto::host::{PendingIncoming, PendingRequest};
 
@@ -61,9 +60,14 @@ pub(crate) enum Chan {}
 impl host::Channels for Chan {
     type Waiter = Waiting;
     type Reply<T> = oneshot::Sender<T>;
+    type Sender = mpsc::UnboundedSender<Command>;
 
     fn reply<T>(to: oneshot::Sender<T>, value: T) {
         let _ = to.send(value);
+    }
+
+    fn post(to: &Self::Sender, command: Command) -> bool {
+        to.send(command).is_ok()
     }
 }
 
@@ -541,79 +545,21 @@ impl host::Service for Handlers<'_> {
         let Some(router) = self.router else {
             return Dispatch::answer(Response::new(Code::NOT_FOUND));
         };
-        let id = request.id();
         let internal = self.internal;
-        let routed = router.dispatch(request, |head| IncomingRequest {
+        let request_of = |head| IncomingRequest {
             head,
             internal: internal.clone(),
-        });
-        let (mut future, accept_observer) = match routed {
-            Routed::Answer(response) => return Dispatch::answer(response),
-            Routed::Handler {
-                handler,
-                request,
-                accept_observer,
-            } => (handler(request), accept_observer),
         };
-        let answer = match future
-            .as_mut()
-            .poll(&mut Context::from_waker(Waker::noop()))
-        {
-            Poll::Ready(Reply::Response(response)) => Some(response),
-            Poll::Ready(Reply::Deferred(_)) => {
-                debug!("deferred to a responder");
-                None
-            }
-            Poll::Pending => {
-                trace!("handler pending: spawned");
-                let guard = AnswerGuard {
-                    id,
-                    internal: Some(self.internal.clone()),
-                };
-                let task = async move { guard.answer(future.await) };
-                tokio::spawn(task.instrument(Span::current()));
-                None
-            }
-        };
-        Dispatch {
-            answer,
-            accept_observer,
-        }
+        router.start::<Chan>(request, request_of, internal, |future, guard| {
+            // A panic ends the task with the guard unanswered: the request gets 5.00.
+            let task = async move { guard.answer(future.await) };
+            tokio::spawn(task.instrument(Span::current()));
+        })
     }
 
     fn observers_changed(&mut self, resource: &str, count: usize) {
         if let Some(router) = self.router {
             router.observers_changed(resource, count);
-        }
-    }
-}
-
-/// Owned by a spawned handler task: sends the handler's answer, or, if the task ends without
-/// one (it panicked or was aborted), reports the request abandoned so it is answered 5.00.
-struct AnswerGuard {
-    id: IncomingId,
-    internal: Option<mpsc::UnboundedSender<Command>>,
-}
-
-impl AnswerGuard {
-    fn answer(mut self, reply: Reply) {
-        let Some(internal) = self.internal.take() else {
-            return;
-        };
-        if let Reply::Response(response) = reply {
-            let _ = internal.send(Command::Respond {
-                id: self.id,
-                response: Box::new(response),
-                done: None,
-            });
-        }
-    }
-}
-
-impl Drop for AnswerGuard {
-    fn drop(&mut self) {
-        if let Some(internal) = self.internal.take() {
-            let _ = internal.send(Command::Abandoned(self.id));
         }
     }
 }

@@ -4,11 +4,11 @@
 use std::fmt;
 use std::ops::Deref;
 
-use coap_proto::host::{Deferred, Incoming};
+use coap_proto::host::{AnswerGuard, Deferred, Incoming};
 use coap_proto::{IncomingId, Response};
 use tokio::sync::{mpsc, oneshot};
 
-use crate::driver::Command;
+use crate::driver::{Chan, Command};
 use crate::Error;
 
 /// A request received by a [`Server`](crate::Server), handed to the handler of its route.
@@ -40,8 +40,7 @@ impl IncomingRequest {
     /// client is never left waiting and the server keeps no state for it.
     pub fn defer(&self) -> (Responder, Deferred) {
         let responder = Responder {
-            id: self.id(),
-            internal: Some(self.internal.clone()),
+            guard: AnswerGuard::new(self.id(), self.internal.clone()),
         };
         (responder, Deferred::new())
     }
@@ -55,14 +54,13 @@ impl fmt::Debug for IncomingRequest {
 
 /// Answers one request later, from any task (see [`IncomingRequest::defer`]).
 pub struct Responder {
-    id: IncomingId,
-    internal: Option<mpsc::UnboundedSender<Command>>,
+    guard: AnswerGuard<Chan>,
 }
 
 impl Responder {
     /// The request this responder answers.
     pub fn id(&self) -> IncomingId {
-        self.id
+        self.guard.id()
     }
 
     /// Sends the response and waits until the engine has taken it.
@@ -71,32 +69,15 @@ impl Responder {
     /// handler's own return value, or another responder), [`Error::MessageTooBig`] or
     /// [`Error::NotAResponse`] if the engine refused the response, and
     /// [`Error::ShuttingDown`] if the server has stopped.
-    pub async fn send(mut self, response: Response) -> Result<(), Error> {
-        let Some(internal) = self.internal.take() else {
-            return Err(Error::AlreadyAnswered);
-        };
+    pub async fn send(self, response: Response) -> Result<(), Error> {
         let (tx, rx) = oneshot::channel();
-        internal
-            .send(Command::Respond {
-                id: self.id,
-                response: Box::new(response),
-                done: Some(tx),
-            })
-            .map_err(|_| Error::ShuttingDown)?;
+        self.guard.respond(response, Some(tx))?;
         rx.await.map_err(|_| Error::ShuttingDown)?
-    }
-}
-
-impl Drop for Responder {
-    fn drop(&mut self) {
-        if let Some(internal) = self.internal.take() {
-            let _ = internal.send(Command::Abandoned(self.id));
-        }
     }
 }
 
 impl fmt::Debug for Responder {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Responder").field("id", &self.id).finish()
+        f.debug_struct("Responder").field("id", &self.id()).finish()
     }
 }

@@ -46,7 +46,8 @@
 //! use std::time::Duration;
 //!
 //! use coap_proto::host::{
-//!     parse_uri, Channels, Delivery, Dispatch, Error, Host, Incoming, Kind, Service, Waiter,
+//!     parse_uri, Channels, Command, Delivery, Dispatch, Error, Host, Incoming, Kind, Service,
+//!     Waiter,
 //! };
 //! use coap_proto::{Config, Endpoint, Instant, Request, Response};
 //!
@@ -74,7 +75,11 @@
 //! impl Channels for Local {
 //!     type Waiter = Slot;
 //!     type Reply<T> = ();
+//!     type Sender = ();
 //!     fn reply<T>(_to: (), _value: T) {}
+//!     fn post(_to: &(), _command: Command<Local>) -> bool {
+//!         false
+//!     }
 //! }
 //!
 //! /// Answers every request at once.
@@ -125,6 +130,7 @@
 
 mod client;
 mod error;
+mod guards;
 mod incoming;
 mod response;
 mod router;
@@ -148,11 +154,12 @@ use tracing::{debug, trace, warn, Span};
 pub use bytes::Bytes;
 pub use client::{choose_address, destination, new_endpoint, parse_uri, Destination, RequestSpec};
 pub use error::{is_unreachable, Error};
+pub use guards::{AnswerGuard, CancelGuard};
 pub use incoming::{Deferred, Incoming, IntoReply, Reply};
 pub use rand_core::RngCore;
 pub use response::{IncomingResponse, Notification};
 pub use router::{
-    Async, Blocking, Handler, HandlerFuture, HandlerOutput, HandlerStyle, Routed, Router,
+    Async, Blocking, Handler, HandlerFuture, HandlerOutput, HandlerStyle, Job, Routed, Router,
 };
 pub use routes::{ObserveHooks, Route, Routes};
 
@@ -208,16 +215,26 @@ pub trait Waiter {
 }
 
 /// The channels of a runtime crate, as its [`Host`] uses them: the waiter type of client
-/// exchanges, and the one-answer channel commands are answered through.
-pub trait Channels {
+/// exchanges, the one-answer channel commands are answered through, and the driver's channel
+/// for what must be sent without waiting.
+pub trait Channels: Sized + 'static {
     /// Who waits for a client exchange.
     type Waiter: Waiter;
 
     /// The sending half of a one-answer channel for a `T`.
     type Reply<T>;
 
+    /// A sender to the driver that never waits, for commands sent from `Drop` or from a
+    /// handler: answers, abandoned requests, cancels of dropped handles. Each such command
+    /// belongs to one live exchange, so the engine's own limits bound what it holds.
+    type Sender: Clone + Send + 'static;
+
     /// Answers through `to`, without waiting; a receiver that is gone is ignored.
     fn reply<T>(to: Self::Reply<T>, value: T);
+
+    /// Sends `command` to the driver through `to`, without waiting. False if the driver is
+    /// gone.
+    fn post(to: &Self::Sender, command: Command<Self>) -> bool;
 }
 
 /// How a command names a client exchange.

@@ -6,9 +6,15 @@ use alloc::string::String;
 use alloc::sync::Arc;
 use core::fmt;
 use core::future::Future;
+use core::panic::AssertUnwindSafe;
 use core::pin::Pin;
+use core::task::{Context, Poll, Waker};
 
-use super::{Incoming, IntoReply, ObserveHooks, Reply, Route, Routes};
+use super::{
+    AnswerGuard, Channels, Dispatch, Incoming, IntoReply, ObserveHooks, Reply, Route, Routes,
+};
+use tracing::{debug, trace, warn};
+
 use crate::link_format::LinkFormatError;
 use crate::msg::Code;
 use crate::request::Response;
@@ -277,6 +283,99 @@ impl<Req: 'static, S: HandlerStyle> Router<Req, S> {
     /// observers.
     pub fn observers_changed(&self, path: &str, count: usize) {
         self.routes.observers_changed(path, count);
+    }
+}
+
+impl<Req: 'static> Router<Req, Async> {
+    /// Starts serving `head` the way the async runtime crates do: routes it (see
+    /// [`dispatch`](Router::dispatch)), then polls the handler's future once, right here. A
+    /// handler that is ready at once costs no task, and its answer rides on the ACK; a future
+    /// that has to wait goes to `spawn`, with the [`AnswerGuard`] (reporting to the driver
+    /// through `answers`) that sends its answer when it completes.
+    pub fn start<C: Channels>(
+        &self,
+        head: Incoming,
+        request: impl FnOnce(Incoming) -> Req,
+        answers: &C::Sender,
+        spawn: impl FnOnce(HandlerFuture, AnswerGuard<C>),
+    ) -> Dispatch {
+        let id = head.id();
+        let (mut future, accept_observer) = match self.dispatch(head, request) {
+            Routed::Answer(response) => return Dispatch::answer(response),
+            Routed::Handler {
+                handler,
+                request,
+                accept_observer,
+            } => (handler(request), accept_observer),
+        };
+        let answer = match future
+            .as_mut()
+            .poll(&mut Context::from_waker(Waker::noop()))
+        {
+            Poll::Ready(Reply::Response(response)) => Some(response),
+            Poll::Ready(Reply::Deferred(_)) => {
+                debug!("deferred to a responder");
+                None
+            }
+            Poll::Pending => {
+                trace!("handler pending: spawned");
+                spawn(future, AnswerGuard::new(id, answers.clone()));
+                None
+            }
+        };
+        Dispatch {
+            answer,
+            accept_observer,
+        }
+    }
+}
+
+/// A handler's run on a worker, as [`Router::<_, Blocking>::start`](Router::start) hands it
+/// to the pool.
+pub type Job = Box<dyn FnOnce() + Send>;
+
+impl<Req: Send + 'static> Router<Req, Blocking> {
+    /// Starts serving `head` the way `coap-blocking` does: routes it (see
+    /// [`dispatch`](Router::dispatch)); 4.04, 4.05 and `/.well-known/core` are answered at
+    /// once, a handler becomes a [`Job`] for `run` (a worker pool). The job sends the
+    /// handler's answer to the driver through `answers`; a handler that panics leaves the
+    /// request abandoned, which the driver answers 5.00. A job `run` refuses (every worker
+    /// busy, the queue full) is answered 5.03 with Max-Age (RFC 7252 §5.9.3.4).
+    pub fn start<C: Channels>(
+        &self,
+        head: Incoming,
+        request: impl FnOnce(Incoming) -> Req,
+        answers: &C::Sender,
+        run: impl FnOnce(Job) -> bool,
+    ) -> Dispatch {
+        let id = head.id();
+        let (handler, request, accept_observer) = match self.dispatch(head, request) {
+            Routed::Answer(response) => return Dispatch::answer(response),
+            Routed::Handler {
+                handler,
+                request,
+                accept_observer,
+            } => (Arc::clone(handler), request, accept_observer),
+        };
+        let guard = AnswerGuard::<C>::new(id, answers.clone());
+        let job = Box::new(move || {
+            // A panic drops the guard unanswered: the request is reported abandoned.
+            if let Ok(reply) = std::panic::catch_unwind(AssertUnwindSafe(|| handler(request))) {
+                guard.answer(reply);
+            }
+        });
+        let answer = if run(job) {
+            None
+        } else {
+            // The refused job's guard reports the request abandoned, which is ignored once
+            // this answer is sent.
+            warn!("every worker busy and the queue full: 5.03");
+            Some(Response::new(Code::SERVICE_UNAVAILABLE).with_max_age(1))
+        };
+        Dispatch {
+            answer,
+            accept_observer,
+        }
     }
 }
 

@@ -79,10 +79,33 @@ struct TestChannels;
 impl Channels for TestChannels {
     type Waiter = TestWaiter;
     type Reply<T> = Rc<RefCell<Option<T>>>;
+    type Sender = std::sync::mpsc::Sender<Posted>;
 
     fn reply<T>(to: Self::Reply<T>, value: T) {
         *to.borrow_mut() = Some(value);
     }
+
+    fn post(to: &Self::Sender, command: Command<Self>) -> bool {
+        let posted = match command {
+            Command::Respond { id, response, .. } => Posted::Respond(id, response.code),
+            Command::Abandoned(id) => Posted::Abandoned(id),
+            Command::Cancel {
+                exchange: ExchangeKey::Ticket(ticket),
+                ..
+            } => Posted::Cancel(ticket),
+            _ => return false,
+        };
+        to.send(posted).is_ok()
+    }
+}
+
+/// What the guards posted, as the tests' channel keeps it (a command itself holds `Rc`s and
+/// cannot cross threads).
+#[derive(Debug, PartialEq, Eq)]
+enum Posted {
+    Respond(IncomingId, Code),
+    Abandoned(IncomingId),
+    Cancel(u64),
 }
 
 fn reply_cell<T>() -> Rc<RefCell<Option<T>>> {
@@ -1023,6 +1046,145 @@ fn a_router_hands_out_handlers_of_its_style() {
     };
     assert_eq!(&rsp.payload[..], b"a,b");
     assert_eq!(asynchronous.routes().count(), 1);
+}
+
+#[test]
+fn guards_tell_the_driver_what_is_left() {
+    let (to, posted) = std::sync::mpsc::channel();
+    let id = IncomingId(7);
+    AnswerGuard::<TestChannels>::new(id, to.clone())
+        .respond(Response::content("x"), None)
+        .unwrap();
+    drop(AnswerGuard::<TestChannels>::new(id, to.clone()));
+    AnswerGuard::<TestChannels>::new(id, to.clone()).answer(Reply::Deferred(Deferred::new()));
+    AnswerGuard::<TestChannels>::new(id, to.clone())
+        .answer(Reply::Response(Response::new(Code::CHANGED)));
+    drop(CancelGuard::<TestChannels>::new(3, to.clone()));
+    let disarmed = CancelGuard::<TestChannels>::new(4, to.clone());
+    assert_eq!(disarmed.ticket(), 4);
+    disarmed.disarm();
+    drop(to);
+    assert_eq!(
+        posted.iter().collect::<Vec<_>>(),
+        [
+            Posted::Respond(id, Code::CONTENT),
+            Posted::Abandoned(id),
+            Posted::Respond(id, Code::CHANGED),
+            Posted::Cancel(3),
+        ]
+    );
+    // A driver that is gone: the answer says so.
+    let (to, gone) = std::sync::mpsc::channel();
+    drop(gone);
+    let refused = AnswerGuard::<TestChannels>::new(id, to).respond(Response::content("x"), None);
+    assert!(matches!(refused, Err(Error::ShuttingDown)));
+}
+
+#[test]
+fn async_handlers_are_polled_once_then_spawned() {
+    use core::task::{Context, Poll, Waker};
+
+    let router: Router<Incoming, Async> = Router::new()
+        .get("/now", |_req: Incoming| async { Response::content("now") })
+        .get("/later", |_req: Incoming| async {
+            // Pending once, as a handler that waits for something.
+            let mut first = true;
+            core::future::poll_fn(|_| {
+                if core::mem::take(&mut first) {
+                    Poll::Pending
+                } else {
+                    Poll::Ready(())
+                }
+            })
+            .await;
+            Response::content("later")
+        });
+    let (to, posted) = std::sync::mpsc::channel();
+    let no_spawn = |_: HandlerFuture, _: AnswerGuard<TestChannels>| panic!("spawned");
+    let now = router.start::<TestChannels>(
+        incoming(Code::GET, "/now", None, false),
+        |h| h,
+        &to,
+        no_spawn,
+    );
+    assert_eq!(now.answer.map(|r| r.code), Some(Code::CONTENT));
+    let missing =
+        router.start::<TestChannels>(incoming(Code::GET, "/x", None, false), |h| h, &to, no_spawn);
+    assert_eq!(missing.answer.map(|r| r.code), Some(Code::NOT_FOUND));
+
+    let mut spawned = None;
+    let later = router.start::<TestChannels>(
+        incoming(Code::GET, "/later", None, false),
+        |h| h,
+        &to,
+        |future, guard| spawned = Some((future, guard)),
+    );
+    assert!(later.answer.is_none());
+    let (mut future, guard) = spawned.expect("not spawned");
+    let Poll::Ready(reply) = future
+        .as_mut()
+        .poll(&mut Context::from_waker(Waker::noop()))
+    else {
+        panic!("still pending");
+    };
+    guard.answer(reply);
+    assert_eq!(
+        posted.try_recv(),
+        Ok(Posted::Respond(IncomingId(1), Code::CONTENT))
+    );
+}
+
+#[test]
+fn blocking_handlers_run_as_jobs() {
+    let router: Router<Incoming, Blocking> = Router::new()
+        .get("/ok", |_req: Incoming| Response::content("ok"))
+        .get("/boom", |_req: Incoming| -> Response {
+            panic!("handler failure (expected by the test)")
+        });
+    let (to, posted) = std::sync::mpsc::channel();
+    let run_here = |job: Job| {
+        job();
+        true
+    };
+    let ok = router.start::<TestChannels>(
+        incoming(Code::GET, "/ok", None, false),
+        |h| h,
+        &to,
+        run_here,
+    );
+    assert!(ok.answer.is_none());
+    assert_eq!(
+        posted.try_recv(),
+        Ok(Posted::Respond(IncomingId(1), Code::CONTENT))
+    );
+    let boom = router.start::<TestChannels>(
+        incoming(Code::GET, "/boom", None, false),
+        |h| h,
+        &to,
+        run_here,
+    );
+    assert!(boom.answer.is_none());
+    assert_eq!(posted.try_recv(), Ok(Posted::Abandoned(IncomingId(1))));
+    // A full pool: 5.03 with Max-Age at once.
+    let full = router.start::<TestChannels>(
+        incoming(Code::GET, "/ok", None, false),
+        |h| h,
+        &to,
+        |_| false,
+    );
+    let rsp = full.answer.expect("no answer");
+    assert_eq!(rsp.code, Code::SERVICE_UNAVAILABLE);
+    assert_eq!(rsp.options.max_age(), Some(1));
+    let missing = router.start::<TestChannels>(
+        incoming(Code::PUT, "/ok", None, false),
+        |h| h,
+        &to,
+        |_| panic!("ran a job for a 4.05"),
+    );
+    assert_eq!(
+        missing.answer.map(|r| r.code),
+        Some(Code::METHOD_NOT_ALLOWED)
+    );
 }
 
 // ------------------------------------------------------------------------------------------
