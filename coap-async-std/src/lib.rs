@@ -53,6 +53,11 @@
 //! * Time is the system's monotonic clock; there is no paused clock as in tokio's tests, so
 //!   tests of timers shorten [`Config`]'s durations instead.
 //!
+//! Everything else the driver does besides its socket, queues and executor (waiters,
+//! dispatch, the 5.00 fallbacks, introspection, shutdown), the [`Router`], request assembly
+//! and the user-facing types are the runtime-neutral core [`coap_proto::host`], shared with
+//! `coap-tokio` and `coap-blocking`.
+//!
 //! # What it does
 //!
 //! * **Client**: [`Client::get`], [`post`](Client::post), [`put`](Client::put),

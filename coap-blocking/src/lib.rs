@@ -76,6 +76,11 @@
 //! On Linux the socket asks for ICMP errors (`IP_RECVERR`), so a request to a closed port
 //! fails at once with [`Error::Unreachable`]; elsewhere it fails with [`Error::Timeout`].
 //!
+//! The thread's bookkeeping around the engine (waiters, dispatch, the 5.00 fallbacks,
+//! introspection, shutdown), the [`Router`], request assembly and the user-facing types are
+//! the runtime-neutral core [`coap_proto::host`], shared with `coap-tokio` and
+//! `coap-async-std`.
+//!
 //! # Differences from `coap-tokio`
 //!
 //! * Handlers are `Fn(IncomingRequest) -> R`, not functions returning futures, and run on

@@ -86,6 +86,13 @@
 //! task, and its response is piggybacked on the ACK. Only a handler that has to wait is
 //! spawned. A handler that panics is answered 5.00 Internal Server Error.
 //!
+//! What the driver does besides moving bytes, time and channel messages (the table of
+//! waiters, routing events to them, dispatching requests, the 5.00 fallbacks, introspection,
+//! shutdown), the [`Router`], the request builder's assembly and the user-facing types
+//! ([`Error`], [`IncomingResponse`], [`Incoming`] behind [`IncomingRequest`], ...) are the
+//! runtime-neutral core [`coap_proto::host`], shared with `coap-async-std` and
+//! `coap-blocking`: code written against one of them moves to another with its imports.
+//!
 //! On Linux the socket asks for ICMP errors (`IP_RECVERR`), so a request to a port where
 //! nobody listens fails at once with [`Error::Unreachable`] instead of after the
 //! retransmission timeout; elsewhere it fails with [`Error::Timeout`].
