@@ -364,16 +364,11 @@ impl RequestBuilder {
         let uri = self.spec.parse_uri()?;
         let shared = &self.client.shared;
         let remote = resolve(shared, &uri)?;
-        let request = self.spec.into_request(&uri, remote);
         let (started, id) = mpsc::channel();
-        shared.mailbox.post(Command::Request {
-            ticket: None,
-            remote,
-            request: Box::new(request),
-            uri: Arc::new(uri),
-            waiter,
-            started: Some(started),
-        })?;
+        let command = self
+            .spec
+            .into_command(uri, remote, None, waiter, Some(started));
+        shared.mailbox.post(command)?;
         id.recv().map_err(|_| Error::ShuttingDown)?
     }
 }

@@ -546,15 +546,7 @@ async fn submit(
 ) -> Result<(), Error> {
     let uri = spec.parse_uri()?;
     let remote = resolve(shared, &uri).await?;
-    let request = spec.into_request(&uri, remote);
-    let command = Command::Request {
-        ticket: Some(ticket),
-        remote,
-        request: Box::new(request),
-        uri: Arc::new(uri),
-        waiter,
-        started: None,
-    };
+    let command = spec.into_command(uri, remote, Some(ticket), waiter, None);
     shared.command(command).await
 }
 

@@ -3,14 +3,16 @@
 
 use alloc::boxed::Box;
 use alloc::string::String;
+use alloc::sync::Arc;
 use core::net::SocketAddr;
 use core::time::Duration;
 
 use bytes::Bytes;
 use rand_core::RngCore;
 
-use super::Error;
+use super::{Channels, Command, Error};
 use crate::addr::{for_socket, unmapped};
+use crate::endpoint::RequestId;
 use crate::msg::{Code, MessageType, OptionNumber, Options};
 use crate::request::Request;
 use crate::uri::{CoapUri, Host, Scheme};
@@ -106,6 +108,28 @@ impl RequestSpec {
         request.message_type = self.message_type;
         request.timeout = self.timeout;
         request
+    }
+
+    /// The [`Command::Request`] that starts this request for `uri` (the parsed URI) towards
+    /// `remote`, with `waiter` waiting for the outcome, `ticket` naming it for a cancel before
+    /// it has an id, and `started` (if any) waiting for the id.
+    pub fn into_command<C: Channels>(
+        self,
+        uri: CoapUri,
+        remote: SocketAddr,
+        ticket: Option<u64>,
+        waiter: C::Waiter,
+        started: Option<C::Reply<Result<RequestId, Error>>>,
+    ) -> Command<C> {
+        let request = self.into_request(&uri, remote);
+        Command::Request {
+            ticket,
+            remote,
+            request: Box::new(request),
+            uri: Arc::new(uri),
+            waiter,
+            started,
+        }
     }
 }
 
