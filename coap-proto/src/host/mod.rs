@@ -29,8 +29,11 @@
 //! Beside it: the types the runtime crates' users see ([`IncomingResponse`],
 //! [`Notification`], [`Incoming`] behind each `IncomingRequest`, [`Reply`], [`Error`],
 //! [`PendingRequest`], [`PendingIncoming`]), their [`Router`] (generic over the request type
-//! and over how handlers run, [`Async`] or [`Blocking`]) with its routing table ([`Routes`]),
-//! and request assembly from a URI ([`RequestSpec`], [`destination`], [`choose_address`]).
+//! and over how handlers run, [`Async`] or [`Blocking`]) with its routing table ([`Routes`])
+//! and [`Router::start`] to run a routed handler, the guards that tell the driver from `Drop`
+//! what a dropped handler or request future leaves behind ([`AnswerGuard`],
+//! [`CancelGuard`]), and request assembly from a URI ([`RequestSpec`], [`destination`],
+//! [`choose_address`]).
 //!
 //! Spans and events go to `tracing`: a span per client exchange (`coap_request`,
 //! `coap_ping`) and per incoming request (`coap_incoming`, entered while the service is
