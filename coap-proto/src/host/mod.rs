@@ -593,13 +593,7 @@ impl<C: Channels> Host<C> {
         uri: Arc<CoapUri>,
         waiter: C::Waiter,
     ) -> Result<RequestId, Refused<C::Waiter>> {
-        if waiter.is_closed() {
-            // Its handle was dropped before the driver got here.
-            return Err(Refused {
-                error: Error::Cancelled,
-                waiter,
-            });
-        }
+        let waiter = open(waiter)?;
         let method = request.method;
         let started = match waiter.kind() {
             Kind::Observation => ep.observe(now, remote, request),
@@ -642,12 +636,7 @@ impl<C: Channels> Host<C> {
         remote: SocketAddr,
         waiter: C::Waiter,
     ) -> Result<RequestId, Refused<C::Waiter>> {
-        if waiter.is_closed() {
-            return Err(Refused {
-                error: Error::Cancelled,
-                waiter,
-            });
-        }
+        let waiter = open(waiter)?;
         match ep.ping(now, remote) {
             Ok(id) => {
                 let peer = unmapped(remote);
@@ -1087,6 +1076,18 @@ impl<C: Channels> Host<C> {
             );
         }
     }
+}
+
+/// The waiter, unless its receiving side is gone (its handle was dropped before the driver
+/// got to the command): then it comes back refused with [`Error::Cancelled`].
+fn open<W: Waiter>(waiter: W) -> Result<W, Refused<W>> {
+    if waiter.is_closed() {
+        return Err(Refused {
+            error: Error::Cancelled,
+            waiter,
+        });
+    }
+    Ok(waiter)
 }
 
 /// `/path?query` of a request, for traces and introspection.

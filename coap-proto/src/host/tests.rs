@@ -311,6 +311,15 @@ fn finished(seen: &Rc<RefCell<Seen>>) -> bool {
     seen.borrow().outcome.is_some()
 }
 
+/// The code and payload of the response a finished waiter got.
+fn answered(seen: &Rc<RefCell<Seen>>) -> (Code, String) {
+    match &seen.borrow().outcome {
+        Some(Ok(delivery)) => payload(delivery),
+        Some(Err(e)) => panic!("failed: {e}"),
+        None => panic!("no outcome"),
+    }
+}
+
 fn payload(delivery: &Delivery) -> (Code, String) {
     match delivery {
         Delivery::Response(r) => (r.code(), r.payload_str().unwrap_or("").to_string()),
@@ -511,11 +520,7 @@ fn an_abandoned_request_is_answered_5_00() {
     assert!(matches!(late, Err(Error::AlreadyAnswered)));
     assert!(s.host.pending_incoming(&s.ep).is_empty());
     net.run_until(|_| finished(&seen));
-    let seen = seen.borrow();
-    let Some(Ok(delivery)) = &seen.outcome else {
-        panic!("no answer");
-    };
-    assert_eq!(payload(delivery).0, Code::INTERNAL_SERVER_ERROR);
+    assert_eq!(answered(&seen).0, Code::INTERNAL_SERVER_ERROR);
 }
 
 #[test]
@@ -530,11 +535,7 @@ fn a_deferred_answer_goes_out_through_respond() {
     let answer = Response::content("done").with_content_format(ContentFormat::TEXT_PLAIN);
     s.host.respond(&mut s.ep, now, id, answer).unwrap();
     net.run_until(|_| finished(&seen));
-    let seen = seen.borrow();
-    let Some(Ok(delivery)) = &seen.outcome else {
-        panic!("no answer");
-    };
-    assert_eq!(payload(delivery), (Code::CONTENT, "done".into()));
+    assert_eq!(answered(&seen), (Code::CONTENT, "done".into()));
 }
 
 #[test]
@@ -543,11 +544,7 @@ fn a_refused_answer_becomes_5_00() {
     let (started, seen) = net.request("coap://127.0.0.1/bad", SERVER, Kind::Once, None);
     started.map_err(|r| r.error).unwrap();
     net.run_until(|_| finished(&seen));
-    let seen = seen.borrow();
-    let Some(Ok(delivery)) = &seen.outcome else {
-        panic!("no answer");
-    };
-    assert_eq!(payload(delivery).0, Code::INTERNAL_SERVER_ERROR);
+    assert_eq!(answered(&seen).0, Code::INTERNAL_SERVER_ERROR);
     let s = net.server();
     assert!(s.host.pending_incoming(&s.ep).is_empty());
 }
@@ -558,11 +555,7 @@ fn a_panicking_handler_is_answered_5_00() {
     let (started, seen) = net.request("coap://127.0.0.1/boom", SERVER, Kind::Once, None);
     started.map_err(|r| r.error).unwrap();
     net.run_until(|_| finished(&seen));
-    let seen = seen.borrow();
-    let Some(Ok(delivery)) = &seen.outcome else {
-        panic!("no answer");
-    };
-    assert_eq!(payload(delivery).0, Code::INTERNAL_SERVER_ERROR);
+    assert_eq!(answered(&seen).0, Code::INTERNAL_SERVER_ERROR);
 }
 
 #[test]
@@ -651,7 +644,14 @@ fn commands_are_carried_out_and_answered() {
     let mut net = Net::new(&[Behaviour::Defer]);
     let now = net.now;
     let uri = Arc::new(parse_uri("coap://127.0.0.1/c").unwrap());
-    let request = |code| Box::new(Request::new(code).with_path("/c"));
+    let request = |code, ticket, waiter, started| Command::Request {
+        ticket,
+        remote: addr(SERVER),
+        request: Box::new(Request::new(code).with_path("/c")),
+        uri: Arc::clone(&uri),
+        waiter,
+        started,
+    };
 
     // Started with an id for whoever waits for the start.
     let started = reply_cell();
@@ -660,14 +660,7 @@ fn commands_are_carried_out_and_answered() {
     c.host.command(
         &mut c.ep,
         now,
-        Command::Request {
-            ticket: Some(1),
-            remote: addr(SERVER),
-            request: request(Code::GET),
-            uri: Arc::clone(&uri),
-            waiter,
-            started: Some(Rc::clone(&started)),
-        },
+        request(Code::GET, Some(1), waiter, Some(Rc::clone(&started))),
     );
     let id = started.borrow_mut().take().unwrap().unwrap();
     assert_eq!(c.host.request_id(1), Some(id));
@@ -678,14 +671,7 @@ fn commands_are_carried_out_and_answered() {
     c.host.command(
         &mut c.ep,
         now,
-        Command::Request {
-            ticket: None,
-            remote: addr(SERVER),
-            request: request(Code::CONTENT),
-            uri: Arc::clone(&uri),
-            waiter,
-            started: Some(Rc::clone(&refused_start)),
-        },
+        request(Code::CONTENT, None, waiter, Some(Rc::clone(&refused_start))),
     );
     assert!(matches!(
         refused_start.borrow_mut().take(),
@@ -693,18 +679,8 @@ fn commands_are_carried_out_and_answered() {
     ));
     assert!(unused.borrow().outcome.is_none() && unused.borrow().dropped);
     let (waiter, told) = TestWaiter::new(Kind::Once);
-    c.host.command(
-        &mut c.ep,
-        now,
-        Command::Request {
-            ticket: None,
-            remote: addr(SERVER),
-            request: request(Code::CONTENT),
-            uri: Arc::clone(&uri),
-            waiter,
-            started: None,
-        },
-    );
+    c.host
+        .command(&mut c.ep, now, request(Code::CONTENT, None, waiter, None));
     assert!(matches!(
         told.borrow().outcome,
         Some(Err(Error::NotARequest(_)))
@@ -834,14 +810,7 @@ fn commands_are_carried_out_and_answered() {
 
     // A request that comes after the stop is refused.
     let (waiter, late) = TestWaiter::new(Kind::Once);
-    Host::<TestChannels>::refuse(Command::Request {
-        ticket: None,
-        remote: addr(SERVER),
-        request: request(Code::GET),
-        uri,
-        waiter,
-        started: None,
-    });
+    Host::<TestChannels>::refuse(request(Code::GET, None, waiter, None));
     assert!(matches!(
         late.borrow().outcome,
         Some(Err(Error::ShuttingDown))
