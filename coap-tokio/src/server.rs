@@ -254,78 +254,7 @@ impl fmt::Debug for ServerBuilder {
 }
 
 impl ServerBuilder {
-    /// The engine configuration (empty-ACK delay, table bounds, ...).
-    pub fn config(mut self, config: Config) -> Self {
-        self.config = config;
-        self
-    }
-
-    /// All socket options at once.
-    pub fn socket_options(mut self, options: SocketOptions) -> Self {
-        self.socket = options;
-        self
-    }
-
-    /// `SO_REUSEADDR`.
-    pub fn reuse_address(mut self, on: bool) -> Self {
-        self.socket.reuse_address = on;
-        self
-    }
-
-    /// `SO_REUSEPORT` (Unix): several servers on one port share the traffic.
-    pub fn reuse_port(mut self, on: bool) -> Self {
-        self.socket.reuse_port = on;
-        self
-    }
-
-    /// The receive buffer size to ask for.
-    pub fn recv_buffer_size(mut self, bytes: usize) -> Self {
-        self.socket.recv_buffer_size = Some(bytes);
-        self
-    }
-
-    /// The send buffer size to ask for.
-    pub fn send_buffer_size(mut self, bytes: usize) -> Self {
-        self.socket.send_buffer_size = Some(bytes);
-        self
-    }
-
-    /// `IPV6_V6ONLY` for an IPv6 socket.
-    pub fn only_v6(mut self, on: bool) -> Self {
-        self.socket.only_v6 = Some(on);
-        self
-    }
-
-    /// The DSCP code point (0..=63) of every datagram sent.
-    pub fn dscp(mut self, dscp: u8) -> Self {
-        self.socket.dscp = Some(dscp);
-        self
-    }
-
-    /// Set the don't-fragment bit (see [`SocketOptions::dont_fragment`]).
-    pub fn dont_fragment(mut self, on: bool) -> Self {
-        self.socket.dont_fragment = on;
-        self
-    }
-
-    /// The largest datagram to send or accept ([`Config::max_message_size`]).
-    pub fn max_datagram_size(mut self, bytes: usize) -> Self {
-        self.config.max_message_size = bytes;
-        self
-    }
-
-    /// The random number generator (see [`ClientBuilder::rng`](crate::ClientBuilder::rng)).
-    pub fn rng(mut self, rng: Box<dyn RngCore + Send>) -> Self {
-        self.rng = Some(rng);
-        self
-    }
-
-    /// How long a graceful shutdown waits for handlers and unacknowledged responses.
-    /// Default 10 s.
-    pub fn shutdown_grace(mut self, grace: Duration) -> Self {
-        self.grace = grace;
-        self
-    }
+    coap_proto::bind_builder_methods!();
 
     /// Binds the socket. Nothing is served until [`Server::serve`].
     pub async fn bind(self, addr: impl ToSocketAddrs) -> Result<Server, Error> {
