@@ -44,6 +44,9 @@ pub(crate) struct PlugtestOptions {
     /// How long `/separate` waits before it answers. Default 1 s (well past the engine's
     /// empty-ACK delay, so the answer is a separate response).
     pub(crate) separate_delay: Duration,
+    /// ACK_TIMEOUT (RFC 7252 §4.8). Default 2 s; tests of the retransmission behaviour
+    /// shorten it so that a whole give-up sequence takes seconds, not a minute.
+    pub(crate) ack_timeout: Duration,
 }
 
 impl Default for PlugtestOptions {
@@ -51,13 +54,15 @@ impl Default for PlugtestOptions {
         PlugtestOptions {
             notify_interval: Duration::from_secs(5),
             separate_delay: Duration::from_secs(1),
+            ack_timeout: Duration::from_secs(2),
         }
     }
 }
 
 impl PlugtestOptions {
-    /// The defaults, with `COAP_PLUGTEST_INTERVAL_MS` and `COAP_PLUGTEST_SEPARATE_MS` (whole
-    /// milliseconds) overriding the notification interval and the `/separate` delay.
+    /// The defaults, with `COAP_PLUGTEST_INTERVAL_MS`, `COAP_PLUGTEST_SEPARATE_MS` and
+    /// `COAP_PLUGTEST_ACK_TIMEOUT_MS` (whole milliseconds) overriding the notification
+    /// interval, the `/separate` delay and ACK_TIMEOUT.
     pub(crate) fn from_env() -> PlugtestOptions {
         let mut options = PlugtestOptions::default();
         let millis = |name: &str| {
@@ -71,6 +76,9 @@ impl PlugtestOptions {
         }
         if let Some(d) = millis("COAP_PLUGTEST_SEPARATE_MS") {
             options.separate_delay = d;
+        }
+        if let Some(d) = millis("COAP_PLUGTEST_ACK_TIMEOUT_MS").filter(|d| !d.is_zero()) {
+            options.ack_timeout = d;
         }
         options
     }
@@ -109,6 +117,7 @@ impl Plugtest {
     ) -> Result<Plugtest, Box<dyn Error + Send + Sync>> {
         let mut config = coap_tokio::Config::default();
         config.block_size = BLOCK_SIZE;
+        config.ack_timeout = options.ack_timeout;
         // TD_COAP_OBS_01 expects Confirmable notifications from `/obs`; `/obs-non` asks for
         // Non-confirmable ones per notification (TD_COAP_OBS_02).
         config.notification_type = MessageType::Con;
@@ -1154,6 +1163,7 @@ mod tests {
         let options = PlugtestOptions {
             notify_interval: Duration::from_millis(200),
             separate_delay: Duration::from_millis(300),
+            ..PlugtestOptions::default()
         };
         let plugtest = Plugtest::bind((Ipv4Addr::LOCALHOST, 0).into(), options)
             .await
