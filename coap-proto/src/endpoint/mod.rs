@@ -2370,17 +2370,42 @@ impl Endpoint {
         }
         let id = RequestId(self.next_request_id);
         let max_queued = self.config.max_queued_per_peer;
-        let peer = self.peer_entry(remote);
+        let nstart = self.config.nstart;
+        let lifetime = self.lifetimes.of(message_type);
+        let rng = &mut self.rng;
+        let peer = self
+            .peers
+            .entry(PeerKey(remote))
+            .or_insert_with(|| Peer::new(rng.next_u32() as u16));
         if peer.queue.len() >= max_queued {
             return Err(RequestError::QueueFull);
         }
-        peer.queue.push_back(id);
+        // The usual case: nothing waits before this request and NSTART and a Message ID allow
+        // it, so it goes out now instead of being queued (and boxed) first.
+        let direct = if peer.queue.is_empty() && peer.held.is_empty() && peer.outstanding < nstart {
+            let mid = take_mid(peer, &mut self.timers, remote, now, lifetime);
+            if mid.is_some() {
+                peer.outstanding += 1;
+            }
+            mid
+        } else {
+            None
+        };
+        if direct.is_none() {
+            peer.queue.push_back(id);
+        }
         self.next_request_id += 1;
         // Pings carry no token and are matched by Message ID alone; every other exchange
         // owns its token, even an empty one (token_len 0 allows one such exchange at a time).
         if kind != ClientKind::Ping {
             self.tokens.insert(token.clone(), id);
         }
+        let method = request.method;
+        let timeout = request.timeout;
+        let (state, send_now) = match direct {
+            Some(mid) => (ClientState::AwaitingAck { mid }, Some((mid, request))),
+            None => (ClientState::Queued(Box::new(request)), None),
+        };
         self.clients.insert(
             id,
             ClientExchange {
@@ -2388,9 +2413,9 @@ impl Endpoint {
                 token,
                 kind,
                 message_type,
-                method: request.method,
-                timeout: request.timeout,
-                state: ClientState::Queued(Box::new(request)),
+                method,
+                timeout,
+                state,
                 outstanding: false,
                 sent: None,
                 block: None,
@@ -2399,6 +2424,10 @@ impl Endpoint {
                 notification_of: None,
             },
         );
+        if let Some((mid, request)) = send_now {
+            self.transmit_request(now, id, mid, request);
+            return Ok(id);
+        }
         self.pump_peer(now, remote);
         if self.config.report_progress
             && self
@@ -2451,16 +2480,7 @@ impl Endpoint {
                 _ => MessageType::Con,
             };
             let lifetime = self.lifetimes.of(mtype);
-            let allocated = peer.allocate(now, lifetime);
-            if peer.armed.is_none() {
-                // The peer's single timer, at the expiry of its oldest Message ID bucket:
-                // expired IDs are freed, waiting messages sent and an idle peer forgotten then.
-                if let Some(at) = peer.next_free() {
-                    peer.armed = Some(at);
-                    self.timers.push(at, Timer::Peer(remote));
-                }
-            }
-            let Some(mid) = allocated else {
+            let Some(mid) = take_mid(peer, &mut self.timers, remote, now, lifetime) else {
                 if let Some(until) = peer.next_free() {
                     if !peer.exhaustion_reported {
                         peer.exhaustion_reported = true;
@@ -2472,7 +2492,6 @@ impl Endpoint {
                 }
                 return;
             };
-            peer.exhaustion_reported = false;
             if has_held {
                 if let Some(held) = peer.held.pop_front() {
                     self.transmit_held(now, held, mid);
@@ -2492,6 +2511,7 @@ impl Endpoint {
         }
     }
 
+    /// Sends a queued request with the Message ID `mid`.
     fn send_request(&mut self, now: Instant, id: RequestId, mid: u16) {
         let Some(ex) = self.clients.get_mut(&id) else {
             return;
@@ -2501,10 +2521,19 @@ impl Endpoint {
         else {
             return;
         };
+        self.transmit_request(now, id, mid, *request);
+    }
+
+    /// Encodes and sends the request of exchange `id` with the Message ID `mid`, and arms what
+    /// waits for its answer: the retransmission of a CON, the deadline of a NON.
+    fn transmit_request(&mut self, now: Instant, id: RequestId, mid: u16, request: Request) {
+        let Some(ex) = self.clients.get_mut(&id) else {
+            return;
+        };
+        ex.state = ClientState::AwaitingAck { mid };
         ex.outstanding = true;
         let remote = ex.peer;
         let message_type = ex.message_type;
-        let request = *request;
         let message = Message {
             mtype: message_type,
             code: request.method,
@@ -3079,6 +3108,29 @@ impl Endpoint {
     fn encode(&mut self, message: &Message) -> Arc<[u8]> {
         encode_with(&mut self.scratch, message)
     }
+}
+
+/// Allocates a Message ID towards a peer (§4.4) and arms the peer's single timer, at the
+/// expiry of its oldest Message ID bucket, if none is armed: expired IDs are freed, waiting
+/// messages sent and an idle peer forgotten then. `None` when the ID space is exhausted.
+fn take_mid(
+    peer: &mut Peer,
+    timers: &mut Timers,
+    remote: SocketAddr,
+    now: Instant,
+    lifetime: Duration,
+) -> Option<u16> {
+    let mid = peer.allocate(now, lifetime);
+    if peer.armed.is_none() {
+        if let Some(at) = peer.next_free() {
+            peer.armed = Some(at);
+            timers.push(at, Timer::Peer(remote));
+        }
+    }
+    if mid.is_some() {
+        peer.exhaustion_reported = false;
+    }
+    mid
 }
 
 /// Encodes `message` through the reusable `scratch` buffer into a shared datagram.
