@@ -337,10 +337,9 @@ pub(crate) struct Driver {
     phase: Phase,
     /// The socket may hold datagrams: read before waiting.
     readable: bool,
-    /// A datagram from the engine the socket did not take yet.
-    pending_tx: Option<(SocketAddr, usize)>,
-    tx_buf: Vec<u8>,
-    rx_buf: Vec<u8>,
+    /// Datagrams from the engine the socket did not take yet.
+    tx: coap_udp::SendBatch,
+    rx: coap_udp::RecvBatch,
 }
 
 /// What a driver is made of.
@@ -385,10 +384,8 @@ impl Driver {
             grace: parts.grace,
             phase: Phase::Running,
             readable: true,
-            pending_tx: None,
-            tx_buf: vec![0; tx_len],
-            // Any UDP datagram fits, so none arrives truncated.
-            rx_buf: vec![0; 65_536],
+            tx: coap_udp::SendBatch::new(tx_len),
+            rx: coap_udp::RecvBatch::new(coap_udp::MAX_BATCH),
         };
         Ok((driver, shared))
     }
@@ -453,7 +450,7 @@ impl Driver {
                 if let Poll::Ready(r) = self.socket.poll_readable(cx) {
                     return Poll::Ready(Wake::Readable(r));
                 }
-                if self.pending_tx.is_some() {
+                if !self.tx.is_empty() {
                     if let Poll::Ready(r) = self.socket.poll_writable(cx) {
                         return Poll::Ready(Wake::Writable(r));
                     }
@@ -513,7 +510,7 @@ impl Driver {
         match self.phase {
             Phase::Running => false,
             Phase::Closing(deadline) => {
-                now >= deadline || (self.ep.is_idle() && self.pending_tx.is_none())
+                now >= deadline || (self.ep.is_idle() && self.tx.is_empty())
             }
         }
     }
@@ -574,20 +571,29 @@ impl Driver {
 
     // --- socket --------------------------------------------------------------------------
 
-    /// Reads up to [`BATCH`] datagrams into the engine; true if more may be waiting.
+    /// Reads up to [`BATCH`] datagrams into the engine, many per system call where the
+    /// system allows (see [`coap_udp`]); true if more may be waiting.
     fn receive(&mut self, now: coap_proto::Instant) -> bool {
         let mut received = 0;
         for _ in 0..BATCH {
-            match self.socket.get_ref().recv_from(&mut self.rx_buf) {
-                Ok((len, from)) => {
-                    received += 1;
-                    let (Some(from), Some(datagram)) =
-                        (to_wire(self.local_addr, from), self.rx_buf.get(..len))
-                    else {
-                        continue;
-                    };
-                    trace!(peer = %from, len, "datagram received");
-                    self.ep.handle_datagram(now, from, datagram);
+            let socket = self.socket.get_ref();
+            #[cfg(target_os = "linux")]
+            let result = self.rx.recv(socket);
+            #[cfg(not(target_os = "linux"))]
+            let result = self.rx.recv_with(|buf| socket.recv_from(buf));
+            match result {
+                Ok(n) => {
+                    for (from, datagram) in self.rx.iter() {
+                        let Some(from) = to_wire(self.local_addr, from) else {
+                            continue;
+                        };
+                        trace!(peer = %from, len = datagram.len(), "datagram received");
+                        self.ep.handle_datagram(now, from, datagram);
+                    }
+                    received += n;
+                    if received >= BATCH {
+                        return true;
+                    }
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
                     if received == 0 {
@@ -610,34 +616,39 @@ impl Driver {
         true
     }
 
-    /// Sends up to [`BATCH`] datagrams the engine has queued, keeping one back when the
-    /// socket would block. True if more are queued and the socket still takes them.
+    /// Sends up to [`BATCH`] datagrams the engine has queued, many per system call where the
+    /// system allows (see [`coap_udp`]), keeping back those the socket would not take. True
+    /// if more are queued and the socket still takes them.
     fn flush(&mut self, now: coap_proto::Instant) -> bool {
+        // Counts datagrams sent or dropped; the loop count bounds the calls.
+        let mut handled = 0;
         for _ in 0..BATCH {
-            let (remote, len) = match self.pending_tx {
-                Some(held) => held,
-                None => match self.ep.poll_transmit(now, &mut self.tx_buf) {
-                    Ok(Some(t)) => (t.remote, t.len),
-                    Ok(None) => return false,
-                    Err(small) => {
-                        self.tx_buf.resize(small.needed, 0);
-                        continue;
-                    }
-                },
-            };
-            self.pending_tx = None;
-            let Some(bytes) = self.tx_buf.get(..len) else {
-                continue;
-            };
-            match self.socket.get_ref().send_to(bytes, remote) {
-                Ok(_) => trace!(peer = %remote, len, "datagram sent"),
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                    self.pending_tx = Some((remote, len));
-                    return false;
+            if handled >= BATCH {
+                break;
+            }
+            if self.tx.is_empty() && self.tx.fill(&mut self.ep, now) == 0 {
+                return false;
+            }
+            let socket = self.socket.get_ref();
+            #[cfg(target_os = "linux")]
+            let result = self.tx.send(socket);
+            #[cfg(not(target_os = "linux"))]
+            let result = self
+                .tx
+                .send_with(|bytes, remote| socket.send_to(bytes, remote));
+            match result {
+                Ok(n) => {
+                    trace!(datagrams = n, "datagrams sent");
+                    handled += n;
                 }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return false,
                 Err(e) if is_unreachable(&e) => {
-                    // Linux may report an earlier datagram's ICMP error on this send. This
-                    // datagram counts as lost; retransmission covers it.
+                    // Linux may report an earlier datagram's ICMP error on this send. The
+                    // datagram at the head counts as lost; retransmission covers it.
+                    handled += 1;
+                    let Some(remote) = self.tx.pop_front() else {
+                        continue;
+                    };
                     debug!(peer = %remote, error = %e, "send reported an unreachable peer");
                     let found = self.drain_error_queue(now);
                     let about_this_one = matches!(
@@ -648,10 +659,16 @@ impl Driver {
                         self.ep.handle_unreachable(now, remote);
                     }
                 }
-                Err(e) => warn!(peer = %remote, len, error = %e, "send failed; datagram dropped"),
+                Err(e) => {
+                    handled += 1;
+                    let len = self.tx.front().map_or(0, |(_, bytes)| bytes.len());
+                    if let Some(remote) = self.tx.pop_front() {
+                        warn!(peer = %remote, len, error = %e, "send failed; datagram dropped");
+                    }
+                }
             }
         }
-        self.ep.table_sizes().transmit_queue > 0
+        !self.tx.is_empty() || self.ep.table_sizes().transmit_queue > 0
     }
 
     /// Reports every peer named in the socket's error queue (Linux, `IP_RECVERR`) as

@@ -274,10 +274,9 @@ pub(crate) struct Driver {
     shutdown_waiters: Vec<mpsc::Sender<()>>,
     grace: Duration,
     phase: Phase,
-    /// A datagram taken from the engine that the socket would not take yet.
-    pending_tx: Option<(SocketAddr, usize)>,
-    tx_buf: Vec<u8>,
-    rx_buf: Vec<u8>,
+    /// Datagrams taken from the engine that the socket has not taken yet.
+    tx: coap_udp::SendBatch,
+    rx: coap_udp::RecvBatch,
 }
 
 impl Driver {
@@ -332,10 +331,8 @@ impl Driver {
             shutdown_waiters: Vec::new(),
             grace,
             phase: Phase::Running,
-            pending_tx: None,
-            tx_buf: vec![0; max.max(1280)],
-            // Any UDP datagram fits, so none arrives truncated.
-            rx_buf: vec![0; 65_536],
+            tx: coap_udp::SendBatch::new(max),
+            rx: coap_udp::RecvBatch::new(coap_udp::MAX_BATCH),
         };
         Ok((driver, shared))
     }
@@ -412,7 +409,7 @@ impl Driver {
     /// Sleeps in `poll` until a socket is ready or `timeout` passes (forever without one).
     fn sleep(&self, timeout: Option<Duration>) -> Result<Ready, Error> {
         let mut interest = PollFlags::IN;
-        if self.pending_tx.is_some() {
+        if !self.tx.is_empty() {
             interest |= PollFlags::OUT;
         }
         let mut fds = [
@@ -453,7 +450,7 @@ impl Driver {
         match self.phase {
             Phase::Running => false,
             Phase::Closing(deadline) => {
-                (self.ep.is_idle() && self.pending_tx.is_none()) || now >= deadline
+                (self.ep.is_idle() && self.tx.is_empty()) || now >= deadline
             }
         }
     }
@@ -496,23 +493,32 @@ impl Driver {
     // Socket
     // ------------------------------------------------------------------------------------
 
-    /// Reads up to [`BATCH`] datagrams into the engine; `errors` says poll reported the
-    /// error queue non-empty.
+    /// Reads up to [`BATCH`] datagrams into the engine, many per system call where the
+    /// system allows (see [`coap_udp`]); `errors` says poll reported the error queue
+    /// non-empty.
     fn receive(&mut self, now: coap_proto::Instant, errors: bool) {
         if errors {
             self.drain_error_queue(now);
         }
+        let mut received = 0;
         for _ in 0..BATCH {
-            match self.socket.recv_from(&mut self.rx_buf) {
-                Ok((len, from)) => {
-                    let Some(from) = to_wire(self.local_addr, from) else {
-                        continue;
-                    };
-                    let Some(datagram) = self.rx_buf.get(..len) else {
-                        continue;
-                    };
-                    trace!(peer = %from, len, "datagram received");
-                    self.ep.handle_datagram(now, from, datagram);
+            #[cfg(target_os = "linux")]
+            let result = self.rx.recv(&*self.socket);
+            #[cfg(not(target_os = "linux"))]
+            let result = self.rx.recv_with(|buf| self.socket.recv_from(buf));
+            match result {
+                Ok(n) => {
+                    for (from, datagram) in self.rx.iter() {
+                        let Some(from) = to_wire(self.local_addr, from) else {
+                            continue;
+                        };
+                        trace!(peer = %from, len = datagram.len(), "datagram received");
+                        self.ep.handle_datagram(now, from, datagram);
+                    }
+                    received += n;
+                    if received >= BATCH {
+                        return;
+                    }
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
@@ -527,34 +533,39 @@ impl Driver {
         }
     }
 
-    /// Sends up to [`BATCH`] datagrams from the engine, keeping one back if the socket would
-    /// block. Returns true if the batch was used up and more may wait.
+    /// Sends up to [`BATCH`] datagrams from the engine, many per system call where the
+    /// system allows (see [`coap_udp`]), keeping back those the socket would not take.
+    /// Returns true if the batch was used up and more may wait.
     fn flush(&mut self, now: coap_proto::Instant) -> bool {
+        // Counts datagrams sent or dropped; the loop count bounds the calls.
+        let mut handled = 0;
         for _ in 0..BATCH {
-            let (remote, len) = match self.pending_tx {
-                Some(p) => p,
-                None => match self.ep.poll_transmit(now, &mut self.tx_buf) {
-                    Ok(Some(t)) => (t.remote, t.len),
-                    Ok(None) => return false,
-                    Err(too_small) => {
-                        self.tx_buf.resize(too_small.needed, 0);
-                        continue;
-                    }
-                },
-            };
-            self.pending_tx = None;
-            let Some(bytes) = self.tx_buf.get(..len) else {
-                continue;
-            };
-            match self.socket.send_to(bytes, remote) {
-                Ok(_) => trace!(peer = %remote, len, "datagram sent"),
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                    self.pending_tx = Some((remote, len));
-                    return false;
+            if handled >= BATCH {
+                break;
+            }
+            if self.tx.is_empty() && self.tx.fill(&mut self.ep, now) == 0 {
+                return false;
+            }
+            #[cfg(target_os = "linux")]
+            let result = self.tx.send(&*self.socket);
+            #[cfg(not(target_os = "linux"))]
+            let result = self
+                .tx
+                .send_with(|bytes, remote| self.socket.send_to(bytes, remote));
+            match result {
+                Ok(n) => {
+                    trace!(datagrams = n, "datagrams sent");
+                    handled += n;
                 }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return false,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 Err(e) if is_unreachable(&e) => {
                     // A pending ICMP error of an earlier datagram, or no route for this one.
-                    // This datagram counts as lost; retransmission covers it.
+                    // The datagram at the head counts as lost; retransmission covers it.
+                    handled += 1;
+                    let Some(remote) = self.tx.pop_front() else {
+                        continue;
+                    };
                     debug!(peer = %remote, error = %e, "send reported an unreachable peer");
                     let queued = self.drain_error_queue(now);
                     let no_route = matches!(
@@ -565,7 +576,13 @@ impl Driver {
                         self.ep.handle_unreachable(now, remote);
                     }
                 }
-                Err(e) => warn!(peer = %remote, len, error = %e, "send failed; datagram dropped"),
+                Err(e) => {
+                    handled += 1;
+                    let len = self.tx.front().map_or(0, |(_, bytes)| bytes.len());
+                    if let Some(remote) = self.tx.pop_front() {
+                        warn!(peer = %remote, len, error = %e, "send failed; datagram dropped");
+                    }
+                }
             }
         }
         true

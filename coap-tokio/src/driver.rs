@@ -316,10 +316,9 @@ pub(crate) struct Driver {
     stop_when_orphaned: bool,
     grace: Duration,
     phase: Phase,
-    /// A datagram taken from the engine that the socket would not take yet.
-    pending_tx: Option<(SocketAddr, usize)>,
-    tx_buf: Vec<u8>,
-    rx_buf: Vec<u8>,
+    /// Datagrams taken from the engine that the socket has not taken yet.
+    tx: coap_udp::SendBatch,
+    rx: coap_udp::RecvBatch,
 }
 
 /// Everything needed to start a driver.
@@ -363,10 +362,8 @@ impl Driver {
             stop_when_orphaned: parts.stop_when_orphaned,
             grace: parts.grace,
             phase: Phase::Running,
-            pending_tx: None,
-            tx_buf: vec![0; max_message_size.max(1280)],
-            // Large enough for any UDP datagram, so nothing arrives truncated.
-            rx_buf: vec![0; 65_536],
+            tx: coap_udp::SendBatch::new(max_message_size),
+            rx: coap_udp::RecvBatch::new(coap_udp::MAX_BATCH),
         };
         Ok((driver, shared))
     }
@@ -417,7 +414,7 @@ impl Driver {
                     }
                     sleep.as_mut().reset(self.clock.to_tokio(d));
                 }
-                let interest = if self.pending_tx.is_some() {
+                let interest = if !self.tx.is_empty() {
                     Interest::READABLE | Interest::WRITABLE | Interest::ERROR
                 } else {
                     Interest::READABLE | Interest::ERROR
@@ -484,7 +481,7 @@ impl Driver {
         match self.phase {
             Phase::Running => false,
             Phase::Closing(deadline) => {
-                (self.ep.is_idle() && self.pending_tx.is_none()) || now >= deadline
+                (self.ep.is_idle() && self.tx.is_empty()) || now >= deadline
             }
         }
     }
@@ -528,23 +525,34 @@ impl Driver {
     // Socket
     // ----------------------------------------------------------------------------------------
 
-    /// Reads up to [`BATCH`] datagrams into the engine. Returns true if the batch limit was
-    /// hit (more may be waiting).
+    /// Reads up to [`BATCH`] datagrams into the engine, many per system call where the
+    /// system allows (see [`coap_udp`]). Returns true if the batch limit was hit (more may be
+    /// waiting).
     ///
     /// `errors` says the socket reported an error condition: the error queue is read then,
     /// and whenever a receive reports an unreachable peer.
     fn receive(&mut self, now: coap_proto::Instant, errors: bool) -> bool {
+        let mut received = 0;
         for _ in 0..BATCH {
-            match self.socket.try_recv_from(&mut self.rx_buf) {
-                Ok((len, from)) => {
-                    let Some(from) = to_wire(self.local_addr, from) else {
-                        continue;
-                    };
-                    let Some(datagram) = self.rx_buf.get(..len) else {
-                        continue;
-                    };
-                    trace!(peer = %from, len, "datagram received");
-                    self.ep.handle_datagram(now, from, datagram);
+            let (socket, rx) = (&self.socket, &mut self.rx);
+            // Inside `try_io`, so that a `WouldBlock` clears the readiness tokio cached.
+            #[cfg(target_os = "linux")]
+            let result = socket.try_io(Interest::READABLE, || rx.recv(&**socket));
+            #[cfg(not(target_os = "linux"))]
+            let result = rx.recv_with(|buf| socket.try_recv_from(buf));
+            match result {
+                Ok(n) => {
+                    for (from, datagram) in self.rx.iter() {
+                        let Some(from) = to_wire(self.local_addr, from) else {
+                            continue;
+                        };
+                        trace!(peer = %from, len = datagram.len(), "datagram received");
+                        self.ep.handle_datagram(now, from, datagram);
+                    }
+                    received += n;
+                    if received >= BATCH {
+                        return true;
+                    }
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
                     if errors {
@@ -566,40 +574,39 @@ impl Driver {
         true
     }
 
-    /// Hands datagrams from the engine to the socket, up to [`BATCH`] of them. Keeps one
-    /// datagram when the socket would block. Returns true if more are waiting.
+    /// Hands datagrams from the engine to the socket, up to [`BATCH`] of them, many per
+    /// system call where the system allows (see [`coap_udp`]). Keeps those the socket would
+    /// not take yet. Returns true if more are waiting.
     fn flush(&mut self, now: coap_proto::Instant) -> bool {
+        // Counts datagrams sent or dropped; the loop count bounds the calls.
+        let mut handled = 0;
         for _ in 0..BATCH {
-            let (remote, len) = match self.pending_tx {
-                Some(p) => p,
-                None => match self.ep.poll_transmit(now, &mut self.tx_buf) {
-                    Ok(Some(t)) => (t.remote, t.len),
-                    Ok(None) => return false,
-                    Err(too_small) => {
-                        self.tx_buf.resize(too_small.needed, 0);
-                        continue;
-                    }
-                },
-            };
-            let Some(bytes) = self.tx_buf.get(..len) else {
-                self.pending_tx = None;
-                continue;
-            };
-            match self.socket.try_send_to(bytes, remote) {
-                Ok(_) => {
-                    trace!(peer = %remote, len, "datagram sent");
-                    self.pending_tx = None;
+            if handled >= BATCH {
+                break;
+            }
+            if self.tx.is_empty() && self.tx.fill(&mut self.ep, now) == 0 {
+                return false;
+            }
+            let (socket, tx) = (&self.socket, &mut self.tx);
+            #[cfg(target_os = "linux")]
+            let result = socket.try_io(Interest::WRITABLE, || tx.send(&**socket));
+            #[cfg(not(target_os = "linux"))]
+            let result = tx.send_with(|bytes, remote| socket.try_send_to(bytes, remote));
+            match result {
+                Ok(n) => {
+                    trace!(datagrams = n, "datagrams sent");
+                    handled += n;
                 }
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                    self.pending_tx = Some((remote, len));
-                    return false;
-                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return false,
                 Err(e) if is_unreachable(&e) => {
                     // On Linux a pending ICMP error of an earlier datagram can surface here;
-                    // read the error queue to learn whom it concerns. This datagram is
-                    // dropped, as if lost: retransmission covers it.
+                    // read the error queue to learn whom it concerns. The datagram at the
+                    // head is dropped, as if lost: retransmission covers it.
+                    handled += 1;
+                    let Some(remote) = self.tx.pop_front() else {
+                        continue;
+                    };
                     debug!(peer = %remote, error = %e, "send reported an unreachable peer");
-                    self.pending_tx = None;
                     let queued = self.drain_error_queue(now);
                     let synchronous = matches!(
                         e.kind(),
@@ -611,12 +618,15 @@ impl Driver {
                     }
                 }
                 Err(e) => {
-                    warn!(peer = %remote, len, error = %e, "send failed; datagram dropped");
-                    self.pending_tx = None;
+                    handled += 1;
+                    let len = self.tx.front().map_or(0, |(_, bytes)| bytes.len());
+                    if let Some(remote) = self.tx.pop_front() {
+                        warn!(peer = %remote, len, error = %e, "send failed; datagram dropped");
+                    }
                 }
             }
         }
-        self.pending_tx.is_some() || self.ep.table_sizes().transmit_queue > 0
+        !self.tx.is_empty() || self.ep.table_sizes().transmit_queue > 0
     }
 
     /// Reads the socket's error queue (Linux, `IP_RECVERR`) and reports each peer an ICMP
