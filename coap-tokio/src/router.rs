@@ -92,7 +92,8 @@ impl ObserveHooks {
     }
 
     /// Called with the new number of observers whenever one is added or removed (from the
-    /// driver task: keep it short).
+    /// driver task: keep it short). With several [engines](crate::ServerBuilder::engines) the
+    /// number is the total over all of them, and the calls are made one at a time.
     pub fn on_observer_count(mut self, f: impl Fn(usize) + Send + Sync + 'static) -> Self {
         self.on_count = Some(Arc::new(f));
         self
