@@ -40,12 +40,13 @@ use coap_proto::endpoint::{Event, Failure, Stats};
 use coap_proto::msg::{Code, Message, Token};
 use coap_proto::uri::CoapUri;
 use coap_proto::{Endpoint, IncomingId, Request, RequestId, Response};
+use coap_udp::{DatagramIo, RecvEnd, StdSocket};
 use futures_lite::{future, FutureExt, StreamExt};
 use tracing::{debug, trace, warn, Instrument, Span};
 
 use crate::incoming::{IncomingRequest, Reply};
 use crate::response::Notification;
-use crate::socket::{to_user, to_wire};
+use crate::socket::to_user;
 use crate::{Error, IncomingResponse};
 
 /// The most datagrams read or sent, commands or internal messages taken per wake-up.
@@ -337,9 +338,9 @@ pub(crate) struct Driver {
     phase: Phase,
     /// The socket may hold datagrams: read before waiting.
     readable: bool,
-    /// Datagrams from the engine the socket did not take yet.
-    tx: coap_udp::SendBatch,
-    rx: coap_udp::RecvBatch,
+    /// The socket's batches: datagrams in, and those from the engine the socket did not
+    /// take yet.
+    io: DatagramIo,
 }
 
 /// What a driver is made of.
@@ -384,8 +385,7 @@ impl Driver {
             grace: parts.grace,
             phase: Phase::Running,
             readable: true,
-            tx: coap_udp::SendBatch::new(tx_len),
-            rx: coap_udp::RecvBatch::new(coap_udp::MAX_BATCH),
+            io: DatagramIo::new(local_addr, tx_len),
         };
         Ok((driver, shared))
     }
@@ -450,7 +450,7 @@ impl Driver {
                 if let Poll::Ready(r) = self.socket.poll_readable(cx) {
                     return Poll::Ready(Wake::Readable(r));
                 }
-                if !self.tx.is_empty() {
+                if self.io.has_unsent() {
                     if let Poll::Ready(r) = self.socket.poll_writable(cx) {
                         return Poll::Ready(Wake::Writable(r));
                     }
@@ -510,7 +510,7 @@ impl Driver {
         match self.phase {
             Phase::Running => false,
             Phase::Closing(deadline) => {
-                now >= deadline || (self.ep.is_idle() && self.tx.is_empty())
+                now >= deadline || (self.ep.is_idle() && !self.io.has_unsent())
             }
         }
     }
@@ -574,124 +574,31 @@ impl Driver {
     /// Reads up to [`BATCH`] datagrams into the engine, many per system call where the
     /// system allows (see [`coap_udp`]); true if more may be waiting.
     fn receive(&mut self, now: coap_proto::Instant) -> bool {
-        let mut received = 0;
-        for _ in 0..BATCH {
-            let socket = self.socket.get_ref();
-            #[cfg(target_os = "linux")]
-            let result = self.rx.recv(socket);
-            #[cfg(not(target_os = "linux"))]
-            let result = self.rx.recv_with(|buf| socket.recv_from(buf));
-            match result {
-                Ok(n) => {
-                    for (from, datagram) in self.rx.iter() {
-                        let Some(from) = to_wire(self.local_addr, from) else {
-                            continue;
-                        };
-                        trace!(peer = %from, len = datagram.len(), "datagram received");
-                        self.ep.handle_datagram(now, from, datagram);
-                    }
-                    received += n;
-                    if received >= BATCH {
-                        return true;
-                    }
+        let socket = StdSocket(self.socket.get_ref());
+        let received = self.io.receive(&socket, &mut self.ep, now, BATCH);
+        match received.end {
+            RecvEnd::Drained => {
+                if received.datagrams == 0 {
+                    // Woken with nothing to read: the wake-up may have been an error
+                    // condition (an ICMP report waiting in the error queue).
+                    self.io.report_unreachable(&socket, &mut self.ep, now);
                 }
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                    if received == 0 {
-                        // Woken with nothing to read: the wake-up may have been an error
-                        // condition (an ICMP report waiting in the error queue).
-                        self.drain_error_queue(now);
-                    }
-                    return false;
-                }
-                Err(e) if is_unreachable(&e) => {
-                    // An ICMP error about an earlier datagram; the error queue says whom.
-                    self.drain_error_queue(now);
-                }
-                Err(e) => {
-                    warn!(error = %e, "receive failed");
-                    return false;
-                }
+                false
             }
+            RecvEnd::Failed(e) => {
+                warn!(error = %e, "receive failed");
+                false
+            }
+            _ => true,
         }
-        true
     }
 
     /// Sends up to [`BATCH`] datagrams the engine has queued, many per system call where the
     /// system allows (see [`coap_udp`]), keeping back those the socket would not take. True
     /// if more are queued and the socket still takes them.
     fn flush(&mut self, now: coap_proto::Instant) -> bool {
-        // Counts datagrams sent or dropped; the loop count bounds the calls.
-        let mut handled = 0;
-        for _ in 0..BATCH {
-            if handled >= BATCH {
-                break;
-            }
-            if self.tx.is_empty() && self.tx.fill(&mut self.ep, now) == 0 {
-                return false;
-            }
-            let socket = self.socket.get_ref();
-            #[cfg(target_os = "linux")]
-            let result = self.tx.send(socket);
-            #[cfg(not(target_os = "linux"))]
-            let result = self
-                .tx
-                .send_with(|bytes, remote| socket.send_to(bytes, remote));
-            match result {
-                Ok(n) => {
-                    trace!(datagrams = n, "datagrams sent");
-                    handled += n;
-                }
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return false,
-                Err(e) if is_unreachable(&e) => {
-                    // Linux may report an earlier datagram's ICMP error on this send. The
-                    // datagram at the head counts as lost; retransmission covers it.
-                    handled += 1;
-                    let Some(remote) = self.tx.pop_front() else {
-                        continue;
-                    };
-                    debug!(peer = %remote, error = %e, "send reported an unreachable peer");
-                    let found = self.drain_error_queue(now);
-                    let about_this_one = matches!(
-                        e.kind(),
-                        io::ErrorKind::HostUnreachable | io::ErrorKind::NetworkUnreachable
-                    );
-                    if !found && about_this_one {
-                        self.ep.handle_unreachable(now, remote);
-                    }
-                }
-                Err(e) => {
-                    handled += 1;
-                    let len = self.tx.front().map_or(0, |(_, bytes)| bytes.len());
-                    if let Some(remote) = self.tx.pop_front() {
-                        warn!(peer = %remote, len, error = %e, "send failed; datagram dropped");
-                    }
-                }
-            }
-        }
-        !self.tx.is_empty() || self.ep.table_sizes().transmit_queue > 0
-    }
-
-    /// Reports every peer named in the socket's error queue (Linux, `IP_RECVERR`) as
-    /// unreachable; true if there was any.
-    #[cfg(target_os = "linux")]
-    fn drain_error_queue(&mut self, now: coap_proto::Instant) -> bool {
-        use std::os::fd::AsRawFd;
-
-        let mut peers = Vec::new();
-        read_error_queue(self.socket.as_raw_fd(), &mut peers);
-        let found = !peers.is_empty();
-        for dest in peers {
-            if let Some(dest) = to_wire(self.local_addr, dest) {
-                debug!(peer = %to_user(dest), "ICMP error: peer unreachable");
-                self.ep.handle_unreachable(now, dest);
-            }
-        }
-        found
-    }
-
-    #[cfg(not(target_os = "linux"))]
-    fn drain_error_queue(&mut self, _now: coap_proto::Instant) -> bool {
-        false
+        let socket = StdSocket(self.socket.get_ref());
+        self.io.flush(&socket, &mut self.ep, now, BATCH)
     }
 
     // --- commands and internal messages --------------------------------------------------
@@ -1185,53 +1092,6 @@ impl Drop for AnswerGuard {
         if let Some(internal) = self.internal.take() {
             let _ = internal.try_send(Internal::Abandoned(self.id));
         }
-    }
-}
-
-/// Errors by which the socket says a peer cannot be reached.
-fn is_unreachable(e: &io::Error) -> bool {
-    matches!(
-        e.kind(),
-        io::ErrorKind::ConnectionRefused
-            | io::ErrorKind::ConnectionReset
-            | io::ErrorKind::HostUnreachable
-            | io::ErrorKind::NetworkUnreachable
-    )
-}
-
-/// Reads up to [`BATCH`] entries of the error queue (`MSG_ERRQUEUE`, see ip(7)) and collects
-/// the original destinations of the datagrams that drew an ICMP error, except "packet too
-/// big", which is about the path MTU and not about the peer.
-#[cfg(target_os = "linux")]
-fn read_error_queue(fd: std::os::fd::RawFd, peers: &mut Vec<SocketAddr>) {
-    use nix::sys::socket::{recvmsg, ControlMessageOwned, MsgFlags, SockaddrStorage};
-    use std::io::IoSliceMut;
-
-    for _ in 0..BATCH {
-        let mut payload = [0u8; 64];
-        let mut iov = [IoSliceMut::new(&mut payload)];
-        let mut control = nix::cmsg_space!(nix::libc::sock_extended_err, nix::libc::sockaddr_in6);
-        let flags = MsgFlags::MSG_ERRQUEUE | MsgFlags::MSG_DONTWAIT;
-        let Ok(msg) = recvmsg::<SockaddrStorage>(fd, &mut iov, Some(&mut control), flags) else {
-            return;
-        };
-        let errno = msg.cmsgs().ok().and_then(|mut cmsgs| {
-            cmsgs.find_map(|c| match c {
-                ControlMessageOwned::Ipv4RecvErr(e, _) | ControlMessageOwned::Ipv6RecvErr(e, _) => {
-                    Some(e.ee_errno)
-                }
-                _ => None,
-            })
-        });
-        if errno == Some(nix::libc::EMSGSIZE as u32) {
-            continue;
-        }
-        let dest = msg.address.as_ref().and_then(|s| {
-            s.as_sockaddr_in()
-                .map(|v4| SocketAddr::V4((*v4).into()))
-                .or_else(|| s.as_sockaddr_in6().map(|v6| SocketAddr::V6((*v6).into())))
-        });
-        peers.extend(dest);
     }
 }
 

@@ -14,7 +14,6 @@
 //! interrupted by a system call per command.
 
 use std::collections::HashMap;
-use std::io;
 use std::net::{SocketAddr, UdpSocket};
 use std::panic::AssertUnwindSafe;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -25,6 +24,7 @@ use coap_proto::endpoint::{Event, Failure, Stats};
 use coap_proto::msg::{Code, Message, Token};
 use coap_proto::uri::CoapUri;
 use coap_proto::{Endpoint, IncomingId, Request, RequestId, Response};
+use coap_udp::{DatagramIo, RecvEnd, StdSocket};
 use rustix::event::{PollFd, PollFlags, Timespec};
 use tracing::{debug, trace, warn};
 
@@ -32,7 +32,7 @@ use crate::incoming::{IncomingRequest, Reply};
 use crate::pool::Pool;
 use crate::response::Notification;
 use crate::router::{Routed, Router};
-use crate::socket::{to_user, to_wire, unreachable_peers};
+use crate::socket::to_user;
 use crate::{Error, IncomingResponse};
 
 /// The most datagrams read, datagrams sent or commands taken per turn of the loop.
@@ -274,9 +274,9 @@ pub(crate) struct Driver {
     shutdown_waiters: Vec<mpsc::Sender<()>>,
     grace: Duration,
     phase: Phase,
-    /// Datagrams taken from the engine that the socket has not taken yet.
-    tx: coap_udp::SendBatch,
-    rx: coap_udp::RecvBatch,
+    /// The socket's batches: datagrams in, and those taken from the engine that the socket
+    /// has not taken yet.
+    io: DatagramIo,
 }
 
 impl Driver {
@@ -331,8 +331,7 @@ impl Driver {
             shutdown_waiters: Vec::new(),
             grace,
             phase: Phase::Running,
-            tx: coap_udp::SendBatch::new(max),
-            rx: coap_udp::RecvBatch::new(coap_udp::MAX_BATCH),
+            io: DatagramIo::new(local_addr, max),
         };
         Ok((driver, shared))
     }
@@ -409,7 +408,7 @@ impl Driver {
     /// Sleeps in `poll` until a socket is ready or `timeout` passes (forever without one).
     fn sleep(&self, timeout: Option<Duration>) -> Result<Ready, Error> {
         let mut interest = PollFlags::IN;
-        if !self.tx.is_empty() {
+        if self.io.has_unsent() {
             interest |= PollFlags::OUT;
         }
         let mut fds = [
@@ -450,7 +449,7 @@ impl Driver {
         match self.phase {
             Phase::Running => false,
             Phase::Closing(deadline) => {
-                (self.ep.is_idle() && self.tx.is_empty()) || now >= deadline
+                (self.ep.is_idle() && !self.io.has_unsent()) || now >= deadline
             }
         }
     }
@@ -497,107 +496,21 @@ impl Driver {
     /// system allows (see [`coap_udp`]); `errors` says poll reported the error queue
     /// non-empty.
     fn receive(&mut self, now: coap_proto::Instant, errors: bool) {
+        let socket = StdSocket(&self.socket);
         if errors {
-            self.drain_error_queue(now);
+            self.io.report_unreachable(&socket, &mut self.ep, now);
         }
-        let mut received = 0;
-        for _ in 0..BATCH {
-            #[cfg(target_os = "linux")]
-            let result = self.rx.recv(&*self.socket);
-            #[cfg(not(target_os = "linux"))]
-            let result = self.rx.recv_with(|buf| self.socket.recv_from(buf));
-            match result {
-                Ok(n) => {
-                    for (from, datagram) in self.rx.iter() {
-                        let Some(from) = to_wire(self.local_addr, from) else {
-                            continue;
-                        };
-                        trace!(peer = %from, len = datagram.len(), "datagram received");
-                        self.ep.handle_datagram(now, from, datagram);
-                    }
-                    received += n;
-                    if received >= BATCH {
-                        return;
-                    }
-                }
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(e) if is_unreachable(&e) => {
-                    self.drain_error_queue(now);
-                }
-                Err(e) => {
-                    warn!(error = %e, "receive failed");
-                    return;
-                }
-            }
+        if let RecvEnd::Failed(e) = self.io.receive(&socket, &mut self.ep, now, BATCH).end {
+            warn!(error = %e, "receive failed");
         }
     }
 
     /// Sends up to [`BATCH`] datagrams from the engine, many per system call where the
     /// system allows (see [`coap_udp`]), keeping back those the socket would not take.
-    /// Returns true if the batch was used up and more may wait.
+    /// Returns true if more wait and the socket may take them.
     fn flush(&mut self, now: coap_proto::Instant) -> bool {
-        // Counts datagrams sent or dropped; the loop count bounds the calls.
-        let mut handled = 0;
-        for _ in 0..BATCH {
-            if handled >= BATCH {
-                break;
-            }
-            if self.tx.is_empty() && self.tx.fill(&mut self.ep, now) == 0 {
-                return false;
-            }
-            #[cfg(target_os = "linux")]
-            let result = self.tx.send(&*self.socket);
-            #[cfg(not(target_os = "linux"))]
-            let result = self
-                .tx
-                .send_with(|bytes, remote| self.socket.send_to(bytes, remote));
-            match result {
-                Ok(n) => {
-                    trace!(datagrams = n, "datagrams sent");
-                    handled += n;
-                }
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return false,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(e) if is_unreachable(&e) => {
-                    // A pending ICMP error of an earlier datagram, or no route for this one.
-                    // The datagram at the head counts as lost; retransmission covers it.
-                    handled += 1;
-                    let Some(remote) = self.tx.pop_front() else {
-                        continue;
-                    };
-                    debug!(peer = %remote, error = %e, "send reported an unreachable peer");
-                    let queued = self.drain_error_queue(now);
-                    let no_route = matches!(
-                        e.kind(),
-                        io::ErrorKind::HostUnreachable | io::ErrorKind::NetworkUnreachable
-                    );
-                    if !queued && no_route {
-                        self.ep.handle_unreachable(now, remote);
-                    }
-                }
-                Err(e) => {
-                    handled += 1;
-                    let len = self.tx.front().map_or(0, |(_, bytes)| bytes.len());
-                    if let Some(remote) = self.tx.pop_front() {
-                        warn!(peer = %remote, len, error = %e, "send failed; datagram dropped");
-                    }
-                }
-            }
-        }
-        true
-    }
-
-    /// Reports every peer the error queue names as unreachable; true if there was one.
-    fn drain_error_queue(&mut self, now: coap_proto::Instant) -> bool {
-        let peers = unreachable_peers(&self.socket, BATCH);
-        for peer in &peers {
-            if let Some(peer) = to_wire(self.local_addr, *peer) {
-                debug!(peer = %to_user(peer), "ICMP error: peer unreachable");
-                self.ep.handle_unreachable(now, peer);
-            }
-        }
-        !peers.is_empty()
+        self.io
+            .flush(&StdSocket(&self.socket), &mut self.ep, now, BATCH)
     }
 
     // ------------------------------------------------------------------------------------
@@ -1010,17 +923,6 @@ impl Drop for AnswerGuard {
             let _ = mailbox.post(Command::Abandoned(self.id));
         }
     }
-}
-
-/// Errors through which a socket reports an unreachable peer.
-fn is_unreachable(e: &io::Error) -> bool {
-    matches!(
-        e.kind(),
-        io::ErrorKind::ConnectionRefused
-            | io::ErrorKind::ConnectionReset
-            | io::ErrorKind::HostUnreachable
-            | io::ErrorKind::NetworkUnreachable
-    )
 }
 
 /// `/path?query` of a request, for tracing and introspection.

@@ -31,6 +31,7 @@ use coap_proto::endpoint::{Event, Failure, Stats};
 use coap_proto::msg::{Code, Message, Token};
 use coap_proto::uri::CoapUri;
 use coap_proto::{Endpoint, IncomingId, Request, RequestId, Response};
+use coap_udp::{DatagramIo, RecvEnd};
 use tokio::io::Interest;
 use tokio::net::UdpSocket;
 use tokio::sync::{mpsc, oneshot};
@@ -38,7 +39,7 @@ use tracing::{debug, trace, warn, Instrument, Span};
 
 use crate::incoming::{IncomingRequest, Reply};
 use crate::response::Notification;
-use crate::socket::{to_user, to_wire};
+use crate::socket::to_user;
 use crate::{Error, IncomingResponse};
 
 /// The most datagrams, sends, commands or internal messages handled per wake-up.
@@ -316,9 +317,9 @@ pub(crate) struct Driver {
     stop_when_orphaned: bool,
     grace: Duration,
     phase: Phase,
-    /// Datagrams taken from the engine that the socket has not taken yet.
-    tx: coap_udp::SendBatch,
-    rx: coap_udp::RecvBatch,
+    /// The socket's batches: datagrams in, and those taken from the engine that the socket
+    /// has not taken yet.
+    io: DatagramIo,
 }
 
 /// Everything needed to start a driver.
@@ -362,8 +363,7 @@ impl Driver {
             stop_when_orphaned: parts.stop_when_orphaned,
             grace: parts.grace,
             phase: Phase::Running,
-            tx: coap_udp::SendBatch::new(max_message_size),
-            rx: coap_udp::RecvBatch::new(coap_udp::MAX_BATCH),
+            io: DatagramIo::new(local_addr, max_message_size),
         };
         Ok((driver, shared))
     }
@@ -414,7 +414,7 @@ impl Driver {
                     }
                     sleep.as_mut().reset(self.clock.to_tokio(d));
                 }
-                let interest = if !self.tx.is_empty() {
+                let interest = if self.io.has_unsent() {
                     Interest::READABLE | Interest::WRITABLE | Interest::ERROR
                 } else {
                     Interest::READABLE | Interest::ERROR
@@ -481,7 +481,7 @@ impl Driver {
         match self.phase {
             Phase::Running => false,
             Phase::Closing(deadline) => {
-                (self.ep.is_idle() && self.tx.is_empty()) || now >= deadline
+                (self.ep.is_idle() && !self.io.has_unsent()) || now >= deadline
             }
         }
     }
@@ -532,137 +532,29 @@ impl Driver {
     /// `errors` says the socket reported an error condition: the error queue is read then,
     /// and whenever a receive reports an unreachable peer.
     fn receive(&mut self, now: coap_proto::Instant, errors: bool) -> bool {
-        let mut received = 0;
-        for _ in 0..BATCH {
-            let (socket, rx) = (&self.socket, &mut self.rx);
-            // Inside `try_io`, so that a `WouldBlock` clears the readiness tokio cached.
-            #[cfg(target_os = "linux")]
-            let result = socket.try_io(Interest::READABLE, || rx.recv(&**socket));
-            #[cfg(not(target_os = "linux"))]
-            let result = rx.recv_with(|buf| socket.try_recv_from(buf));
-            match result {
-                Ok(n) => {
-                    for (from, datagram) in self.rx.iter() {
-                        let Some(from) = to_wire(self.local_addr, from) else {
-                            continue;
-                        };
-                        trace!(peer = %from, len = datagram.len(), "datagram received");
-                        self.ep.handle_datagram(now, from, datagram);
-                    }
-                    received += n;
-                    if received >= BATCH {
-                        return true;
-                    }
+        let socket = TokioSocket(&self.socket);
+        match self.io.receive(&socket, &mut self.ep, now, BATCH).end {
+            RecvEnd::Drained => {
+                if errors {
+                    self.io.report_unreachable(&socket, &mut self.ep, now);
                 }
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                    if errors {
-                        self.drain_error_queue(now);
-                    }
-                    return false;
-                }
-                Err(e) if is_unreachable(&e) => {
-                    // An ICMP error for some earlier datagram; the queue says which peer.
-                    self.drain_error_queue(now);
-                }
-                Err(e) => {
-                    // Readiness stays set: report busy so the loop yields before retrying.
-                    warn!(error = %e, "receive failed");
-                    return true;
-                }
+                false
             }
+            RecvEnd::Failed(e) => {
+                // Readiness stays set: report busy so the loop yields before retrying.
+                warn!(error = %e, "receive failed");
+                true
+            }
+            _ => true,
         }
-        true
     }
 
     /// Hands datagrams from the engine to the socket, up to [`BATCH`] of them, many per
     /// system call where the system allows (see [`coap_udp`]). Keeps those the socket would
     /// not take yet. Returns true if more are waiting.
     fn flush(&mut self, now: coap_proto::Instant) -> bool {
-        // Counts datagrams sent or dropped; the loop count bounds the calls.
-        let mut handled = 0;
-        for _ in 0..BATCH {
-            if handled >= BATCH {
-                break;
-            }
-            if self.tx.is_empty() && self.tx.fill(&mut self.ep, now) == 0 {
-                return false;
-            }
-            let (socket, tx) = (&self.socket, &mut self.tx);
-            #[cfg(target_os = "linux")]
-            let result = socket.try_io(Interest::WRITABLE, || tx.send(&**socket));
-            #[cfg(not(target_os = "linux"))]
-            let result = tx.send_with(|bytes, remote| socket.try_send_to(bytes, remote));
-            match result {
-                Ok(n) => {
-                    trace!(datagrams = n, "datagrams sent");
-                    handled += n;
-                }
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return false,
-                Err(e) if is_unreachable(&e) => {
-                    // On Linux a pending ICMP error of an earlier datagram can surface here;
-                    // read the error queue to learn whom it concerns. The datagram at the
-                    // head is dropped, as if lost: retransmission covers it.
-                    handled += 1;
-                    let Some(remote) = self.tx.pop_front() else {
-                        continue;
-                    };
-                    debug!(peer = %remote, error = %e, "send reported an unreachable peer");
-                    let queued = self.drain_error_queue(now);
-                    let synchronous = matches!(
-                        e.kind(),
-                        io::ErrorKind::HostUnreachable | io::ErrorKind::NetworkUnreachable
-                    );
-                    if !queued && synchronous {
-                        // No route: the error is about this very datagram.
-                        self.ep.handle_unreachable(now, remote);
-                    }
-                }
-                Err(e) => {
-                    handled += 1;
-                    let len = self.tx.front().map_or(0, |(_, bytes)| bytes.len());
-                    if let Some(remote) = self.tx.pop_front() {
-                        warn!(peer = %remote, len, error = %e, "send failed; datagram dropped");
-                    }
-                }
-            }
-        }
-        !self.tx.is_empty() || self.ep.table_sizes().transmit_queue > 0
-    }
-
-    /// Reads the socket's error queue (Linux, `IP_RECVERR`) and reports each peer an ICMP
-    /// error names as unreachable. Returns whether any was found.
-    #[cfg(target_os = "linux")]
-    fn drain_error_queue(&mut self, now: coap_proto::Instant) -> bool {
-        use std::os::fd::AsRawFd;
-
-        let fd = self.socket.as_raw_fd();
-        let mut peers = Vec::new();
-        let mut called = false;
-        // Read inside `try_io`, so that the error readiness tokio cached is cleared once the
-        // queue is empty (else the socket stays "ready" and the loop would spin), without
-        // losing an error that arrives meanwhile.
-        let _ = self.socket.try_io(Interest::ERROR, || {
-            called = true;
-            read_error_queue(fd, &mut peers);
-            Err::<(), _>(io::ErrorKind::WouldBlock.into())
-        });
-        if !called {
-            read_error_queue(fd, &mut peers);
-        }
-        let found = !peers.is_empty();
-        for dest in peers {
-            let Some(dest) = to_wire(self.local_addr, dest) else {
-                continue;
-            };
-            debug!(peer = %to_user(dest), "ICMP error: peer unreachable");
-            self.ep.handle_unreachable(now, dest);
-        }
-        found
-    }
-
-    #[cfg(not(target_os = "linux"))]
-    fn drain_error_queue(&mut self, _now: coap_proto::Instant) -> bool {
-        false
+        self.io
+            .flush(&TokioSocket(&self.socket), &mut self.ep, now, BATCH)
     }
 
     // ----------------------------------------------------------------------------------------
@@ -1192,59 +1084,47 @@ async fn wait_for(signal: &mut Option<Pin<Box<dyn Future<Output = ()> + Send>>>)
     }
 }
 
-/// Errors through which the socket reports that a peer cannot be reached.
-fn is_unreachable(e: &io::Error) -> bool {
-    matches!(
-        e.kind(),
-        io::ErrorKind::ConnectionRefused
-            | io::ErrorKind::ConnectionReset
-            | io::ErrorKind::HostUnreachable
-            | io::ErrorKind::NetworkUnreachable
-    )
-}
+/// The driver's socket calls, in the form [`coap_udp::DatagramIo`] makes them.
+struct TokioSocket<'a>(&'a UdpSocket);
 
-/// Reads up to [`BATCH`] entries of the socket's error queue and collects the destinations of
-/// the datagrams that drew an ICMP error other than "packet too big".
-#[cfg(target_os = "linux")]
-fn read_error_queue(fd: std::os::fd::RawFd, peers: &mut Vec<SocketAddr>) {
-    use nix::sys::socket::{recvmsg, ControlMessageOwned, MsgFlags, SockaddrStorage};
-    use std::io::IoSliceMut;
-
-    for _ in 0..BATCH {
-        let mut data = [0u8; 64];
-        let mut iov = [IoSliceMut::new(&mut data)];
-        let mut cmsg = nix::cmsg_space!(nix::libc::sock_extended_err, nix::libc::sockaddr_in6);
-        let flags = MsgFlags::MSG_ERRQUEUE | MsgFlags::MSG_DONTWAIT;
-        let Ok(msg) = recvmsg::<SockaddrStorage>(fd, &mut iov, Some(&mut cmsg), flags) else {
-            return;
-        };
-        let mut errno = None;
-        if let Ok(cmsgs) = msg.cmsgs() {
-            for c in cmsgs {
-                match c {
-                    ControlMessageOwned::Ipv4RecvErr(e, _)
-                    | ControlMessageOwned::Ipv6RecvErr(e, _) => errno = Some(e.ee_errno),
-                    _ => {}
-                }
-            }
-        }
-        // EMSGSIZE reports a path MTU, not an unreachable peer.
-        if errno == Some(nix::libc::EMSGSIZE as u32) {
-            continue;
-        }
-        // The original destination of the datagram is in the message's address (ip(7)).
-        if let Some(dest) = msg.address.as_ref().and_then(storage_to_socket_addr) {
-            peers.push(dest);
-        }
+impl coap_udp::DatagramSocket for TokioSocket<'_> {
+    fn recv(&self, batch: &mut coap_udp::RecvBatch) -> io::Result<usize> {
+        // Inside `try_io`, so that a `WouldBlock` clears the readiness tokio cached.
+        #[cfg(target_os = "linux")]
+        return self.0.try_io(Interest::READABLE, || batch.recv(self.0));
+        #[cfg(not(target_os = "linux"))]
+        return batch.recv_with(|buf| self.0.try_recv_from(buf));
     }
-}
 
-#[cfg(target_os = "linux")]
-fn storage_to_socket_addr(s: &nix::sys::socket::SockaddrStorage) -> Option<SocketAddr> {
-    if let Some(v4) = s.as_sockaddr_in() {
-        return Some(SocketAddr::V4((*v4).into()));
+    fn send(&self, batch: &mut coap_udp::SendBatch) -> io::Result<usize> {
+        #[cfg(target_os = "linux")]
+        return self.0.try_io(Interest::WRITABLE, || batch.send(self.0));
+        #[cfg(not(target_os = "linux"))]
+        return batch.send_with(|bytes, remote| self.0.try_send_to(bytes, remote));
     }
-    s.as_sockaddr_in6().map(|v6| SocketAddr::V6((*v6).into()))
+
+    #[cfg(target_os = "linux")]
+    fn unreachable_peers(&self) -> Vec<SocketAddr> {
+        let mut peers = Vec::new();
+        let mut called = false;
+        // Read inside `try_io`, so that the error readiness tokio cached is cleared once the
+        // queue is empty (else the socket stays "ready" and the loop would spin), without
+        // losing an error that arrives meanwhile.
+        let _ = self.0.try_io(Interest::ERROR, || {
+            called = true;
+            peers = coap_udp::error_queue_peers(self.0);
+            Err::<(), _>(io::ErrorKind::WouldBlock.into())
+        });
+        if !called {
+            peers = coap_udp::error_queue_peers(self.0);
+        }
+        peers
+    }
+
+    #[cfg(not(target_os = "linux"))]
+    fn unreachable_peers(&self) -> Vec<SocketAddr> {
+        Vec::new()
+    }
 }
 
 /// `/path?query` of a request, for tracing and introspection.

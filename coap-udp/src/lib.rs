@@ -12,6 +12,12 @@
 //!   buffer. On Linux [`SendBatch::send`] hands them to one `sendmmsg`; everywhere
 //!   [`SendBatch::send_with`] sends them one at a time through the runtime's own `send_to`.
 //!
+//! [`DatagramIo`] puts the two together with the policy every driver shares: how many
+//! datagrams one wake-up moves, what a send or receive error means (an ICMP error queued for
+//! an earlier datagram, a peer without a route, a full socket buffer), and reporting the peers
+//! the socket's error queue names as unreachable to the engine. A runtime crate only says how
+//! to make each system call, by implementing [`DatagramSocket`].
+//!
 //! Buffers are allocated once, when the batch is made: nothing is allocated per datagram or
 //! per call. The crate never waits: the runtime wraps each call in its own readiness
 //! mechanism (tokio's `try_io`, async-io's readiness futures, `poll(2)`), and a call that
@@ -25,7 +31,9 @@ use std::net::SocketAddr;
 #[cfg(target_os = "linux")]
 use std::os::fd::AsFd;
 
+use coap_proto::addr::{for_socket, unmapped};
 use coap_proto::{Endpoint, Instant};
+use tracing::{debug, trace, warn};
 
 /// The most datagrams one call moves.
 pub const MAX_BATCH: usize = 32;
@@ -351,6 +359,278 @@ impl SendBatch {
     }
 }
 
+/// The system calls of one runtime's socket, for [`DatagramIo`]. Each call must not wait:
+/// when the socket is not ready it returns [`io::ErrorKind::WouldBlock`] (and, where the
+/// runtime caches readiness, clears it).
+pub trait DatagramSocket {
+    /// One receive call into `batch`: [`RecvBatch::recv`] on Linux, or
+    /// [`RecvBatch::recv_with`] with the runtime's `recv_from`.
+    fn recv(&self, batch: &mut RecvBatch) -> io::Result<usize>;
+
+    /// One send call from `batch`: [`SendBatch::send`] on Linux, or
+    /// [`SendBatch::send_with`] with the runtime's `send_to`.
+    fn send(&self, batch: &mut SendBatch) -> io::Result<usize>;
+
+    /// The destinations of earlier datagrams that drew an ICMP error, from the socket's
+    /// error queue: [`error_queue_peers`] on Linux, none elsewhere.
+    fn unreachable_peers(&self) -> Vec<SocketAddr>;
+}
+
+/// A non-blocking [`std::net::UdpSocket`] (as a blocking runtime or an async-io reactor holds
+/// it) making its calls directly.
+#[derive(Clone, Copy, Debug)]
+pub struct StdSocket<'a>(pub &'a std::net::UdpSocket);
+
+impl DatagramSocket for StdSocket<'_> {
+    fn recv(&self, batch: &mut RecvBatch) -> io::Result<usize> {
+        #[cfg(target_os = "linux")]
+        let received = batch.recv(self.0);
+        #[cfg(not(target_os = "linux"))]
+        let received = batch.recv_with(|buf| self.0.recv_from(buf));
+        received
+    }
+
+    fn send(&self, batch: &mut SendBatch) -> io::Result<usize> {
+        #[cfg(target_os = "linux")]
+        let sent = batch.send(self.0);
+        #[cfg(not(target_os = "linux"))]
+        let sent = batch.send_with(|bytes, remote| self.0.send_to(bytes, remote));
+        sent
+    }
+
+    fn unreachable_peers(&self) -> Vec<SocketAddr> {
+        #[cfg(target_os = "linux")]
+        let peers = error_queue_peers(self.0);
+        #[cfg(not(target_os = "linux"))]
+        let peers = Vec::new();
+        peers
+    }
+}
+
+/// How a [`DatagramIo::receive`] call ended.
+#[derive(Debug)]
+#[non_exhaustive]
+pub enum RecvEnd {
+    /// The socket holds nothing more.
+    Drained,
+    /// The limit was reached; more may wait.
+    Limit,
+    /// The socket failed with this error (the driver decides whether to retry).
+    Failed(io::Error),
+}
+
+/// What one [`DatagramIo::receive`] call did.
+#[derive(Debug)]
+pub struct Received {
+    /// Datagrams handed to the engine.
+    pub datagrams: usize,
+    /// Why the call stopped.
+    pub end: RecvEnd,
+}
+
+/// The datagram I/O of one driver: a [`RecvBatch`], a [`SendBatch`] and the socket's local
+/// address (which gives peer addresses the form the socket uses, see
+/// [`coap_proto::addr::for_socket`]).
+#[derive(Debug)]
+pub struct DatagramIo {
+    rx: RecvBatch,
+    tx: SendBatch,
+    local: SocketAddr,
+}
+
+impl DatagramIo {
+    /// The I/O of a socket bound to `local` for an engine whose datagrams are at most
+    /// `max_datagram` bytes ([`Config::max_message_size`](coap_proto::Config::max_message_size)).
+    pub fn new(local: SocketAddr, max_datagram: usize) -> DatagramIo {
+        DatagramIo {
+            rx: RecvBatch::new(MAX_BATCH),
+            tx: SendBatch::new(max_datagram),
+            local,
+        }
+    }
+
+    /// Whether datagrams taken from the engine wait for the socket to take them (the driver
+    /// then waits for the socket to become writable, and does not stop before they leave).
+    pub fn has_unsent(&self) -> bool {
+        !self.tx.is_empty()
+    }
+
+    /// Receives up to `limit` datagrams (rounded up to whole batches) and hands each to
+    /// `ep`. An ICMP error the socket reports on the way is looked up in the error queue and
+    /// its peer reported unreachable to `ep`.
+    pub fn receive(
+        &mut self,
+        socket: &impl DatagramSocket,
+        ep: &mut Endpoint,
+        now: Instant,
+        limit: usize,
+    ) -> Received {
+        let mut datagrams = 0;
+        for _ in 0..limit {
+            match socket.recv(&mut self.rx) {
+                Ok(n) => {
+                    for (from, datagram) in self.rx.iter() {
+                        let Some(from) = for_socket(self.local, from) else {
+                            continue;
+                        };
+                        trace!(peer = %from, len = datagram.len(), "datagram received");
+                        ep.handle_datagram(now, from, datagram);
+                    }
+                    datagrams += n;
+                    if datagrams >= limit {
+                        return Received {
+                            datagrams,
+                            end: RecvEnd::Limit,
+                        };
+                    }
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    return Received {
+                        datagrams,
+                        end: RecvEnd::Drained,
+                    }
+                }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) if is_unreachable(&e) => {
+                    // An ICMP error for some earlier datagram; the queue says which peer.
+                    self.report_unreachable(socket, ep, now);
+                }
+                Err(e) => {
+                    return Received {
+                        datagrams,
+                        end: RecvEnd::Failed(e),
+                    }
+                }
+            }
+        }
+        Received {
+            datagrams,
+            end: RecvEnd::Limit,
+        }
+    }
+
+    /// Sends up to `limit` datagrams from `ep`, many per call, keeping back those the socket
+    /// would not take. A datagram the socket refuses for good is dropped, as if lost on the
+    /// way (retransmission covers it); when the refusal says its peer cannot be reached, the
+    /// peer is reported to `ep`. Returns true if datagrams still wait (in the batch or in the
+    /// engine) and the socket may take more.
+    pub fn flush(
+        &mut self,
+        socket: &impl DatagramSocket,
+        ep: &mut Endpoint,
+        now: Instant,
+        limit: usize,
+    ) -> bool {
+        // Counts datagrams sent or dropped; the loop count bounds the calls.
+        let mut handled = 0;
+        for _ in 0..limit {
+            if handled >= limit {
+                break;
+            }
+            if self.tx.is_empty() && self.tx.fill(ep, now) == 0 {
+                return false;
+            }
+            match socket.send(&mut self.tx) {
+                Ok(n) => {
+                    trace!(datagrams = n, "datagrams sent");
+                    handled += n;
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return false,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) if is_unreachable(&e) => {
+                    // On Linux a pending ICMP error of an earlier datagram can surface here;
+                    // the error queue says whom it concerns. Either way the datagram at the
+                    // head is dropped.
+                    handled += 1;
+                    let Some(remote) = self.tx.pop_front() else {
+                        continue;
+                    };
+                    debug!(peer = %unmapped(remote), error = %e, "send reported an unreachable peer");
+                    let queued = self.report_unreachable(socket, ep, now);
+                    let no_route = matches!(
+                        e.kind(),
+                        io::ErrorKind::HostUnreachable | io::ErrorKind::NetworkUnreachable
+                    );
+                    if !queued && no_route {
+                        // No route: the error is about this very datagram.
+                        ep.handle_unreachable(now, remote);
+                    }
+                }
+                Err(e) => {
+                    handled += 1;
+                    let len = self.tx.front().map_or(0, |(_, bytes)| bytes.len());
+                    if let Some(remote) = self.tx.pop_front() {
+                        warn!(peer = %unmapped(remote), len, error = %e, "send failed; datagram dropped");
+                    }
+                }
+            }
+        }
+        self.has_unsent() || ep.table_sizes().transmit_queue > 0
+    }
+
+    /// Reports every peer the socket's error queue names to `ep` as unreachable. Returns
+    /// whether there was any.
+    pub fn report_unreachable(
+        &self,
+        socket: &impl DatagramSocket,
+        ep: &mut Endpoint,
+        now: Instant,
+    ) -> bool {
+        let peers = socket.unreachable_peers();
+        for &dest in &peers {
+            if let Some(dest) = for_socket(self.local, dest) {
+                debug!(peer = %unmapped(dest), "ICMP error: peer unreachable");
+                ep.handle_unreachable(now, dest);
+            }
+        }
+        !peers.is_empty()
+    }
+}
+
+/// Errors by which a socket says that a peer cannot be reached.
+fn is_unreachable(e: &io::Error) -> bool {
+    matches!(
+        e.kind(),
+        io::ErrorKind::ConnectionRefused
+            | io::ErrorKind::ConnectionReset
+            | io::ErrorKind::HostUnreachable
+            | io::ErrorKind::NetworkUnreachable
+    )
+}
+
+/// Reads up to [`MAX_BATCH`] entries of the socket's error queue (Linux, `MSG_ERRQUEUE` on a
+/// socket with `IP_RECVERR` / `IPV6_RECVERR`, see ip(7)) and returns the original destinations
+/// of the datagrams that drew an ICMP error, except "packet too big", which reports a path
+/// MTU and not an unreachable peer.
+#[cfg(target_os = "linux")]
+pub fn error_queue_peers(socket: &impl AsFd) -> Vec<SocketAddr> {
+    use nix::sys::socket::{recvmsg, ControlMessageOwned, MsgFlags, SockaddrStorage};
+    use std::io::IoSliceMut;
+    use std::os::fd::AsRawFd;
+
+    let fd = socket.as_fd().as_raw_fd();
+    let mut peers = Vec::new();
+    for _ in 0..MAX_BATCH {
+        let mut data = [0u8; 64];
+        let mut iov = [IoSliceMut::new(&mut data)];
+        let mut space = nix::cmsg_space!(nix::libc::sock_extended_err, nix::libc::sockaddr_in6);
+        let flags = MsgFlags::MSG_ERRQUEUE | MsgFlags::MSG_DONTWAIT;
+        let Ok(msg) = recvmsg::<SockaddrStorage>(fd, &mut iov, Some(&mut space), flags) else {
+            break;
+        };
+        let too_big = msg.cmsgs().into_iter().flatten().any(|c| {
+            matches!(c, ControlMessageOwned::Ipv4RecvErr(e, _) | ControlMessageOwned::Ipv6RecvErr(e, _)
+                if e.ee_errno == nix::libc::EMSGSIZE as u32)
+        });
+        if too_big {
+            continue;
+        }
+        // ip(7): the message's address is the original destination.
+        peers.extend(msg.address.as_ref().and_then(storage_to_socket_addr));
+    }
+    peers
+}
+
 /// The message headers `recvmmsg` fills in. They hold raw pointers, so they cannot live in a
 /// [`RecvBatch`] that moves between threads; each thread keeps its own instead, one set per
 /// address family. A set keeps each message's address length from its last call (nix does
@@ -614,6 +894,122 @@ mod tests {
             v6_peer.send_to(&[3], ("::1", dual_port)).unwrap();
             assert_eq!(recv_one(&dual), Some(v6_peer.local_addr().unwrap()));
         }
+    }
+
+    /// A socket whose calls give scripted results, for the policy of [`DatagramIo`].
+    struct Scripted {
+        recv: std::cell::RefCell<Vec<io::ErrorKind>>,
+        send: std::cell::RefCell<Vec<io::ErrorKind>>,
+        queued: Vec<SocketAddr>,
+    }
+
+    impl DatagramSocket for Scripted {
+        fn recv(&self, _batch: &mut RecvBatch) -> io::Result<usize> {
+            let kind = self.recv.borrow_mut().pop();
+            Err(kind.unwrap_or(io::ErrorKind::WouldBlock).into())
+        }
+
+        fn send(&self, batch: &mut SendBatch) -> io::Result<usize> {
+            match self.send.borrow_mut().pop() {
+                Some(kind) => Err(kind.into()),
+                None => batch.send_with(|bytes, _| Ok(bytes.len())),
+            }
+        }
+
+        fn unreachable_peers(&self) -> Vec<SocketAddr> {
+            self.queued.clone()
+        }
+    }
+
+    fn failures(ep: &mut Endpoint) -> Vec<coap_proto::endpoint::Failure> {
+        let mut out = Vec::new();
+        while let Some(event) = ep.poll_event() {
+            if let coap_proto::endpoint::Event::RequestFailed { reason, .. } = event {
+                out.push(reason);
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn a_send_without_route_fails_the_requests_to_that_peer() {
+        use coap_proto::endpoint::Failure;
+        let peer: SocketAddr = "127.0.0.1:9".parse().unwrap();
+        let now = Instant::from_micros(0);
+        let mut ep = endpoint_with(2, peer, 0);
+        let mut io = DatagramIo::new("127.0.0.1:5683".parse().unwrap(), 1152);
+        let socket = Scripted {
+            recv: Default::default(),
+            send: vec![io::ErrorKind::HostUnreachable].into(),
+            queued: Vec::new(),
+        };
+        // The first datagram is refused and dropped, the second goes out.
+        assert!(!io.flush(&socket, &mut ep, now, 64));
+        assert!(!io.has_unsent());
+        assert_eq!(ep.stats().datagrams_sent, 2);
+        assert_eq!(
+            failures(&mut ep),
+            [Failure::Unreachable, Failure::Unreachable]
+        );
+
+        // A full socket buffer keeps the batch for later.
+        let mut ep = endpoint_with(2, peer, 0);
+        let socket = Scripted {
+            recv: Default::default(),
+            send: vec![io::ErrorKind::WouldBlock].into(),
+            queued: Vec::new(),
+        };
+        assert!(!io.flush(&socket, &mut ep, now, 64));
+        assert!(io.has_unsent());
+        assert!(failures(&mut ep).is_empty());
+        assert!(!io.flush(&socket, &mut ep, now, 64));
+        assert!(!io.has_unsent());
+    }
+
+    #[test]
+    fn icmp_errors_in_the_queue_reach_the_engine() {
+        use coap_proto::endpoint::Failure;
+        let peer: SocketAddr = "127.0.0.1:9".parse().unwrap();
+        let now = Instant::from_micros(0);
+        let mut ep = endpoint_with(1, peer, 0);
+        let mut io = DatagramIo::new("127.0.0.1:5683".parse().unwrap(), 1152);
+        let socket = Scripted {
+            recv: vec![io::ErrorKind::ConnectionRefused].into(),
+            send: Default::default(),
+            queued: vec![peer],
+        };
+        assert!(!io.flush(&socket, &mut ep, now, 64));
+        let received = io.receive(&socket, &mut ep, now, 64);
+        assert!(matches!(received.end, RecvEnd::Drained), "{received:?}");
+        assert_eq!(received.datagrams, 0);
+        assert_eq!(failures(&mut ep), [Failure::Unreachable]);
+    }
+
+    #[test]
+    fn one_receive_stops_at_its_limit() {
+        let (tx, rx) = pair();
+        rx.set_nonblocking(true).unwrap();
+        for i in 0..100u8 {
+            tx.send_to(&[0x50, 0, 0, i], rx.local_addr().unwrap())
+                .unwrap();
+        }
+        let mut ep = Endpoint::new(Config::default(), 3).unwrap();
+        let mut io = DatagramIo::new(rx.local_addr().unwrap(), 1152);
+        let now = Instant::from_micros(0);
+        let mut total = 0;
+        for _ in 0..1000 {
+            let received = io.receive(&StdSocket(&rx), &mut ep, now, 40);
+            assert!(received.datagrams <= 40 + MAX_BATCH);
+            total += received.datagrams;
+            match received.end {
+                RecvEnd::Limit => assert!(received.datagrams >= 40),
+                RecvEnd::Drained if total == 100 => break,
+                RecvEnd::Drained => std::thread::sleep(Duration::from_millis(1)),
+                other => panic!("{other:?}"),
+            }
+        }
+        assert_eq!(total, 100);
+        assert_eq!(ep.stats().datagrams_received, 100);
     }
 
     #[test]
