@@ -12,6 +12,10 @@
 #   aiocoap   benches/aiocoap_server.py in a venv under target/
 #   ours      the coap-tokio example server, when `cargo build --release -p coap-tokio
 #             --example server` works (skipped with a message otherwise)
+#   ours-async-std  coap-async-std's example bench_server_async_std (the same resources, on
+#             smol's block_on), skipped when it does not build
+#   ours-blocking   coap-blocking's example bench_server_blocking (the same resources, handlers
+#             on the crate's default worker pool), skipped when it does not build
 #   ours-2e   the same server with --engines 2: two sockets on the port, two engines on two
 #             runtime threads, pinned to SERVER_CORE and CLIENT_CORE. On a two-core machine it
 #             shares a core with the load tool, so its row shows that the design scales, not
@@ -21,7 +25,7 @@
 # Knobs (environment):
 #   QUICK=1                 RUNS=1 DURATION=2 WARMUP=0.5 unless those are set
 #   RUNS=3 DURATION=5 WARMUP=1
-#   SERVERS="ceiling libcoap coap-rs aiocoap ours ours-2e"
+#   SERVERS="ceiling libcoap coap-rs aiocoap ours ours-2e ours-async-std ours-blocking"
 #   CONFIGS="con-1 con-16 non-16 con-256 non-256"   a config is TYPE-N, N requests in flight
 #                           (up to 16 sockets with one each, beyond that 16 sockets with N/16
 #                           each), or TYPE-CxK: C sockets with K requests in flight each
@@ -38,6 +42,13 @@
 #                           the observe runs use /obs, which must take PUTs that notify
 #   RESULTS=benches/RESULTS.md   where the table goes (only the part between the
 #                           "compare.sh begin/end" markers is replaced)
+#
+# Client rows (client_rows below): the clients of coap-tokio and coap-rs against the ceiling.
+#   CLIENT_ROWS="ours:64x1 ours:1x64:64 coap-rs:1x64 coap-rs:64x1"
+#                           IMPL:CxK[:NSTART]: C client endpoints with K requests in flight
+#                           each; empty to skip. Their table goes between the "compare.sh
+#                           clients begin/end" markers of RESULTS.
+#   CLIENT_ONLY=1           run only the client rows (the server table stays as it is)
 #
 # Only processes this script started are stopped (trap on EXIT).
 
@@ -60,7 +71,7 @@ fi
 RUNS=${RUNS:-3}
 DURATION=${DURATION:-5}
 WARMUP=${WARMUP:-1}
-SERVERS=${SERVERS:-"ceiling libcoap coap-rs aiocoap ours ours-2e"}
+SERVERS=${SERVERS:-"ceiling libcoap coap-rs aiocoap ours ours-2e ours-async-std ours-blocking"}
 CONFIGS=${CONFIGS:-"con-1 con-16 non-16 con-256 non-256"}
 OBSERVERS=${OBSERVERS-100}
 SERVER_CORE=${SERVER_CORE:-0}
@@ -169,6 +180,19 @@ if want ours || want ours-2e; then
     fi
 fi
 
+# The bench servers of the other runtime crates: the same resources as coap-tokio's.
+declare -A OURS_OTHER=()
+for entry in "ours-async-std coap-async-std bench_server_async_std" \
+    "ours-blocking coap-blocking bench_server_blocking"; do
+    read -r name package example <<<"$entry"
+    want "$name" || continue
+    if cargo build --release -q -p "$package" --example "$example" 2>/dev/null; then
+        OURS_OTHER[$name]="target/release/examples/$example"
+    else
+        log "$package's example $example does not build: skipping $name"
+    fi
+done
+
 # ---------------------------------------------------------------------------------------------
 # Servers.
 SERVER_PID=""
@@ -211,6 +235,7 @@ start_server() {
         aiocoap) cmd=("$AIOPY" benches/aiocoap_server.py 127.0.0.1 "$SERVER_PORT") ;;
         ours) read -r -a cmd <<<"${OURS//\{addr\}/$addr}" ;;
         ours-2e) read -r -a cmd <<<"${OURS//\{addr\}/$addr} --engines 2" ;;
+        ours-async-std | ours-blocking) cmd=("${OURS_OTHER[$name]}" "$addr") ;;
     esac
     local cores=$SERVER_CORE
     if [[ $name == ours-2e ]]; then cores="$SERVER_CORE,$CLIENT_CORE"; fi
@@ -348,6 +373,114 @@ print(f"[compare]   {server:8} {config:12} run {run}: {rate:9.0f}/s  p50 {lat['p
 EOF
 }
 
+# ---------------------------------------------------------------------------------------------
+# Client rows: how fast a CoAP client library gets requests answered, with the ceiling loop as
+# the server (it answers every CON request with a piggybacked ACK 2.05 carrying the token, and
+# does nothing else). `ours` is coap-tokio's Client (tokio-client-bench: C Clients on C random
+# 127.x.y.z addresses, each with NSTART, default 1, and K requests in flight, moving to a fresh
+# endpoint after 65 536 Message IDs so none is reused within EXCHANGE_LIFETIME); `coap-rs` is
+# coap-rs's UdpCoAPClient (coap-rs-client-bench in benches/coap-rs-server: C clients shared by K
+# tasks each, no NSTART, Message IDs wrapping after 65 536). Both run on tokio's current-thread
+# runtime pinned to CLIENT_CORE, with the same duration, warm-up and one 1 s attempt per request.
+CLIENT_ROWS=${CLIENT_ROWS-"ours:64x1 ours:1x64:64 coap-rs:1x64 coap-rs:64x1"}
+
+client_rows() {
+    local row impl shape nstart tool run started loadavg0 extra=()
+    local cjsonl="$WORK/clients.jsonl" section="$WORK/clients-section.md"
+    local coaprs_client=target/coap-rs-server/release/coap-rs-client-bench
+    : >"$cjsonl"
+    started=$(date -u '+%Y-%m-%d %H:%M UTC')
+    loadavg0=$(cut -d' ' -f1-3 /proc/loadavg)
+    if [[ " $CLIENT_ROWS " == *" coap-rs:"* ]]; then
+        log "building benches/coap-rs-server (coap-rs-client-bench)"
+        (cd benches/coap-rs-server && CARGO_TARGET_DIR="$ROOT/target/coap-rs-server" cargo build --release -q) ||
+            log "coap-rs-client-bench did not build: skipping the coap-rs client rows"
+    fi
+    log "starting ceiling for the client rows"
+    start_server ceiling || return 0
+    for row in $CLIENT_ROWS; do
+        IFS=: read -r impl shape nstart <<<"$row"
+        extra=(-c "${shape%x*}" -o "${shape#*x}")
+        case $impl in
+            ours)
+                tool=target/release/tokio-client-bench
+                extra+=(--nstart "${nstart:-1}")
+                ;;
+            coap-rs)
+                tool=$coaprs_client
+                [[ -x $tool ]] || continue
+                ;;
+            *) log "unknown client $impl"; continue ;;
+        esac
+        for run in $(seq 1 "$RUNS"); do
+            # run_once drives $BENCH and appends to $JSONL: point both at the client's.
+            JSONL=$cjsonl BENCH=$tool run_once "client $impl" "$row" "$run" \
+                "coap://127.0.0.1:$SERVER_PORT/bench" "${extra[@]}" || true
+        done
+    done
+    stop_pid "$SERVER_PID"
+
+    STARTED_C=$started LOADAVG_C0=$loadavg0 LOADAVG_C1=$(cut -d' ' -f1-3 /proc/loadavg) \
+        CPU_C=$(lscpu | sed -n 's/^Model name:[[:space:]]*//p' | head -n1) NCPU_C=$(nproc) \
+        COMMAND_C="$(printf '%s=%q ' CLIENT_ONLY "${CLIENT_ONLY:-0}" CLIENT_ROWS "$CLIENT_ROWS")$COMMAND" \
+        RUNS_C=$RUNS DURATION_C=$DURATION WARMUP_C=$WARMUP SERVER_CORE_C=$SERVER_CORE CLIENT_CORE_C=$CLIENT_CORE \
+        COAPRS_VERSION_C=$(sed -n '/^name = "coap"$/{n;s/version = "\(.*\)"/\1/p}' benches/coap-rs-server/Cargo.lock 2>/dev/null || true) \
+        python3 - "$cjsonl" >"$section" <<'PY'
+import json, os, statistics, sys
+from collections import defaultdict
+
+E = os.environ
+rows = [json.loads(l) for l in open(sys.argv[1]) if l.strip()]
+by = defaultdict(list)
+order = []
+for r in rows:
+    if r["config"] not in by:
+        order.append(r["config"])
+    by[r["config"]].append(r)
+med = lambda xs: statistics.median(xs) if xs else float("nan")
+rate = {c: med([r["req_per_s"] for r in rs]) for c, rs in by.items()}
+best_rs = max((v for c, v in rate.items() if c.startswith("coap-rs:")), default=None)
+
+print("<!-- compare.sh clients begin -->")
+print("## Clients side by side (benches/compare.sh client rows)")
+print()
+print(f"- Date: {E['STARTED_C']}; CPU: {E['CPU_C']} ({E['NCPU_C']} cores); command: `{E['COMMAND_C']}`")
+print(f"- {E['RUNS_C']} run(s) x {E['DURATION_C']} s per row after {E['WARMUP_C']} s warm-up; cells are medians. "
+      f"Server: the ceiling loop (udp-echo-ceiling) pinned to core {E['SERVER_CORE_C']}; the client pinned to core {E['CLIENT_CORE_C']}.")
+print(f"- Load average (1/5/15 min) at start: {E['LOADAVG_C0']}; at end: {E['LOADAVG_C1']}.")
+print(f"- Clients: `ours` is coap-tokio's Client (benches/src/bin/tokio-client-bench.rs), `coap-rs` is coap-rs "
+      f"{E.get('COAPRS_VERSION_C') or '?'}'s UdpCoAPClient (benches/coap-rs-server/src/bin/coap-rs-client-bench.rs), both on "
+      "tokio's current-thread runtime. Config IMPL:CxK[:NSTART] is C client endpoints (sockets) with K GET /bench requests in "
+      "flight each. Ours has NSTART 1 (the RFC's default) unless the third field raises it, and moves a lane to a fresh endpoint "
+      "(a new random 127.x.y.z address) after 65 536 Message IDs, so no ID is reused towards the server within EXCHANGE_LIFETIME; "
+      "endpoint moves and MessageIdsExhausted events are counted. coap-rs has no NSTART and its Message IDs wrap after 65 536 "
+      "requests per client. One 1 s attempt per request, never retransmitted.")
+print("- × coap-rs: against the fastest coap-rs row. srv CPU / cli CPU: share of one core used by the ceiling / by the client "
+      "(median). others: the most CPU other processes used during a run of that row.")
+print()
+print("| client | config | in flight | NSTART | req/s | p50 µs | p99 µs | × coap-rs | timeouts | errors | endpoint moves | MIDs exhausted | srv CPU | cli CPU | others |")
+print("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+for c in order:
+    rs = by[c]
+    r0 = rs[0]
+    nstart = r0.get("nstart")
+    ratio = f"{rate[c] / best_rs:.2f}" if best_rs else "–"
+    print(f"| {c.split(':')[0]} | {c} | {r0['clients'] * r0['outstanding']} | {nstart if nstart is not None else '–'} | "
+          f"{rate[c]:.0f} | {med([r['latency_us']['p50'] for r in rs]):.1f} | {med([r['latency_us']['p99'] for r in rs]):.1f} | "
+          f"{ratio} | {sum(r['timeouts'] for r in rs)} | {sum(r['non_2xx'] + r['resets'] + r['errors'] for r in rs)} | "
+          f"{sum(r['rotations'] for r in rs)} | {sum(r['mid_exhausted'] for r in rs)} | "
+          f"{med([r['server_cpu'] for r in rs]) * 100:.0f} % | {med([r['client_cpu'] for r in rs]) * 100:.0f} % | "
+          f"{max(r['other_cpu'] for r in rs) * 100:.0f} % |")
+print("<!-- compare.sh clients end -->")
+PY
+    python3 benches/write_section.py "$RESULTS" "$section"
+    log "wrote the client rows to $RESULTS"
+    cat "$section"
+}
+
+if [[ -n "$CLIENT_ROWS" ]]; then client_rows; fi
+if [[ "${CLIENT_ONLY:-0}" == 1 ]]; then exit 0; fi
+
 LOADAVG_START=$(cut -d' ' -f1-3 /proc/loadavg)
 STARTED=$(date -u '+%Y-%m-%d %H:%M UTC')
 
@@ -358,6 +491,7 @@ for server in $SERVERS; do
         coap-rs) [[ -n "$COAPRS" ]] || continue ;;
         aiocoap) [[ -n "$AIOPY" ]] || continue ;;
         ours | ours-2e) [[ -n "$OURS" ]] || continue ;;
+        ours-async-std | ours-blocking) [[ -n "${OURS_OTHER[$server]:-}" ]] || continue ;;
         *) log "unknown server $server"; continue ;;
     esac
     log "starting $server"

@@ -1,4 +1,4 @@
-//! A CoAP client: `cargo run -p coap-async-std --example client [URI] [PAYLOAD]`.
+//! A CoAP client: `cargo run -p coap-async-std --example client_async_std [URI] [PAYLOAD]`.
 //! With a payload it POSTs, without it GETs; the default URI is `coap://[::1]/hello`.
 
 use std::time::Duration;

@@ -1,5 +1,6 @@
-//! A CoAP server on smol: `cargo run -p coap-async-std --example server [ADDR]` (default
-//! `[::]:5683`), then `cargo run -p coap-async-std --example client coap://[::1]/hello`.
+//! A CoAP server on smol: `cargo run -p coap-async-std --example server_async_std [ADDR]`
+//! (default `[::]:5683`), then
+//! `cargo run -p coap-async-std --example client_async_std coap://[::1]/hello`.
 
 use std::time::{SystemTime, UNIX_EPOCH};
 

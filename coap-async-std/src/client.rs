@@ -12,21 +12,20 @@ use std::time::{Duration, Instant};
 use async_channel::{Receiver, Sender};
 use async_io::Timer;
 use async_net::AsyncToSocketAddrs;
-use bytes::Bytes;
 use coap_proto::endpoint::Stats;
-use coap_proto::msg::{Code, ContentFormat, MessageType, OptionNumber, Options};
-use coap_proto::uri::{CoapUri, Host, Scheme};
-use coap_proto::{Config, Endpoint, Request, RequestId};
+use coap_proto::host::{self, parse_uri, Destination, ExchangeKey, RequestSpec};
+use coap_proto::msg::{Code, MessageType};
+use coap_proto::uri::CoapUri;
+use coap_proto::{Config, Endpoint, RequestId};
 use futures_lite::{FutureExt, StreamExt};
 use rand_core::{RngCore, SeedableRng};
 
 use crate::driver::{
-    oneshot, Command, Driver, DriverParts, Internal, PendingRequest, Shared, Waiting,
+    oneshot, Chan, Command, Driver, DriverParts, PendingRequest, Shared, Waiting,
     MULTICAST_CAPACITY, OBSERVE_CAPACITY,
 };
-use crate::response::Notification;
-use crate::socket::{self, to_wire, SocketOptions};
-use crate::{Error, IncomingResponse};
+use crate::socket::{self, SocketOptions};
+use crate::{Error, IncomingResponse, Notification};
 
 /// A CoAP client on one UDP socket.
 ///
@@ -86,52 +85,14 @@ impl Client {
         self.shared.local_addr
     }
 
-    /// A GET of `uri`: await it, or set options and then [`send`](RequestBuilder::send).
-    pub fn get(&self, uri: impl Into<String>) -> RequestBuilder {
-        self.request(Code::GET, uri)
-    }
-
-    /// A POST.
-    pub fn post(&self, uri: impl Into<String>) -> RequestBuilder {
-        self.request(Code::POST, uri)
-    }
-
-    /// A PUT.
-    pub fn put(&self, uri: impl Into<String>) -> RequestBuilder {
-        self.request(Code::PUT, uri)
-    }
-
-    /// A DELETE.
-    pub fn delete(&self, uri: impl Into<String>) -> RequestBuilder {
-        self.request(Code::DELETE, uri)
-    }
-
-    /// A FETCH (RFC 8132).
-    pub fn fetch(&self, uri: impl Into<String>) -> RequestBuilder {
-        self.request(Code::FETCH, uri)
-    }
-
-    /// A PATCH (RFC 8132).
-    pub fn patch(&self, uri: impl Into<String>) -> RequestBuilder {
-        self.request(Code::PATCH, uri)
-    }
-
-    /// An iPATCH (RFC 8132).
-    pub fn ipatch(&self, uri: impl Into<String>) -> RequestBuilder {
-        self.request(Code::IPATCH, uri)
-    }
+    coap_proto::client_verbs!();
 
     /// A request with any method code (class 0, detail 1 to 31); any other code fails with
     /// [`Error::NotARequest`] when sent.
     pub fn request(&self, method: Code, uri: impl Into<String>) -> RequestBuilder {
         RequestBuilder {
             client: self.clone(),
-            method,
-            uri: uri.into(),
-            options: Vec::new(),
-            payload: Bytes::new(),
-            message_type: None,
-            timeout: None,
+            spec: RequestSpec::new(method, uri.into()),
         }
     }
 
@@ -148,13 +109,12 @@ impl Client {
         let ticket = self.shared.ticket();
         let (tx, mut reply) = OnceReply::new(ticket, &self.shared);
         let start = Instant::now();
-        self.shared
-            .command(Command::Ping {
-                ticket,
-                remote,
-                reply: tx,
-            })
-            .await?;
+        let ping = Command::Ping {
+            ticket: Some(ticket),
+            remote,
+            waiter: Waiting::Ping(tx),
+        };
+        self.shared.command(ping).await?;
         reply.recv().await?.map(|()| start.elapsed())
     }
 
@@ -166,7 +126,13 @@ impl Client {
     /// Cancels the request with `id` (from [`pending_requests`](Client::pending_requests)):
     /// its future fails with [`Error::Cancelled`]. False if it had ended already.
     pub async fn cancel(&self, id: RequestId) -> Result<bool, Error> {
-        self.shared.ask(|reply| Command::Cancel { id, reply }).await
+        let exchange = ExchangeKey::Id(id);
+        self.shared
+            .ask(|reply| Command::Cancel {
+                exchange,
+                reply: Some(reply),
+            })
+            .await
     }
 
     /// The engine's counters (datagrams, retransmissions, duplicates ...).
@@ -273,86 +239,8 @@ impl fmt::Debug for ClientBuilder {
     }
 }
 
-/// The builder methods both [`ClientBuilder`] and [`ServerBuilder`](crate::ServerBuilder)
-/// have.
-macro_rules! common_builder_methods {
-    () => {
-        /// The engine configuration (transmission parameters, NSTART, table bounds ...).
-        pub fn config(mut self, config: Config) -> Self {
-            self.config = config;
-            self
-        }
-
-        /// All socket options at once.
-        pub fn socket_options(mut self, options: SocketOptions) -> Self {
-            self.socket = options;
-            self
-        }
-
-        /// `SO_REUSEADDR`.
-        pub fn reuse_address(mut self, on: bool) -> Self {
-            self.socket.reuse_address = on;
-            self
-        }
-
-        /// `SO_REUSEPORT` (Unix): several sockets share the port and its traffic.
-        pub fn reuse_port(mut self, on: bool) -> Self {
-            self.socket.reuse_port = on;
-            self
-        }
-
-        /// The receive buffer size to ask for.
-        pub fn recv_buffer_size(mut self, bytes: usize) -> Self {
-            self.socket.recv_buffer_size = Some(bytes);
-            self
-        }
-
-        /// The send buffer size to ask for.
-        pub fn send_buffer_size(mut self, bytes: usize) -> Self {
-            self.socket.send_buffer_size = Some(bytes);
-            self
-        }
-
-        /// `IPV6_V6ONLY` of an IPv6 socket.
-        pub fn only_v6(mut self, on: bool) -> Self {
-            self.socket.only_v6 = Some(on);
-            self
-        }
-
-        /// The DSCP code point (0..=63) of every datagram sent.
-        pub fn dscp(mut self, dscp: u8) -> Self {
-            self.socket.dscp = Some(dscp);
-            self
-        }
-
-        /// Don't fragment (see [`SocketOptions::dont_fragment`]).
-        pub fn dont_fragment(mut self, on: bool) -> Self {
-            self.socket.dont_fragment = on;
-            self
-        }
-
-        /// The largest datagram sent or accepted ([`Config::max_message_size`]).
-        pub fn max_datagram_size(mut self, bytes: usize) -> Self {
-            self.config.max_message_size = bytes;
-            self
-        }
-
-        /// The random generator for tokens, Message IDs and back-off jitter. By default a
-        /// ChaCha20 generator seeded by the operating system, so tokens are hard to guess
-        /// (RFC 7252 §5.3.1).
-        pub fn rng(mut self, rng: Box<dyn RngCore + Send>) -> Self {
-            self.rng = Some(rng);
-            self
-        }
-
-        /// How long a graceful shutdown lets exchanges under way finish. Default 10 s.
-        pub fn shutdown_grace(mut self, grace: Duration) -> Self {
-            self.grace = grace;
-            self
-        }
-    };
-}
-pub(crate) use common_builder_methods;
+// The setters both builders have, written once for every runtime crate.
+pub(crate) use coap_proto::bind_builder_methods as common_builder_methods;
 
 impl ClientBuilder {
     common_builder_methods!();
@@ -380,26 +268,14 @@ impl ClientBuilder {
     }
 }
 
-/// The engine, with a strong random generator unless one is given.
-///
-/// Accept (RFC 7252 §5.10.4) is declared understood so that handlers can read it through
-/// [`IncomingRequest::accept`](crate::IncomingRequest::accept); the engine's own list of
-/// critical options lacks it and would answer such requests 4.02.
+/// The engine, with a strong random generator unless one is given (see
+/// [`host::new_endpoint`]).
 pub(crate) fn new_endpoint(
-    mut config: Config,
+    config: Config,
     rng: Option<Box<dyn RngCore + Send>>,
 ) -> Result<Endpoint, Error> {
-    if !config
-        .extra_critical_options
-        .contains(&OptionNumber::ACCEPT)
-    {
-        config.extra_critical_options.push(OptionNumber::ACCEPT);
-    }
-    let rng = match rng {
-        Some(rng) => rng,
-        None => Box::new(rand_chacha::ChaCha20Rng::from_entropy()),
-    };
-    Ok(Endpoint::with_rng(config, rng)?)
+    let rng = rng.unwrap_or_else(|| Box::new(rand_chacha::ChaCha20Rng::from_entropy()));
+    host::new_endpoint(config, rng)
 }
 
 /// The first address `addr` stands for.
@@ -418,123 +294,30 @@ pub(crate) async fn first_addr(addr: impl AsyncToSocketAddrs) -> Result<SocketAd
 #[must_use = "a request does nothing until it is awaited or sent"]
 pub struct RequestBuilder {
     client: Client,
-    method: Code,
-    uri: String,
-    options: Vec<(OptionNumber, Vec<u8>)>,
-    payload: Bytes,
-    message_type: Option<MessageType>,
-    timeout: Option<Duration>,
+    spec: RequestSpec,
 }
 
 impl fmt::Debug for RequestBuilder {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("RequestBuilder")
-            .field("method", &self.method)
-            .field("uri", &self.uri)
-            .field("options", &self.options.len())
-            .field("payload_len", &self.payload.len())
-            .field("message_type", &self.message_type)
-            .field("timeout", &self.timeout)
-            .finish()
+            .field("spec", &self.spec)
+            .finish_non_exhaustive()
     }
 }
 
 impl RequestBuilder {
-    /// The body; a large one travels block-wise (RFC 7959).
-    pub fn payload(mut self, payload: impl Into<Bytes>) -> Self {
-        self.payload = payload.into();
-        self
-    }
-
-    /// The Content-Format of the body.
-    pub fn content_format(self, format: ContentFormat) -> Self {
-        self.option_uint(OptionNumber::CONTENT_FORMAT, u32::from(format.0))
-    }
-
-    /// The Content-Format wanted back (Accept).
-    pub fn accept(self, format: ContentFormat) -> Self {
-        self.option_uint(OptionNumber::ACCEPT, u32::from(format.0))
-    }
-
-    /// Adds an ETag the client holds: the server answers 2.03 Valid if it is still current
-    /// (RFC 7252 §5.10.6). Repeatable.
-    pub fn etag(self, etag: impl AsRef<[u8]>) -> Self {
-        self.option(OptionNumber::ETAG, etag)
-    }
-
-    /// Adds an If-Match condition (RFC 7252 §5.10.8.1); an empty value means "exists".
-    /// Repeatable.
-    pub fn if_match(self, etag: impl AsRef<[u8]>) -> Self {
-        self.option(OptionNumber::IF_MATCH, etag)
-    }
-
-    /// Adds If-None-Match: apply only if the resource does not exist (RFC 7252 §5.10.8.2).
-    pub fn if_none_match(self) -> Self {
-        self.option(OptionNumber::IF_NONE_MATCH, [])
-    }
-
-    /// Adds a Uri-Query argument after those of the URI.
-    pub fn query(self, arg: &str) -> Self {
-        self.option_str(OptionNumber::URI_QUERY, arg)
-    }
-
-    /// Adds an option with an opaque value.
-    pub fn option(mut self, number: OptionNumber, value: impl AsRef<[u8]>) -> Self {
-        self.options.push((number, value.as_ref().to_vec()));
-        self
-    }
-
-    /// Adds an option with a text value.
-    pub fn option_str(self, number: OptionNumber, value: &str) -> Self {
-        self.option(number, value.as_bytes())
-    }
-
-    /// Adds an option with an unsigned integer value, in its shortest form (RFC 7252 §3.2).
-    pub fn option_uint(self, number: OptionNumber, value: u32) -> Self {
-        let mut encoded = Options::new();
-        encoded.push_uint(number, value);
-        let bytes = encoded.get(number).unwrap_or_default().to_vec();
-        self.option(number, bytes)
-    }
-
-    /// Confirmable (the default): retransmitted until acknowledged.
-    pub fn con(mut self) -> Self {
-        self.message_type = Some(MessageType::Con);
-        self
-    }
-
-    /// Non-confirmable: sent once, never acknowledged.
-    pub fn non(mut self) -> Self {
-        self.message_type = Some(MessageType::Non);
-        self
-    }
-
-    /// Fails with [`Error::Timeout`] when no response came within `timeout` of the call to
-    /// `send` (name resolution included). Without it the engine's limits apply
-    /// (MAX_TRANSMIT_WAIT for a lost CON request: 93 s with the defaults).
-    pub fn timeout(mut self, timeout: Duration) -> Self {
-        self.timeout = Some(timeout);
-        self
-    }
+    coap_proto::request_builder_methods!();
 
     /// Sends the request. Dropping the future cancels the exchange: the engine stops
     /// retransmitting and forgets it.
     pub fn send(self) -> ResponseFuture {
-        let timeout = self.timeout;
+        let RequestBuilder { client, spec } = self;
+        let timeout = spec.timeout();
         let exchange = async move {
-            let (remote, uri, request) = self.prepare(None).await?;
-            let shared = &self.client.shared;
+            let shared = &client.shared;
             let ticket = shared.ticket();
             let (tx, mut reply) = OnceReply::new(ticket, shared);
-            shared
-                .command(Command::Request {
-                    ticket,
-                    remote,
-                    request: Box::new(request),
-                    uri: Arc::new(uri),
-                    reply: Waiting::Once(tx),
-                })
-                .await?;
+            submit(shared, ticket, spec, Waiting::Once(tx)).await?;
             reply.recv().await?
         };
         let inner: Pin<Box<dyn Future<Output = Result<IncomingResponse, Error>> + Send>> =
@@ -552,11 +335,13 @@ impl RequestBuilder {
     /// returns the responses of every member as they come, until the window closes: the
     /// builder's [`timeout`](RequestBuilder::timeout), or
     /// [`Config::multicast_response_window`] (10 s by default).
-    pub async fn multicast(self) -> Result<MulticastResponses, Error> {
-        let (rx, guard) = self.start(Some(MessageType::Non), false).await?;
-        let Started::Many(rx) = rx else {
-            return Err(Error::ShuttingDown);
-        };
+    pub async fn multicast(mut self) -> Result<MulticastResponses, Error> {
+        self.spec.set_message_type(Some(MessageType::Non));
+        let shared = &self.client.shared;
+        let ticket = shared.ticket();
+        let (tx, rx) = async_channel::bounded(MULTICAST_CAPACITY);
+        let guard = CancelGuard::new(ticket, shared.internal.clone());
+        submit(shared, ticket, self.spec, Waiting::Many(tx)).await?;
         Ok(MulticastResponses {
             rx: Box::pin(rx),
             guard: Some(guard),
@@ -574,74 +359,17 @@ impl RequestBuilder {
     /// Reset (§3.6).
     pub async fn observe(self) -> Result<Observation, Error> {
         let shared = Arc::clone(&self.client.shared);
-        let message_type = self.message_type;
-        let (rx, guard) = self.start(message_type, true).await?;
-        let Started::Observe(rx) = rx else {
-            return Err(Error::ShuttingDown);
-        };
+        let ticket = shared.ticket();
+        let (tx, rx) = async_channel::bounded(OBSERVE_CAPACITY);
+        let guard = CancelGuard::new(ticket, shared.internal.clone());
+        submit(&shared, ticket, self.spec, Waiting::Observe(tx)).await?;
         Ok(Observation {
-            ticket: guard.ticket,
+            ticket,
             rx: Box::pin(rx),
             guard: Some(guard),
             shared,
         })
     }
-
-    /// Starts a multicast request or an observation.
-    async fn start(
-        self,
-        message_type: Option<MessageType>,
-        observe: bool,
-    ) -> Result<(Started, CancelGuard), Error> {
-        let (remote, uri, request) = self.prepare(message_type).await?;
-        let shared = &self.client.shared;
-        let ticket = shared.ticket();
-        let guard = CancelGuard::new(ticket, shared);
-        let (reply, started) = if observe {
-            let (tx, rx) = async_channel::bounded(OBSERVE_CAPACITY);
-            (Waiting::Observe(tx), Started::Observe(rx))
-        } else {
-            let (tx, rx) = async_channel::bounded(MULTICAST_CAPACITY);
-            (Waiting::Many(tx), Started::Many(rx))
-        };
-        shared
-            .command(Command::Request {
-                ticket,
-                remote,
-                request: Box::new(request),
-                uri: Arc::new(uri),
-                reply,
-            })
-            .await?;
-        Ok((started, guard))
-    }
-
-    /// Parses and resolves the URI and builds the engine's request. `message_type`
-    /// overrides the builder's when given.
-    async fn prepare(
-        &self,
-        message_type: Option<MessageType>,
-    ) -> Result<(SocketAddr, CoapUri, Request), Error> {
-        let uri = parse_uri(&self.uri)?;
-        let remote = resolve(&self.client.shared, &uri).await?;
-        let mut request = Request::new(self.method);
-        // Uri-Host only for a name or another address than the destination's, Uri-Port only
-        // for another port (RFC 7252 §6.4 steps 5 to 7).
-        uri.to_options_for(&mut request.options, socket::to_user(remote));
-        for (number, value) in &self.options {
-            request.options.push(*number, value);
-        }
-        request.payload = self.payload.clone();
-        request.message_type = message_type.or(self.message_type);
-        request.timeout = self.timeout;
-        Ok((remote, uri, request))
-    }
-}
-
-/// The receiving end of a started multicast request or observation.
-enum Started {
-    Many(Receiver<Result<IncomingResponse, Error>>),
-    Observe(Receiver<Result<Notification, Error>>),
 }
 
 impl IntoFuture for RequestBuilder {
@@ -748,7 +476,10 @@ impl Observation {
     pub async fn cancel(&mut self) -> Result<bool, Error> {
         let ticket = self.ticket;
         self.shared
-            .ask(|reply| Command::CancelObservation { ticket, reply })
+            .ask(|reply| Command::CancelObservation {
+                exchange: ExchangeKey::Ticket(ticket),
+                reply,
+            })
             .await
     }
 }
@@ -785,7 +516,7 @@ struct OnceReply<T> {
 impl<T> OnceReply<T> {
     fn new(ticket: u64, shared: &Shared) -> (Sender<T>, OnceReply<T>) {
         let (tx, rx) = oneshot();
-        let guard = Some(CancelGuard::new(ticket, shared));
+        let guard = Some(CancelGuard::new(ticket, shared.internal.clone()));
         (tx, OnceReply { rx, guard })
     }
 
@@ -806,71 +537,39 @@ impl<T> Drop for OnceReply<T> {
     }
 }
 
-/// Cancels an exchange whose future or stream is dropped before it ended.
-///
-/// The reply channel is closed before the guard drops, so a driver that has not taken the
-/// command yet sees it closed and never starts the exchange, and one that has started it
-/// gets the cancel.
-pub(crate) struct CancelGuard {
+/// Cancels an exchange whose future or stream is dropped before the exchange ended (see
+/// [`host::CancelGuard`]).
+type CancelGuard = host::CancelGuard<Chan>;
+
+/// Resolves the URI of `spec`, builds the request and hands it to the driver, with `waiter`
+/// waiting for its outcome.
+async fn submit(
+    shared: &Shared,
     ticket: u64,
-    internal: Option<Sender<Internal>>,
+    spec: RequestSpec,
+    waiter: Waiting,
+) -> Result<(), Error> {
+    let uri = spec.parse_uri()?;
+    let remote = resolve(shared, &uri).await?;
+    let command = spec.into_command(uri, remote, Some(ticket), waiter, None);
+    shared.command(command).await
 }
 
-impl CancelGuard {
-    pub(crate) fn new(ticket: u64, shared: &Shared) -> CancelGuard {
-        CancelGuard {
-            ticket,
-            internal: Some(shared.internal.clone()),
-        }
-    }
-
-    /// The exchange has ended: nothing to cancel.
-    pub(crate) fn disarm(mut self) {
-        self.internal = None;
-    }
-}
-
-impl Drop for CancelGuard {
-    fn drop(&mut self) {
-        if let Some(internal) = self.internal.take() {
-            let _ = internal.try_send(Internal::Cancel(self.ticket));
-        }
-    }
-}
-
-/// A request URI; only `coap` is served.
-fn parse_uri(text: &str) -> Result<CoapUri, Error> {
-    let uri = CoapUri::parse(text)?;
-    match uri.scheme() {
-        Scheme::Coap => Ok(uri),
-        other => Err(Error::UnsupportedScheme(other)),
-    }
-}
-
-/// Where to send a request for `uri`, in the engine's address form. A host name is resolved,
-/// and an address of the socket's own family preferred.
+/// Where to send a request for `uri`, in the engine's address form (see
+/// [`host::destination`] and [`host::choose_address`]).
 async fn resolve(shared: &Shared, uri: &CoapUri) -> Result<SocketAddr, Error> {
     let local = shared.local_addr;
-    if let Some(addr) = uri.socket_addr_hint() {
-        return to_wire(local, addr).ok_or_else(|| Error::NoUsableAddress {
-            host: uri.host().to_string(),
-        });
+    match host::destination(local, uri)? {
+        Destination::Address(addr) => Ok(addr),
+        Destination::Name(name, port) => {
+            let found =
+                async_net::resolve((name, port))
+                    .await
+                    .map_err(|source| Error::Resolve {
+                        host: name.into(),
+                        source,
+                    })?;
+            host::choose_address(local, name, found)
+        }
     }
-    let host = match uri.host() {
-        Host::Name(name) => name.clone(),
-        // An IPv6 address with a zone given by interface name needs the system's resolver.
-        Host::Ip { .. } => return Err(Error::Unsupported("IPv6 zones given by interface name")),
-    };
-    let found = async_net::resolve((host.as_str(), uri.port()))
-        .await
-        .map_err(|source| Error::Resolve {
-            host: host.clone(),
-            source,
-        })?;
-    let same_family = found.iter().find(|a| a.is_ipv4() == local.is_ipv4());
-    same_family
-        .into_iter()
-        .chain(found.iter())
-        .find_map(|a| to_wire(local, *a))
-        .ok_or(Error::NoUsableAddress { host })
 }

@@ -53,6 +53,11 @@
 //! * Time is the system's monotonic clock; there is no paused clock as in tokio's tests, so
 //!   tests of timers shorten [`Config`]'s durations instead.
 //!
+//! Everything else the driver does besides its socket, queues and executor (waiters,
+//! dispatch, the 5.00 fallbacks, introspection, shutdown), the [`Router`], request assembly
+//! and the user-facing types are the runtime-neutral core [`coap_proto::host`], shared with
+//! `coap-tokio` and `coap-blocking`.
+//!
 //! # What it does
 //!
 //! * **Client**: [`Client::get`], [`post`](Client::post), [`put`](Client::put),
@@ -80,9 +85,7 @@
 
 mod client;
 mod driver;
-mod error;
 mod incoming;
-mod response;
 mod router;
 mod server;
 pub mod socket;
@@ -91,10 +94,11 @@ pub use async_net::AsyncToSocketAddrs;
 pub use client::{
     Client, ClientBuilder, MulticastResponses, Observation, RequestBuilder, ResponseFuture,
 };
-pub use driver::{PendingIncoming, PendingRequest};
-pub use error::Error;
-pub use incoming::{Deferred, IncomingRequest, IntoReply, Reply, Responder};
-pub use response::{IncomingResponse, Notification};
+pub use coap_proto::host::{
+    Deferred, Error, Incoming, IncomingResponse, IntoReply, Notification, PendingIncoming,
+    PendingRequest, Reply,
+};
+pub use incoming::{IncomingRequest, Responder};
 pub use router::{ObserveHooks, Router};
 pub use server::{Notifier, Server, ServerBuilder, ServerHandle};
 

@@ -175,9 +175,6 @@ fn report_icmp_errors(socket: &Socket, addr: SocketAddr) {
 #[cfg(not(target_os = "linux"))]
 fn report_icmp_errors(_socket: &Socket, _addr: SocketAddr) {}
 
-// The address forms are shared by every runtime crate; see `coap_proto::addr`.
-pub(crate) use coap_proto::addr::{for_socket as to_wire, unmapped as to_user};
-
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -1,4 +1,5 @@
-//! A blocking CoAP client: `cargo run -p coap-blocking --example client [URI] [PAYLOAD]`.
+//! A blocking CoAP client:
+//! `cargo run -p coap-blocking --example client_blocking [URI] [PAYLOAD]`.
 //! With a payload it POSTs, without it GETs; the default URI is `coap://[::1]/hello`.
 
 use std::time::Duration;

@@ -1,5 +1,6 @@
-//! A CoAP server on plain threads: `cargo run -p coap-blocking --example server [ADDR]`
-//! (default `[::]:5683`), then `cargo run -p coap-blocking --example client coap://[::1]/hello`.
+//! A CoAP server on plain threads: `cargo run -p coap-blocking --example server_blocking [ADDR]`
+//! (default `[::]:5683`), then
+//! `cargo run -p coap-blocking --example client_blocking coap://[::1]/hello`.
 
 use std::time::{SystemTime, UNIX_EPOCH};
 

@@ -7,19 +7,18 @@ use std::sync::{mpsc, Arc};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
 use coap_proto::endpoint::Stats;
-use coap_proto::msg::{Code, ContentFormat, MessageType, OptionNumber, Options};
-use coap_proto::uri::{CoapUri, Host, Scheme};
-use coap_proto::{Config, Endpoint, Request, RequestId};
+use coap_proto::host::{self, parse_uri, Destination, ExchangeKey, RequestSpec};
+use coap_proto::msg::{Code, MessageType};
+use coap_proto::uri::CoapUri;
+use coap_proto::{Config, Endpoint, RequestId};
 use rand_core::{RngCore, SeedableRng};
 
 use crate::io::{
     Command, Driver, PendingRequest, Shared, Waiting, MULTICAST_CAPACITY, OBSERVE_CAPACITY,
 };
-use crate::response::Notification;
-use crate::socket::{self, to_wire, SocketOptions};
-use crate::{Error, IncomingResponse};
+use crate::socket::{self, SocketOptions};
+use crate::{Error, IncomingResponse, Notification};
 
 /// A CoAP client over one UDP socket, served by one I/O thread.
 ///
@@ -77,54 +76,14 @@ impl Client {
         self.shared.local_addr
     }
 
-    /// A GET request for `uri` (`coap://host:port/path?query`). Set options on the builder,
-    /// then [`send`](RequestBuilder::send) (blocking), [`start`](RequestBuilder::start) or
-    /// [`send_with`](RequestBuilder::send_with) (non-blocking).
-    pub fn get(&self, uri: impl Into<String>) -> RequestBuilder {
-        self.request(Code::GET, uri)
-    }
-
-    /// A POST request.
-    pub fn post(&self, uri: impl Into<String>) -> RequestBuilder {
-        self.request(Code::POST, uri)
-    }
-
-    /// A PUT request.
-    pub fn put(&self, uri: impl Into<String>) -> RequestBuilder {
-        self.request(Code::PUT, uri)
-    }
-
-    /// A DELETE request.
-    pub fn delete(&self, uri: impl Into<String>) -> RequestBuilder {
-        self.request(Code::DELETE, uri)
-    }
-
-    /// A FETCH request (RFC 8132).
-    pub fn fetch(&self, uri: impl Into<String>) -> RequestBuilder {
-        self.request(Code::FETCH, uri)
-    }
-
-    /// A PATCH request (RFC 8132).
-    pub fn patch(&self, uri: impl Into<String>) -> RequestBuilder {
-        self.request(Code::PATCH, uri)
-    }
-
-    /// An iPATCH request (RFC 8132).
-    pub fn ipatch(&self, uri: impl Into<String>) -> RequestBuilder {
-        self.request(Code::IPATCH, uri)
-    }
+    coap_proto::client_verbs!();
 
     /// A request with any method code; a code that is not a request code fails with
     /// [`Error::NotARequest`] when sent.
     pub fn request(&self, method: Code, uri: impl Into<String>) -> RequestBuilder {
         RequestBuilder {
             client: self.clone(),
-            method,
-            uri: uri.into(),
-            options: Vec::new(),
-            payload: Bytes::new(),
-            message_type: None,
-            timeout: None,
+            spec: RequestSpec::new(method, uri.into()),
         }
     }
 
@@ -144,9 +103,11 @@ impl Client {
         let uri = parse_uri(uri)?;
         let remote = resolve(&self.shared, &uri)?;
         let start = Instant::now();
-        self.shared
-            .mailbox
-            .ask(|reply| Command::Ping { remote, reply })??;
+        self.shared.mailbox.ask(|reply| Command::Ping {
+            ticket: None,
+            remote,
+            waiter: Waiting::Ping(reply),
+        })??;
         Ok(start.elapsed())
     }
 
@@ -159,7 +120,7 @@ impl Client {
     /// if it had already ended.
     pub fn cancel(&self, id: RequestId) -> Result<bool, Error> {
         self.shared.mailbox.ask(|reply| Command::Cancel {
-            id,
+            exchange: ExchangeKey::Id(id),
             reply: Some(reply),
         })
     }
@@ -256,85 +217,8 @@ impl fmt::Debug for ClientBuilder {
     }
 }
 
-/// Builder methods shared by the client and server builders.
-macro_rules! socket_builder_methods {
-    () => {
-        /// The engine configuration (transmission parameters, NSTART, table bounds, ...).
-        pub fn config(mut self, config: Config) -> Self {
-            self.config = config;
-            self
-        }
-
-        /// All socket options at once.
-        pub fn socket_options(mut self, options: SocketOptions) -> Self {
-            self.socket = options;
-            self
-        }
-
-        /// `SO_REUSEADDR`.
-        pub fn reuse_address(mut self, on: bool) -> Self {
-            self.socket.reuse_address = on;
-            self
-        }
-
-        /// `SO_REUSEPORT` (Unix).
-        pub fn reuse_port(mut self, on: bool) -> Self {
-            self.socket.reuse_port = on;
-            self
-        }
-
-        /// The receive buffer size to ask for.
-        pub fn recv_buffer_size(mut self, bytes: usize) -> Self {
-            self.socket.recv_buffer_size = Some(bytes);
-            self
-        }
-
-        /// The send buffer size to ask for.
-        pub fn send_buffer_size(mut self, bytes: usize) -> Self {
-            self.socket.send_buffer_size = Some(bytes);
-            self
-        }
-
-        /// `IPV6_V6ONLY` for an IPv6 socket.
-        pub fn only_v6(mut self, on: bool) -> Self {
-            self.socket.only_v6 = Some(on);
-            self
-        }
-
-        /// The DSCP code point (0..=63) of every datagram sent.
-        pub fn dscp(mut self, dscp: u8) -> Self {
-            self.socket.dscp = Some(dscp);
-            self
-        }
-
-        /// The don't-fragment bit (see [`SocketOptions::dont_fragment`]).
-        pub fn dont_fragment(mut self, on: bool) -> Self {
-            self.socket.dont_fragment = on;
-            self
-        }
-
-        /// The largest datagram to send or accept ([`Config::max_message_size`]).
-        pub fn max_datagram_size(mut self, bytes: usize) -> Self {
-            self.config.max_message_size = bytes;
-            self
-        }
-
-        /// The random generator for tokens, Message IDs and back-off jitter; by default a
-        /// ChaCha20 generator seeded by the system, so tokens are hard to guess (RFC 7252
-        /// §5.3.1).
-        pub fn rng(mut self, rng: Box<dyn RngCore + Send>) -> Self {
-            self.rng = Some(rng);
-            self
-        }
-
-        /// How long a graceful shutdown lets exchanges under way finish. Default 10 s.
-        pub fn shutdown_grace(mut self, grace: Duration) -> Self {
-            self.grace = grace;
-            self
-        }
-    };
-}
-pub(crate) use socket_builder_methods;
+// The setters both builders have, written once for every runtime crate.
+pub(crate) use coap_proto::bind_builder_methods as socket_builder_methods;
 
 impl ClientBuilder {
     socket_builder_methods!();
@@ -356,20 +240,14 @@ impl ClientBuilder {
     }
 }
 
-/// The engine, with a strong random generator unless one is given. Accept (RFC 7252
-/// §5.10.4) is declared understood, so handlers see it rather than the engine answering 4.02.
+/// The engine, with a strong random generator unless one is given (see
+/// [`host::new_endpoint`]).
 pub(crate) fn new_endpoint(
-    mut config: Config,
+    config: Config,
     rng: Option<Box<dyn RngCore + Send>>,
 ) -> Result<Endpoint, Error> {
-    if !config
-        .extra_critical_options
-        .contains(&OptionNumber::ACCEPT)
-    {
-        config.extra_critical_options.push(OptionNumber::ACCEPT);
-    }
     let rng = rng.unwrap_or_else(|| Box::new(rand_chacha::ChaCha20Rng::from_entropy()));
-    Ok(Endpoint::with_rng(config, rng)?)
+    host::new_endpoint(config, rng)
 }
 
 /// The first address `addr` names.
@@ -385,107 +263,19 @@ pub(crate) fn first_addr(addr: impl ToSocketAddrs) -> Result<SocketAddr, Error> 
 #[must_use = "a request does nothing until it is sent"]
 pub struct RequestBuilder {
     client: Client,
-    method: Code,
-    uri: String,
-    options: Vec<(OptionNumber, Vec<u8>)>,
-    payload: Bytes,
-    message_type: Option<MessageType>,
-    timeout: Option<Duration>,
+    spec: RequestSpec,
 }
 
 impl fmt::Debug for RequestBuilder {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("RequestBuilder")
-            .field("method", &self.method)
-            .field("uri", &self.uri)
-            .field("options", &self.options.len())
-            .field("payload_len", &self.payload.len())
-            .field("message_type", &self.message_type)
-            .field("timeout", &self.timeout)
-            .finish()
+            .field("spec", &self.spec)
+            .finish_non_exhaustive()
     }
 }
 
 impl RequestBuilder {
-    /// The body (sent block-wise if large, RFC 7959).
-    pub fn payload(mut self, payload: impl Into<Bytes>) -> Self {
-        self.payload = payload.into();
-        self
-    }
-
-    /// The Content-Format of the body.
-    pub fn content_format(self, format: ContentFormat) -> Self {
-        self.option_uint(OptionNumber::CONTENT_FORMAT, u32::from(format.0))
-    }
-
-    /// The Content-Format wanted in the response (Accept).
-    pub fn accept(self, format: ContentFormat) -> Self {
-        self.option_uint(OptionNumber::ACCEPT, u32::from(format.0))
-    }
-
-    /// Adds an ETag the client holds: the server answers 2.03 Valid if it is current
-    /// (RFC 7252 §5.10.6).
-    pub fn etag(self, etag: impl AsRef<[u8]>) -> Self {
-        self.option(OptionNumber::ETAG, etag)
-    }
-
-    /// Adds an If-Match condition (RFC 7252 §5.10.8.1); empty means "exists".
-    pub fn if_match(self, etag: impl AsRef<[u8]>) -> Self {
-        self.option(OptionNumber::IF_MATCH, etag)
-    }
-
-    /// Adds If-None-Match (RFC 7252 §5.10.8.2).
-    pub fn if_none_match(self) -> Self {
-        self.option(OptionNumber::IF_NONE_MATCH, [])
-    }
-
-    /// Adds a Uri-Query argument after those of the URI.
-    pub fn query(self, arg: &str) -> Self {
-        self.option_str(OptionNumber::URI_QUERY, arg)
-    }
-
-    /// Adds an option with an opaque value.
-    pub fn option(mut self, number: OptionNumber, value: impl AsRef<[u8]>) -> Self {
-        self.options.push((number, value.as_ref().to_vec()));
-        self
-    }
-
-    /// Adds an option with a string value.
-    pub fn option_str(self, number: OptionNumber, value: &str) -> Self {
-        self.option(number, value.as_bytes())
-    }
-
-    /// Adds an option with an unsigned integer value, shortest encoding (RFC 7252 §3.2).
-    pub fn option_uint(self, number: OptionNumber, value: u32) -> Self {
-        let mut scratch = Options::new();
-        scratch.push_uint(number, value);
-        let bytes = scratch.get(number).map(<[u8]>::to_vec).unwrap_or_default();
-        self.option(number, bytes)
-    }
-
-    /// Confirmable (the default): retransmitted until acknowledged.
-    pub fn con(mut self) -> Self {
-        self.message_type = Some(MessageType::Con);
-        self
-    }
-
-    /// Non-confirmable: sent once.
-    pub fn non(mut self) -> Self {
-        self.message_type = Some(MessageType::Non);
-        self
-    }
-
-    /// Gives up with [`Error::Timeout`] when no response has come `timeout` after the
-    /// request was started (name resolution included). Without it the engine's limits
-    /// apply (MAX_TRANSMIT_WAIT for a lost CON request: 93 s with the defaults).
-    ///
-    /// With [`send_with`](RequestBuilder::send_with) nobody waits, so only the engine's
-    /// part of the timeout applies: the wait for a response once the request is acknowledged
-    /// (or sent as NON).
-    pub fn timeout(mut self, timeout: Duration) -> Self {
-        self.timeout = Some(timeout);
-        self
-    }
+    coap_proto::request_builder_methods!();
 
     /// Sends the request and blocks until the response, or until the request fails: no
     /// answer in time ([`Error::Timeout`]), a Reset ([`Error::Reset`]), a cancel from another
@@ -500,13 +290,13 @@ impl RequestBuilder {
     /// Dropping the handle before the outcome cancels the exchange. Blocks only until the
     /// I/O thread has taken the request.
     pub fn start(self) -> Result<ResponseHandle, Error> {
-        let deadline = self.timeout.map(|t| Instant::now() + t);
+        let deadline = self.spec.timeout().map(|t| Instant::now() + t);
         let (tx, rx) = mpsc::sync_channel(1);
         let client = self.client.clone();
         let done = Box::new(move |outcome| {
             let _ = tx.try_send(outcome);
         });
-        let id = self.begin(false, Waiting::Once(done))?;
+        let id = self.begin(Waiting::Once(done))?;
         Ok(ResponseHandle {
             id,
             rx,
@@ -518,6 +308,10 @@ impl RequestBuilder {
 
     /// Starts the request and returns its id at once; `callback` gets the outcome.
     ///
+    /// Nobody waits here, so of the builder's [`timeout`](RequestBuilder::timeout) only the
+    /// engine's part applies: the wait for a response once the request is acknowledged (or
+    /// sent as NON).
+    ///
     /// The callback runs on the I/O thread: it must be quick and must not block (send the
     /// outcome to a channel for anything heavier). If the request cannot be started, the
     /// error is returned here and the callback is not called.
@@ -525,7 +319,7 @@ impl RequestBuilder {
         self,
         callback: impl FnOnce(Result<IncomingResponse, Error>) + Send + 'static,
     ) -> Result<RequestId, Error> {
-        self.begin(false, Waiting::Once(Box::new(callback)))
+        self.begin(Waiting::Once(Box::new(callback)))
     }
 
     /// Sends the request to a multicast group (RFC 7252 §8, always Non-confirmable) and
@@ -533,10 +327,10 @@ impl RequestBuilder {
     /// builder's [`timeout`](RequestBuilder::timeout) or
     /// [`Config::multicast_response_window`]. Dropping it ends the request.
     pub fn multicast(mut self) -> Result<MulticastResponses, Error> {
-        self.message_type = Some(MessageType::Non);
+        self.spec.set_message_type(Some(MessageType::Non));
         let client = self.client.clone();
         let (tx, rx) = mpsc::sync_channel(MULTICAST_CAPACITY);
-        let id = self.begin(false, Waiting::Many(tx))?;
+        let id = self.begin(Waiting::Many(tx))?;
         Ok(MulticastResponses {
             id,
             rx,
@@ -556,7 +350,7 @@ impl RequestBuilder {
     pub fn observe(self) -> Result<Observation, Error> {
         let client = self.client.clone();
         let (tx, rx) = mpsc::sync_channel(OBSERVE_CAPACITY);
-        let id = self.begin(true, Waiting::Observe(tx))?;
+        let id = self.begin(Waiting::Observe(tx))?;
         Ok(Observation {
             id,
             rx,
@@ -566,29 +360,15 @@ impl RequestBuilder {
     }
 
     /// Builds the request, hands it to the I/O thread and waits for its id.
-    fn begin(self, observe: bool, waiting: Waiting) -> Result<RequestId, Error> {
-        let uri = parse_uri(&self.uri)?;
+    fn begin(self, waiter: Waiting) -> Result<RequestId, Error> {
+        let uri = self.spec.parse_uri()?;
         let shared = &self.client.shared;
         let remote = resolve(shared, &uri)?;
-        let mut request = Request::new(self.method);
-        // Uri-Host only for a name (or an address other than the destination), Uri-Port only
-        // for a port other than the destination's (RFC 7252 §6.4 steps 5 to 7).
-        uri.to_options_for(&mut request.options, socket::to_user(remote));
-        for (number, value) in &self.options {
-            request.options.push(*number, value);
-        }
-        request.payload = self.payload;
-        request.message_type = self.message_type;
-        request.timeout = self.timeout;
         let (started, id) = mpsc::channel();
-        shared.mailbox.post(Command::Request {
-            remote,
-            request: Box::new(request),
-            uri: Arc::new(uri),
-            observe,
-            waiting,
-            started,
-        })?;
+        let command = self
+            .spec
+            .into_command(uri, remote, None, waiter, Some(started));
+        shared.mailbox.post(command)?;
         id.recv().map_err(|_| Error::ShuttingDown)?
     }
 }
@@ -656,7 +436,7 @@ impl ResponseHandle {
 
     fn cancel(&self) {
         let _ = self.client.shared.mailbox.post(Command::Cancel {
-            id: self.id,
+            exchange: ExchangeKey::Id(self.id),
             reply: None,
         });
     }
@@ -702,7 +482,7 @@ impl Drop for MulticastResponses {
     fn drop(&mut self) {
         if !self.ended {
             let _ = self.client.shared.mailbox.post(Command::Cancel {
-                id: self.id,
+                exchange: ExchangeKey::Id(self.id),
                 reply: None,
             });
         }
@@ -754,7 +534,10 @@ impl Observation {
         self.client
             .shared
             .mailbox
-            .ask(|reply| Command::CancelObservation { id, reply })
+            .ask(|reply| Command::CancelObservation {
+                exchange: ExchangeKey::Id(id),
+                reply,
+            })
     }
 }
 
@@ -772,7 +555,7 @@ impl Drop for Observation {
     fn drop(&mut self) {
         if !self.ended {
             let _ = self.client.shared.mailbox.post(Command::Cancel {
-                id: self.id,
+                exchange: ExchangeKey::Id(self.id),
                 reply: None,
             });
         }
@@ -787,42 +570,20 @@ impl fmt::Debug for Observation {
     }
 }
 
-/// Parses a request URI; only `coap` is served.
-fn parse_uri(text: &str) -> Result<CoapUri, Error> {
-    let uri = CoapUri::parse(text)?;
-    if uri.scheme() != Scheme::Coap {
-        return Err(Error::UnsupportedScheme(uri.scheme()));
-    }
-    Ok(uri)
-}
-
-/// Where to send a request for `uri`, in the engine's address form. Names are resolved; an
-/// address of the socket's own family is preferred.
+/// Where to send a request for `uri`, in the engine's address form (see
+/// [`host::destination`] and [`host::choose_address`]).
 fn resolve(shared: &Shared, uri: &CoapUri) -> Result<SocketAddr, Error> {
     let local = shared.local_addr;
-    if let Some(addr) = uri.socket_addr_hint() {
-        return to_wire(local, addr).ok_or_else(|| Error::NoUsableAddress {
-            host: uri.host().to_string(),
-        });
-    }
-    let Host::Name(name) = uri.host() else {
-        // An IPv6 zone given by interface name needs the system's help.
-        return Err(Error::Unsupported("IPv6 zones given by interface name"));
-    };
-    let addrs = (name.as_str(), uri.port())
-        .to_socket_addrs()
-        .map_err(|source| Error::Resolve {
-            host: name.clone(),
-            source,
-        })?;
-    let mut fallback = None;
-    for addr in addrs {
-        if addr.is_ipv4() == local.is_ipv4() {
-            if let Some(a) = to_wire(local, addr) {
-                return Ok(a);
-            }
+    match host::destination(local, uri)? {
+        Destination::Address(addr) => Ok(addr),
+        Destination::Name(name, port) => {
+            let addrs = (name, port)
+                .to_socket_addrs()
+                .map_err(|source| Error::Resolve {
+                    host: name.into(),
+                    source,
+                })?;
+            host::choose_address(local, name, addrs)
         }
-        fallback = fallback.or_else(|| to_wire(local, addr));
     }
-    fallback.ok_or_else(|| Error::NoUsableAddress { host: name.clone() })
 }

@@ -13,27 +13,23 @@
 //! that it is going to sleep (an atomic flag swapped on both sides), so a busy thread is not
 //! interrupted by a system call per command.
 
-use std::collections::HashMap;
 use std::net::{SocketAddr, UdpSocket};
-use std::panic::AssertUnwindSafe;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{mpsc, Arc, Weak};
 use std::time::Duration;
 
-use coap_proto::endpoint::{Event, Failure, Stats};
-use coap_proto::msg::{Code, Message, Token};
-use coap_proto::uri::CoapUri;
-use coap_proto::{Endpoint, IncomingId, Request, RequestId, Response};
+use coap_proto::host::{self, Delivery, Dispatch, Host, Incoming, Kind};
+use coap_proto::msg::Code;
+use coap_proto::{Endpoint, Response};
 use coap_udp::{DatagramIo, RecvEnd, StdSocket};
 use rustix::event::{PollFd, PollFlags, Timespec};
-use tracing::{debug, trace, warn};
+use tracing::{debug, warn};
 
-use crate::incoming::{IncomingRequest, Reply};
+use crate::incoming::IncomingRequest;
 use crate::pool::Pool;
-use crate::response::Notification;
-use crate::router::{Routed, Router};
-use crate::socket::to_user;
-use crate::{Error, IncomingResponse};
+use crate::{Error, IncomingResponse, Notification, Router};
+
+pub(crate) use coap_proto::host::{PendingIncoming, PendingRequest};
 
 /// The most datagrams read, datagrams sent or commands taken per turn of the loop.
 pub(crate) const BATCH: usize = 64;
@@ -107,50 +103,26 @@ impl Drop for Shared {
     }
 }
 
-/// A command from a handle.
-pub(crate) enum Command {
-    Request {
-        remote: SocketAddr,
-        request: Box<Request>,
-        uri: Arc<CoapUri>,
-        observe: bool,
-        waiting: Waiting,
-        started: mpsc::Sender<Result<RequestId, Error>>,
-    },
-    Ping {
-        remote: SocketAddr,
-        reply: mpsc::Sender<Result<(), Error>>,
-    },
-    Cancel {
-        id: RequestId,
-        reply: Option<mpsc::Sender<bool>>,
-    },
-    CancelObservation {
-        id: RequestId,
-        reply: mpsc::Sender<bool>,
-    },
-    Notify {
-        path: String,
-        representation: Option<Box<Response>>,
-        reply: mpsc::Sender<usize>,
-    },
-    ObserverCount {
-        path: String,
-        reply: mpsc::Sender<usize>,
-    },
-    PendingRequests(mpsc::Sender<Vec<PendingRequest>>),
-    PendingIncoming(mpsc::Sender<Vec<PendingIncoming>>),
-    Stats(mpsc::Sender<Stats>),
-    Shutdown(mpsc::Sender<()>),
-    /// An answer to an incoming request, from a handler or a responder.
-    Respond {
-        id: IncomingId,
-        response: Box<Response>,
-        done: Option<mpsc::Sender<Result<(), Error>>>,
-    },
-    /// A handler panicked, or a responder went away without answering: 5.00.
-    Abandoned(IncomingId),
+/// This crate's channels, as the host core sees them: [`Waiting`] for client exchanges,
+/// std channels for answers.
+pub(crate) enum Chan {}
+
+impl host::Channels for Chan {
+    type Waiter = Waiting;
+    type Reply<T> = mpsc::Sender<T>;
+    type Sender = Mailbox;
+
+    fn reply<T>(to: mpsc::Sender<T>, value: T) {
+        let _ = to.send(value);
+    }
+
+    fn post(to: &Mailbox, command: Command) -> bool {
+        to.post(command).is_ok()
+    }
 }
+
+/// What handles post to the thread.
+pub(crate) type Command = host::Command<Chan>;
 
 /// A callback that takes the outcome of a unicast request.
 pub(crate) type OnceCallback = Box<dyn FnOnce(Result<IncomingResponse, Error>) + Send>;
@@ -163,54 +135,55 @@ pub(crate) enum Waiting {
     Many(mpsc::SyncSender<Result<IncomingResponse, Error>>),
     /// An observation: notifications until it ends (the sender is then dropped).
     Observe(mpsc::SyncSender<Result<Notification, Error>>),
+    /// A ping: the pong or an error.
+    Ping(mpsc::Sender<Result<(), Error>>),
 }
 
-impl Waiting {
-    fn fail(self, error: Error) {
+impl host::Waiter for Waiting {
+    fn kind(&self) -> Kind {
         match self {
-            Waiting::Once(done) => done(Err(error)),
-            Waiting::Many(tx) => {
-                let _ = tx.try_send(Err(error));
-            }
-            Waiting::Observe(tx) => {
-                let _ = tx.try_send(Err(error));
-            }
+            Waiting::Once(_) | Waiting::Ping(_) => Kind::Once,
+            Waiting::Many(_) => Kind::Multicast,
+            Waiting::Observe(_) => Kind::Observation,
         }
     }
-}
 
-/// A request this endpoint sent that has not ended (see
-/// [`Client::pending_requests`](crate::Client::pending_requests)).
-#[derive(Clone, Debug, PartialEq, Eq)]
-#[non_exhaustive]
-pub struct PendingRequest {
-    /// The engine's id; pass it to [`Client::cancel`](crate::Client::cancel).
-    pub id: RequestId,
-    /// The method (0.00 for a ping).
-    pub method: Code,
-    /// The URI (for a ping, the peer as a URI).
-    pub uri: String,
-    /// The peer.
-    pub peer: SocketAddr,
-    /// The token (empty for a ping).
-    pub token: Token,
-}
+    /// A std channel does not tell; a handle that is gone cancels its request by id.
+    fn is_closed(&self) -> bool {
+        false
+    }
 
-/// A request this endpoint received and has not answered (see
-/// [`ServerHandle::pending_incoming`](crate::ServerHandle::pending_incoming)).
-#[derive(Clone, Debug, PartialEq, Eq)]
-#[non_exhaustive]
-pub struct PendingIncoming {
-    /// The engine's id.
-    pub id: IncomingId,
-    /// The method.
-    pub method: Code,
-    /// Path and query, as `/a/b?x=1`.
-    pub uri: String,
-    /// Who sent it.
-    pub peer: SocketAddr,
-    /// Its token.
-    pub token: Token,
+    fn deliver(&self, item: Delivery) -> bool {
+        match (self, item) {
+            (Waiting::Many(tx), Delivery::Response(r)) => tx.try_send(Ok(r)).is_ok(),
+            (Waiting::Observe(tx), Delivery::Notification(n)) => tx.try_send(Ok(n)).is_ok(),
+            _ => false,
+        }
+    }
+
+    fn finish(self, outcome: Result<Delivery, Error>) {
+        match (self, outcome) {
+            (Waiting::Once(done), Ok(Delivery::Response(r))) => done(Ok(r)),
+            (Waiting::Once(done), Err(e)) => done(Err(e)),
+            (Waiting::Many(tx), Err(e)) => {
+                let _ = tx.try_send(Err(e));
+            }
+            (Waiting::Observe(tx), Ok(Delivery::Notification(n))) => {
+                let _ = tx.try_send(Ok(n));
+            }
+            (Waiting::Observe(tx), Err(e)) => {
+                let _ = tx.try_send(Err(e));
+            }
+            (Waiting::Ping(tx), Ok(Delivery::Pong)) => {
+                let _ = tx.send(Ok(()));
+            }
+            (Waiting::Ping(tx), Err(e)) => {
+                let _ = tx.send(Err(e));
+            }
+            // An outcome of another kind: nothing waits for it.
+            _ => {}
+        }
+    }
 }
 
 /// The engine's microseconds, counted from when the thread's state was built.
@@ -221,33 +194,13 @@ struct Clock {
 
 impl Clock {
     fn now(&self) -> coap_proto::Instant {
-        let micros = self.origin.elapsed().as_micros();
-        coap_proto::Instant::from_micros(u64::try_from(micros).unwrap_or(u64::MAX))
+        coap_proto::Instant::ZERO + self.origin.elapsed()
     }
 
     /// How long from now until `t`; zero if it has passed.
     fn until(&self, t: coap_proto::Instant) -> Duration {
         Duration::from_micros(t.as_micros()).saturating_sub(self.origin.elapsed())
     }
-}
-
-enum WaiterKind {
-    Request(Waiting, Arc<CoapUri>),
-    Ping(mpsc::Sender<Result<(), Error>>, SocketAddr),
-}
-
-struct IncomingMeta {
-    method: Code,
-    uri: String,
-    peer: SocketAddr,
-    token: Token,
-}
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Phase {
-    Running,
-    /// `Endpoint::close` was called: stop when the engine is idle, or at this deadline.
-    Closing(coap_proto::Instant),
 }
 
 /// What serves incoming requests on a server.
@@ -268,12 +221,8 @@ pub(crate) struct Driver {
     stop_when_orphaned: bool,
     ep: Endpoint,
     clock: Clock,
+    host: Host<Chan>,
     service: Option<Service>,
-    waiters: HashMap<RequestId, WaiterKind>,
-    incoming: HashMap<IncomingId, IncomingMeta>,
-    shutdown_waiters: Vec<mpsc::Sender<()>>,
-    grace: Duration,
-    phase: Phase,
     /// The socket's batches: datagrams in, and those taken from the engine that the socket
     /// has not taken yet.
     io: DatagramIo,
@@ -325,12 +274,8 @@ impl Driver {
             clock: Clock {
                 origin: std::time::Instant::now(),
             },
+            host: Host::new(local_addr, grace),
             service: None,
-            waiters: HashMap::new(),
-            incoming: HashMap::new(),
-            shutdown_waiters: Vec::new(),
-            grace,
-            phase: Phase::Running,
             io: DatagramIo::new(local_addr, max),
         };
         Ok((driver, shared))
@@ -356,16 +301,12 @@ impl Driver {
     fn run_loop(&mut self) -> Result<(), Error> {
         loop {
             let now = self.clock.now();
-            // Trust the clock, not the sleep: a timer is due when now has reached it.
-            if self.ep.poll_timeout().is_some_and(|d| now >= d) {
-                self.ep.handle_timeout(now);
-            }
             self.drain_commands(now);
-            self.process_events(now);
+            self.drive(now);
             let more_tx = self.flush(now);
-            self.process_events(now);
+            self.drive(now);
             if self.stop_when_orphaned && self.owner.strong_count() == 0 {
-                self.begin_shutdown(now);
+                self.host.shut_down(&mut self.ep, now);
             }
             if self.should_stop(now) {
                 return Ok(());
@@ -373,14 +314,7 @@ impl Driver {
             if more_tx {
                 continue;
             }
-            let closing = match self.phase {
-                Phase::Closing(d) => Some(d),
-                Phase::Running => None,
-            };
-            let wake_at = [self.ep.poll_timeout(), closing]
-                .into_iter()
-                .flatten()
-                .min();
+            let wake_at = self.host.next_wake(&mut self.ep);
             if wake_at.is_some_and(|d| self.clock.now() >= d) {
                 continue;
             }
@@ -446,46 +380,12 @@ impl Driver {
     }
 
     fn should_stop(&self, now: coap_proto::Instant) -> bool {
-        match self.phase {
-            Phase::Running => false,
-            Phase::Closing(deadline) => {
-                (self.ep.is_idle() && !self.io.has_unsent()) || now >= deadline
-            }
-        }
-    }
-
-    fn begin_shutdown(&mut self, now: coap_proto::Instant) {
-        if self.phase != Phase::Running {
-            return;
-        }
-        debug!(
-            pending_requests = self.waiters.len(),
-            pending_incoming = self.incoming.len(),
-            "shutting down"
-        );
-        self.ep.close(now);
-        self.phase = Phase::Closing(now + self.grace);
+        self.host.is_finished(&self.ep, now, !self.io.has_unsent())
     }
 
     /// Ends what is left: waiting requests fail with `ShuttingDown`, shutdown callers return.
     fn finish(&mut self) {
-        for (_, waiter) in self.waiters.drain() {
-            match waiter {
-                WaiterKind::Request(waiting, _) => waiting.fail(Error::ShuttingDown),
-                WaiterKind::Ping(tx, _) => {
-                    let _ = tx.send(Err(Error::ShuttingDown));
-                }
-            }
-        }
-        if !self.incoming.is_empty() {
-            warn!(
-                unanswered = self.incoming.len(),
-                "stopped with requests unanswered"
-            );
-        }
-        for tx in self.shutdown_waiters.drain(..) {
-            let _ = tx.send(());
-        }
+        self.host.finish();
     }
 
     // ------------------------------------------------------------------------------------
@@ -526,363 +426,49 @@ impl Driver {
         }
     }
 
+    /// Carries out a command (see [`Host::command`]).
     fn command(&mut self, now: coap_proto::Instant, command: Command) {
-        match command {
-            Command::Request {
-                remote,
-                request,
-                uri,
-                observe,
-                waiting,
-                started,
-            } => {
-                let method = request.method;
-                let result = if observe {
-                    self.ep.observe(now, remote, *request)
-                } else {
-                    self.ep.request(now, remote, *request)
-                };
-                match result {
-                    Ok(id) => {
-                        debug!(%id, %method, %uri, "request started");
-                        self.waiters.insert(id, WaiterKind::Request(waiting, uri));
-                        let _ = started.send(Ok(id));
-                    }
-                    Err(e) => {
-                        debug!(%method, %uri, error = %e, "request refused");
-                        let _ = started.send(Err(e.into()));
-                    }
-                }
-            }
-            Command::Ping { remote, reply } => match self.ep.ping(now, remote) {
-                Ok(id) => {
-                    self.waiters
-                        .insert(id, WaiterKind::Ping(reply, to_user(remote)));
-                }
-                Err(e) => {
-                    let _ = reply.send(Err(e.into()));
-                }
-            },
-            Command::Cancel { id, reply } => {
-                let done = self.ep.cancel(now, id);
-                if let Some(reply) = reply {
-                    let _ = reply.send(done);
-                }
-            }
-            Command::CancelObservation { id, reply } => {
-                // Active cancellation once established (RFC 7641 §3.6); before that, the
-                // registration itself is cancelled.
-                let done = self.ep.cancel_observation(now, id) || self.ep.cancel(now, id);
-                let _ = reply.send(done);
-            }
-            Command::Notify {
-                path,
-                representation,
-                reply,
-            } => {
-                let n = self.ep.notify(now, &path, representation.map(|r| *r));
-                debug!(resource = %path, observers = n, "resource changed");
-                let _ = reply.send(n);
-            }
-            Command::ObserverCount { path, reply } => {
-                let _ = reply.send(self.ep.observer_count(&path));
-            }
-            Command::PendingRequests(reply) => {
-                let list = self
-                    .ep
-                    .pending_requests()
-                    .map(|(id, peer, method, token)| PendingRequest {
-                        id,
-                        method,
-                        uri: match self.waiters.get(&id) {
-                            Some(WaiterKind::Request(_, uri)) => uri.to_string(),
-                            Some(WaiterKind::Ping(_, peer)) => format!("coap://{peer}"),
-                            None => String::new(),
-                        },
-                        peer: to_user(peer),
-                        token: token.clone(),
-                    })
-                    .collect();
-                let _ = reply.send(list);
-            }
-            Command::PendingIncoming(reply) => {
-                let list = self
-                    .ep
-                    .pending_incoming()
-                    .filter_map(|(id, _)| {
-                        self.incoming.get(&id).map(|m| PendingIncoming {
-                            id,
-                            method: m.method,
-                            uri: m.uri.clone(),
-                            peer: m.peer,
-                            token: m.token.clone(),
-                        })
-                    })
-                    .collect();
-                let _ = reply.send(list);
-            }
-            Command::Stats(reply) => {
-                let _ = reply.send(self.ep.stats());
-            }
-            Command::Shutdown(reply) => {
-                self.shutdown_waiters.push(reply);
-                self.begin_shutdown(now);
-            }
-            Command::Respond { id, response, done } => {
-                let result = self.respond(now, id, *response);
-                if let Some(done) = done {
-                    let _ = done.send(result);
-                }
-            }
-            Command::Abandoned(id) => {
-                if self.incoming.contains_key(&id) {
-                    warn!(%id, "request left without an answer (handler panicked or responder dropped): 5.00");
-                    let _ = self.respond(now, id, Response::new(Code::INTERNAL_SERVER_ERROR));
-                }
-            }
-        }
+        self.host.command(&mut self.ep, now, command);
     }
 
-    fn respond(
-        &mut self,
-        now: coap_proto::Instant,
-        id: IncomingId,
-        response: Response,
-    ) -> Result<(), Error> {
-        let code = response.code;
-        let result = self.ep.respond(now, id, response);
-        match &result {
-            Ok(()) => {
-                self.incoming.remove(&id);
-                debug!(%id, %code, "response sent");
-            }
-            Err(coap_proto::endpoint::RespondError::UnknownRequest(_)) => {
-                self.incoming.remove(&id);
-            }
-            Err(e) => {
-                // Still unanswered: a 5.00 rather than a client left waiting.
-                warn!(%id, %code, error = %e, "response refused by the engine: 5.00 instead");
-                if self
-                    .ep
-                    .respond(now, id, Response::new(Code::INTERNAL_SERVER_ERROR))
-                    .is_ok()
-                {
-                    self.incoming.remove(&id);
-                }
-            }
-        }
-        result.map_err(Error::from)
+    /// Runs the engine's due timers and routes its events (see [`Host::drive`]).
+    fn drive(&mut self, now: coap_proto::Instant) {
+        let mut handlers = Handlers {
+            service: self.service.as_ref(),
+            mailbox: &self.mailbox,
+        };
+        self.host.drive(&mut self.ep, now, &mut handlers);
+    }
+}
+
+/// The server's side of [`Host::drive`]: 4.04, 4.05 and `/.well-known/core` are answered at
+/// once; a handler runs on the pool, and a full pool is answered 5.03 with Max-Age. A plain
+/// client answers 4.04.
+struct Handlers<'a> {
+    service: Option<&'a Service>,
+    mailbox: &'a Mailbox,
+}
+
+impl host::Service for Handlers<'_> {
+    fn call(&mut self, request: Incoming) -> Dispatch {
+        let Some(service) = self.service else {
+            return Dispatch::answer(Response::new(Code::NOT_FOUND));
+        };
+        let mailbox = self.mailbox;
+        let request_of = |head| IncomingRequest {
+            head,
+            mailbox: mailbox.clone(),
+        };
+        service
+            .router
+            .start::<Chan>(request, request_of, mailbox, |job| {
+                service.pool.try_run(job)
+            })
     }
 
-    // ------------------------------------------------------------------------------------
-    // Events
-    // ------------------------------------------------------------------------------------
-
-    fn process_events(&mut self, now: coap_proto::Instant) {
-        while let Some(event) = self.ep.poll_event() {
-            match event {
-                Event::Response { id, peer, response } => self.on_response(id, peer, response),
-                Event::Notification {
-                    id,
-                    peer,
-                    response,
-                    fresh,
-                } => self.on_notification(id, peer, response, fresh),
-                Event::RequestFailed { id, reason } => self.on_failed(id, reason),
-                Event::MulticastDone { id } => {
-                    self.waiters.remove(&id);
-                }
-                Event::Pong { id } => {
-                    if let Some(WaiterKind::Ping(tx, _)) = self.waiters.remove(&id) {
-                        let _ = tx.send(Ok(()));
-                    }
-                }
-                Event::Request {
-                    id,
-                    peer,
-                    request,
-                    multicast,
-                } => self.dispatch(now, id, peer, request, multicast, false),
-                Event::RenderNotification {
-                    id,
-                    resource,
-                    request,
-                } => {
-                    trace!(%id, %resource, "rendering a notification");
-                    self.dispatch(now, id, self.local_addr, request, false, true);
-                }
-                Event::ObserverAdded {
-                    resource,
-                    observers,
-                    ..
-                }
-                | Event::ObserverRemoved {
-                    resource,
-                    observers,
-                    ..
-                } => {
-                    debug!(%resource, observers, "observer count changed");
-                    if let Some(service) = &self.service {
-                        service.router.observers_changed(&resource, observers);
-                    }
-                }
-                Event::ResponseNotConfirmed { id, reason } => {
-                    warn!(%id, %reason, "confirmable response not acknowledged")
-                }
-                other => trace!(event = ?other, "event"),
-            }
-        }
-    }
-
-    fn on_response(&mut self, id: RequestId, peer: SocketAddr, message: Message) {
-        if let Some(WaiterKind::Request(Waiting::Many(tx), uri)) = self.waiters.get(&id) {
-            let response = IncomingResponse {
-                peer: to_user(peer),
-                uri: Arc::clone(uri),
-                message,
-            };
-            if tx.try_send(Ok(response)).is_err() {
-                debug!(%id, "multicast response dropped: not read");
-            }
-            return;
-        }
-        let Some(WaiterKind::Request(waiting, uri)) = self.waiters.remove(&id) else {
-            return;
-        };
-        let response = IncomingResponse {
-            peer: to_user(peer),
-            uri,
-            message,
-        };
-        debug!(%id, code = %response.code(), "response");
-        match waiting {
-            Waiting::Once(done) => done(Ok(response)),
-            // The last word of an observation: not registered, or deregistered.
-            Waiting::Observe(tx) => {
-                let _ = tx.try_send(Ok(Notification {
-                    response,
-                    fresh: true,
-                }));
-            }
-            Waiting::Many(_) => {}
-        }
-    }
-
-    fn on_notification(&mut self, id: RequestId, peer: SocketAddr, message: Message, fresh: bool) {
-        let Some(WaiterKind::Request(Waiting::Observe(tx), uri)) = self.waiters.get(&id) else {
-            return;
-        };
-        let notification = Notification {
-            response: IncomingResponse {
-                peer: to_user(peer),
-                uri: Arc::clone(uri),
-                message,
-            },
-            fresh,
-        };
-        if tx.try_send(Ok(notification)).is_err() {
-            // Only the latest state matters (RFC 7641 §1.3).
-            debug!(%id, "notification dropped: observation not read");
-        }
-    }
-
-    fn on_failed(&mut self, id: RequestId, reason: Failure) {
-        let Some(waiter) = self.waiters.remove(&id) else {
-            return;
-        };
-        if reason == Failure::Cancelled {
-            debug!(%id, "cancelled");
-        } else {
-            debug!(%id, %reason, "request failed");
-        }
-        match waiter {
-            WaiterKind::Request(waiting, _) => waiting.fail(reason.into()),
-            WaiterKind::Ping(tx, _) => {
-                let _ = tx.send(Err(reason.into()));
-            }
-        }
-    }
-
-    /// Routes an incoming request: 4.04, 4.05 and `/.well-known/core` are answered here; a
-    /// handler runs on the pool, and a full pool is answered 5.03 with Max-Age.
-    fn dispatch(
-        &mut self,
-        now: coap_proto::Instant,
-        id: IncomingId,
-        peer: SocketAddr,
-        message: Message,
-        multicast: bool,
-        render: bool,
-    ) {
-        let user_peer = to_user(peer);
-        let uri = request_target(&message);
-        debug!(%id, method = %message.code, %uri, peer = %user_peer, "request");
-        self.incoming.insert(
-            id,
-            IncomingMeta {
-                method: message.code,
-                uri,
-                peer: user_peer,
-                token: message.token.clone(),
-            },
-        );
-        let Some(service) = &self.service else {
-            let _ = self.respond(now, id, Response::new(Code::NOT_FOUND));
-            return;
-        };
-        let request = IncomingRequest {
-            id,
-            peer: user_peer,
-            message,
-            multicast,
-            render,
-            matched: 0,
-            mailbox: self.mailbox.clone(),
-        };
-        let routed =
-            std::panic::catch_unwind(AssertUnwindSafe(|| service.router.route_request(request)));
-        let (handler, request, accept_observer) = match routed {
-            Ok(Routed::Answer(response)) => {
-                let _ = self.respond(now, id, response);
-                return;
-            }
-            Ok(Routed::Handler {
-                handler,
-                request,
-                accept_observer,
-            }) => (handler, request, accept_observer),
-            Err(_) => {
-                warn!(%id, "an observe hook panicked: 5.00");
-                let _ = self.respond(now, id, Response::new(Code::INTERNAL_SERVER_ERROR));
-                return;
-            }
-        };
-        if accept_observer && !render {
-            if let Err(e) = self.ep.accept_observer(id) {
-                debug!(%id, error = ?e, "registration not accepted");
-            }
-        }
-        let guard = AnswerGuard {
-            id,
-            mailbox: Some(self.mailbox.clone()),
-        };
-        let job = Box::new(move || {
-            let reply = std::panic::catch_unwind(AssertUnwindSafe(|| handler(request)));
-            match reply {
-                Ok(reply) => guard.answer(reply),
-                // The guard reports the request abandoned: 5.00.
-                Err(_) => drop(guard),
-            }
-        });
-        if !service.pool.try_run(job) {
-            // RFC 7252 §5.9.3.4: 5.03 with Max-Age says when to come back. The dropped job's
-            // guard reports the request abandoned later, which is ignored once answered.
-            warn!(%id, "every worker busy and the queue full: 5.03");
-            let _ = self.respond(
-                now,
-                id,
-                Response::new(Code::SERVICE_UNAVAILABLE).with_max_age(1),
-            );
+    fn observers_changed(&mut self, resource: &str, count: usize) {
+        if let Some(service) = self.service {
+            service.router.observers_changed(resource, count);
         }
     }
 }
@@ -893,51 +479,4 @@ struct Ready {
     socket: bool,
     error: bool,
     waker: bool,
-}
-
-/// Travels with a handler's job: sends the handler's answer, or, dropped without one (the
-/// handler panicked, or the job never ran), reports the request abandoned so it gets a 5.00.
-struct AnswerGuard {
-    id: IncomingId,
-    mailbox: Option<Mailbox>,
-}
-
-impl AnswerGuard {
-    fn answer(mut self, reply: Reply) {
-        let Some(mailbox) = self.mailbox.take() else {
-            return;
-        };
-        if let Reply::Response(response) = reply {
-            let _ = mailbox.post(Command::Respond {
-                id: self.id,
-                response: Box::new(response),
-                done: None,
-            });
-        }
-    }
-}
-
-impl Drop for AnswerGuard {
-    fn drop(&mut self) {
-        if let Some(mailbox) = self.mailbox.take() {
-            let _ = mailbox.post(Command::Abandoned(self.id));
-        }
-    }
-}
-
-/// `/path?query` of a request, for tracing and introspection.
-fn request_target(message: &Message) -> String {
-    let mut out = String::new();
-    for segment in message.options.uri_path() {
-        out.push('/');
-        out.push_str(segment);
-    }
-    if out.is_empty() {
-        out.push('/');
-    }
-    for (i, arg) in message.options.uri_query().enumerate() {
-        out.push(if i == 0 { '?' } else { '&' });
-        out.push_str(arg);
-    }
-    out
 }

@@ -76,6 +76,11 @@
 //! On Linux the socket asks for ICMP errors (`IP_RECVERR`), so a request to a closed port
 //! fails at once with [`Error::Unreachable`]; elsewhere it fails with [`Error::Timeout`].
 //!
+//! The thread's bookkeeping around the engine (waiters, dispatch, the 5.00 fallbacks,
+//! introspection, shutdown), the [`Router`], request assembly and the user-facing types are
+//! the runtime-neutral core [`coap_proto::host`], shared with `coap-tokio` and
+//! `coap-async-std`.
+//!
 //! # Differences from `coap-tokio`
 //!
 //! * Handlers are `Fn(IncomingRequest) -> R`, not functions returning futures, and run on
@@ -89,11 +94,9 @@
 #![forbid(unsafe_code)]
 
 mod client;
-mod error;
 mod incoming;
 mod io;
 mod pool;
-mod response;
 mod router;
 mod server;
 pub mod socket;
@@ -101,10 +104,11 @@ pub mod socket;
 pub use client::{
     Client, ClientBuilder, MulticastResponses, Observation, RequestBuilder, ResponseHandle,
 };
-pub use error::Error;
-pub use incoming::{Deferred, IncomingRequest, IntoReply, Reply, Responder};
-pub use io::{PendingIncoming, PendingRequest};
-pub use response::{IncomingResponse, Notification};
+pub use coap_proto::host::{
+    Deferred, Error, Incoming, IncomingResponse, IntoReply, Notification, PendingIncoming,
+    PendingRequest, Reply,
+};
+pub use incoming::{IncomingRequest, Responder};
 pub use router::{ObserveHooks, Router};
 pub use server::{Notifier, Server, ServerBuilder, ServerHandle, DEFAULT_QUEUE, DEFAULT_WORKERS};
 

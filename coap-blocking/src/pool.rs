@@ -3,10 +3,9 @@
 use std::sync::{mpsc, Arc, Mutex, PoisonError};
 use std::thread;
 
-use crate::Error;
+use coap_proto::host::Job;
 
-/// One handler run.
-pub(crate) type Job = Box<dyn FnOnce() + Send>;
+use crate::Error;
 
 /// The workers stop when the pool (the only sender) is dropped and the queue is empty.
 #[derive(Debug)]

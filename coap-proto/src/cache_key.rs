@@ -58,11 +58,20 @@ pub const BLOCKWISE_OBSERVE_EXCLUDED: &[OptionNumber] = &[
 /// ([`OptionNumber::is_no_cache_key`]) or in the caller's exclude list. The order of options
 /// with different numbers never matters; the order of repeated options (Uri-Path segments)
 /// does. Stored in one small buffer: keys of typical requests need no heap allocation.
-#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+#[derive(Debug, PartialEq, Eq, Hash)]
 pub struct CacheKey {
     /// The code byte, then for each included option: the number as the difference from the
     /// previous included number, the value length (both LEB128) and the value.
     bytes: SmallVec<[u8; 32]>,
+}
+
+impl Clone for CacheKey {
+    fn clone(&self) -> CacheKey {
+        // A slice copy; the derived clone would push byte by byte.
+        CacheKey {
+            bytes: SmallVec::from_slice(&self.bytes),
+        }
+    }
 }
 
 impl CacheKey {
@@ -107,7 +116,7 @@ impl CacheKey {
             push_varint(&mut bytes, u32::from(number.0.wrapping_sub(previous)));
             previous = number.0;
             push_varint(&mut bytes, u32::try_from(value.len()).unwrap_or(u32::MAX));
-            bytes.extend_from_slice(value);
+            extend_short(&mut bytes, value);
         }
         CacheKey { bytes }
     }
@@ -128,8 +137,25 @@ fn is_included(number: OptionNumber, exclude: &[OptionNumber]) -> bool {
     !number.is_no_cache_key() && !exclude.contains(&number)
 }
 
+/// Appends `value`: byte by byte when short (cheaper than a general copy for the few bytes of
+/// a typical option), as one copy otherwise.
+#[inline]
+fn extend_short(out: &mut SmallVec<[u8; 32]>, value: &[u8]) {
+    if value.len() <= 16 {
+        out.extend(value.iter().copied());
+    } else {
+        out.extend_from_slice(value);
+    }
+}
+
 /// Appends `v` in LEB128: seven bits a byte, low bits first, high bit set on all but the last.
+#[inline]
 fn push_varint(out: &mut SmallVec<[u8; 32]>, mut v: u32) {
+    if v < 0x80 {
+        // Option deltas and lengths of a typical request fit one byte.
+        out.push(v as u8);
+        return;
+    }
     loop {
         let low = (v & 0x7f) as u8;
         v >>= 7;

@@ -102,6 +102,7 @@
 //! | [`endpoint`] | the state machine: message layer, exchanges, block-wise, observe, multicast |
 //! | [`request`] | the [`Request`] and [`Response`] builders |
 //! | [`resource`] | a router generic over the handler type, shared by the runtime crates |
+//! | `host` | the runtime-neutral core of the runtime crates: waiters, dispatch to handlers, request building, their error type (feature `host`) |
 //! | `sim` | a deterministic network simulation (feature `sim`) |
 //!
 //! # Not supported (yet)
@@ -122,6 +123,9 @@ extern crate std;
 pub mod addr;
 pub mod cache_key;
 pub mod endpoint;
+#[cfg(feature = "host")]
+#[cfg_attr(docsrs, doc(cfg(feature = "host")))]
+pub mod host;
 pub mod link_format;
 pub mod msg;
 pub mod request;

@@ -4,6 +4,11 @@
 //! `cargo run --release -p coap-tokio --example bench_server [ADDR] [--engines N]`
 //! (default `127.0.0.1:5683`, one engine on a single-threaded runtime). With `--engines N`
 //! (N > 1) N sockets share the port, each with its own engine, on a runtime of N threads.
+//!
+//! With `BENCH_STATS=SECONDS` in the environment the server also prints the engine's counters
+//! to standard error every SECONDS (`stats <seconds since start> Stats { .. }`, summed over
+//! the engines), so a load script can see deduplication evictions and overload answers;
+//! `benches/rss.sh` uses it.
 
 use std::sync::{Arc, Mutex};
 
@@ -80,8 +85,28 @@ async fn serve(addr: String, engines: usize) -> Result<(), coap_tokio::Error> {
         server.local_addr(),
         server.engines()
     );
+    if let Some(every) = stats_interval() {
+        let handle = server.handle();
+        tokio::spawn(async move {
+            let start = tokio::time::Instant::now();
+            let mut tick = tokio::time::interval(every);
+            loop {
+                tick.tick().await;
+                let Ok(stats) = handle.stats().await else {
+                    break;
+                };
+                eprintln!("stats {:.1} {stats:?}", start.elapsed().as_secs_f64());
+            }
+        });
+    }
     let stop = async {
         let _ = tokio::signal::ctrl_c().await;
     };
     server.serve_with_shutdown(app, stop).await
+}
+
+/// The period of the counters printout, from `BENCH_STATS` (seconds; unset, empty or zero: none).
+fn stats_interval() -> Option<std::time::Duration> {
+    let secs: f64 = std::env::var("BENCH_STATS").ok()?.trim().parse().ok()?;
+    (secs.is_finite() && secs > 0.0).then(|| std::time::Duration::from_secs_f64(secs))
 }

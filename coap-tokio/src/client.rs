@@ -8,22 +8,21 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use bytes::Bytes;
 use coap_proto::endpoint::Stats;
-use coap_proto::msg::{Code, ContentFormat, MessageType, OptionNumber, Options};
-use coap_proto::uri::{CoapUri, Host, Scheme};
-use coap_proto::{Config, Endpoint, Request, RequestId};
+use coap_proto::host::{self, parse_uri, Destination, ExchangeKey, RequestSpec};
+use coap_proto::msg::{Code, MessageType};
+use coap_proto::uri::CoapUri;
+use coap_proto::{Config, Endpoint, RequestId};
 use rand_core::{RngCore, SeedableRng};
 use tokio::net::ToSocketAddrs;
 use tokio::sync::{mpsc, oneshot};
 
 use crate::driver::{
-    Command, Driver, DriverParts, Internal, PendingRequest, Shared, Waiting, MULTICAST_CAPACITY,
+    Chan, Command, Driver, DriverParts, PendingRequest, Shared, Waiting, MULTICAST_CAPACITY,
     OBSERVE_CAPACITY,
 };
-use crate::response::Notification;
-use crate::socket::{self, to_wire, SocketOptions};
-use crate::{Error, IncomingResponse};
+use crate::socket::{self, SocketOptions};
+use crate::{Error, IncomingResponse, Notification};
 
 /// A CoAP client over one UDP socket.
 ///
@@ -82,53 +81,14 @@ impl Client {
         self.shared.local_addr
     }
 
-    /// A GET request for `uri`. Await it directly, or set options first and then
-    /// [`send`](RequestBuilder::send).
-    pub fn get(&self, uri: impl Into<String>) -> RequestBuilder {
-        self.request(Code::GET, uri)
-    }
-
-    /// A POST request.
-    pub fn post(&self, uri: impl Into<String>) -> RequestBuilder {
-        self.request(Code::POST, uri)
-    }
-
-    /// A PUT request.
-    pub fn put(&self, uri: impl Into<String>) -> RequestBuilder {
-        self.request(Code::PUT, uri)
-    }
-
-    /// A DELETE request.
-    pub fn delete(&self, uri: impl Into<String>) -> RequestBuilder {
-        self.request(Code::DELETE, uri)
-    }
-
-    /// A FETCH request (RFC 8132).
-    pub fn fetch(&self, uri: impl Into<String>) -> RequestBuilder {
-        self.request(Code::FETCH, uri)
-    }
-
-    /// A PATCH request (RFC 8132).
-    pub fn patch(&self, uri: impl Into<String>) -> RequestBuilder {
-        self.request(Code::PATCH, uri)
-    }
-
-    /// An iPATCH request (RFC 8132).
-    pub fn ipatch(&self, uri: impl Into<String>) -> RequestBuilder {
-        self.request(Code::IPATCH, uri)
-    }
+    coap_proto::client_verbs!();
 
     /// A request with any method code (class 0, detail 1 to 31); another code fails with
     /// [`Error::NotARequest`] when sent.
     pub fn request(&self, method: Code, uri: impl Into<String>) -> RequestBuilder {
         RequestBuilder {
             client: self.clone(),
-            method,
-            uri: uri.into(),
-            options: Vec::new(),
-            payload: Bytes::new(),
-            message_type: None,
-            timeout: None,
+            spec: RequestSpec::new(method, uri.into()),
         }
     }
 
@@ -146,13 +106,12 @@ impl Client {
         let ticket = self.shared.ticket();
         let (tx, mut reply) = OnceReply::new(ticket, &self.shared);
         let start = tokio::time::Instant::now();
-        self.shared
-            .command(Command::Ping {
-                ticket,
-                remote,
-                reply: tx,
-            })
-            .await?;
+        let ping = Command::Ping {
+            ticket: Some(ticket),
+            remote,
+            waiter: Waiting::Ping(tx),
+        };
+        self.shared.command(ping).await?;
         reply.recv().await?.map(|()| start.elapsed())
     }
 
@@ -164,7 +123,13 @@ impl Client {
     /// Cancels a request by id (from [`pending_requests`](Client::pending_requests)): its
     /// future fails with [`Error::Cancelled`]. Returns false if it had already ended.
     pub async fn cancel(&self, id: RequestId) -> Result<bool, Error> {
-        self.shared.ask(|reply| Command::Cancel { id, reply }).await
+        let exchange = ExchangeKey::Id(id);
+        self.shared
+            .ask(|reply| Command::Cancel {
+                exchange,
+                reply: Some(reply),
+            })
+            .await
     }
 
     /// The engine's counters (datagrams, retransmissions, duplicates, ...).
@@ -263,79 +228,7 @@ impl fmt::Debug for ClientBuilder {
 }
 
 impl ClientBuilder {
-    /// The engine configuration (transmission parameters, NSTART, table bounds ...).
-    pub fn config(mut self, config: Config) -> Self {
-        self.config = config;
-        self
-    }
-
-    /// All socket options at once.
-    pub fn socket_options(mut self, options: SocketOptions) -> Self {
-        self.socket = options;
-        self
-    }
-
-    /// `SO_REUSEADDR`.
-    pub fn reuse_address(mut self, on: bool) -> Self {
-        self.socket.reuse_address = on;
-        self
-    }
-
-    /// `SO_REUSEPORT` (Unix).
-    pub fn reuse_port(mut self, on: bool) -> Self {
-        self.socket.reuse_port = on;
-        self
-    }
-
-    /// The receive buffer size to ask for.
-    pub fn recv_buffer_size(mut self, bytes: usize) -> Self {
-        self.socket.recv_buffer_size = Some(bytes);
-        self
-    }
-
-    /// The send buffer size to ask for.
-    pub fn send_buffer_size(mut self, bytes: usize) -> Self {
-        self.socket.send_buffer_size = Some(bytes);
-        self
-    }
-
-    /// `IPV6_V6ONLY` for an IPv6 socket.
-    pub fn only_v6(mut self, on: bool) -> Self {
-        self.socket.only_v6 = Some(on);
-        self
-    }
-
-    /// The DSCP code point (0..=63) of every datagram sent.
-    pub fn dscp(mut self, dscp: u8) -> Self {
-        self.socket.dscp = Some(dscp);
-        self
-    }
-
-    /// Set the don't-fragment bit (see [`SocketOptions::dont_fragment`]).
-    pub fn dont_fragment(mut self, on: bool) -> Self {
-        self.socket.dont_fragment = on;
-        self
-    }
-
-    /// The largest datagram to send or accept ([`Config::max_message_size`]).
-    pub fn max_datagram_size(mut self, bytes: usize) -> Self {
-        self.config.max_message_size = bytes;
-        self
-    }
-
-    /// The random number generator for tokens, Message IDs and back-off jitter. By default a
-    /// ChaCha20 generator seeded from the operating system, so tokens are hard to guess
-    /// (RFC 7252 §5.3.1).
-    pub fn rng(mut self, rng: Box<dyn RngCore + Send>) -> Self {
-        self.rng = Some(rng);
-        self
-    }
-
-    /// How long [`Client::shutdown`] lets requests in flight finish. Default 10 s.
-    pub fn shutdown_grace(mut self, grace: Duration) -> Self {
-        self.grace = grace;
-        self
-    }
+    coap_proto::bind_builder_methods!();
 
     /// Binds the socket and starts the driver task (on the current tokio runtime).
     pub async fn bind(self, addr: impl ToSocketAddrs) -> Result<Client, Error> {
@@ -358,23 +251,14 @@ impl ClientBuilder {
     }
 }
 
-/// The engine, with a strong random generator unless one is given.
-///
-/// Accept (RFC 7252 §5.10.4) is declared understood: handlers see it through
-/// [`IncomingRequest::accept`](crate::IncomingRequest::accept). (The engine's own list of
-/// recognized critical options lacks it, and would answer requests carrying it 4.02.)
+/// The engine, with a strong random generator unless one is given (see
+/// [`host::new_endpoint`]).
 pub(crate) fn new_endpoint(
-    mut config: Config,
+    config: Config,
     rng: Option<Box<dyn RngCore + Send>>,
 ) -> Result<Endpoint, Error> {
-    if !config
-        .extra_critical_options
-        .contains(&OptionNumber::ACCEPT)
-    {
-        config.extra_critical_options.push(OptionNumber::ACCEPT);
-    }
     let rng = rng.unwrap_or_else(|| Box::new(rand_chacha::ChaCha20Rng::from_entropy()));
-    Ok(Endpoint::with_rng(config, rng)?)
+    host::new_endpoint(config, rng)
 }
 
 /// The first address `addr` names.
@@ -392,143 +276,30 @@ pub(crate) async fn first_addr(addr: impl ToSocketAddrs) -> Result<SocketAddr, E
 #[must_use = "a request does nothing until it is awaited or sent"]
 pub struct RequestBuilder {
     client: Client,
-    method: Code,
-    uri: String,
-    options: Vec<(OptionNumber, Vec<u8>)>,
-    payload: Bytes,
-    message_type: Option<MessageType>,
-    timeout: Option<Duration>,
+    spec: RequestSpec,
 }
 
 impl fmt::Debug for RequestBuilder {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("RequestBuilder")
-            .field("method", &self.method)
-            .field("uri", &self.uri)
-            .field("options", &self.options.len())
-            .field("payload_len", &self.payload.len())
-            .field("message_type", &self.message_type)
-            .field("timeout", &self.timeout)
-            .finish()
+            .field("spec", &self.spec)
+            .finish_non_exhaustive()
     }
 }
 
 impl RequestBuilder {
-    /// The body.
-    pub fn payload(mut self, payload: impl Into<Bytes>) -> Self {
-        self.payload = payload.into();
-        self
-    }
-
-    /// The Content-Format of the body.
-    pub fn content_format(self, format: ContentFormat) -> Self {
-        self.option_uint(OptionNumber::CONTENT_FORMAT, u32::from(format.0))
-    }
-
-    /// The Content-Format wanted in the response (Accept).
-    pub fn accept(self, format: ContentFormat) -> Self {
-        self.option_uint(OptionNumber::ACCEPT, u32::from(format.0))
-    }
-
-    /// Adds an ETag: asks the server to answer 2.03 Valid if this is still the current
-    /// representation (RFC 7252 §5.10.6). May be given several times.
-    pub fn etag(self, etag: impl AsRef<[u8]>) -> Self {
-        self.option(OptionNumber::ETAG, etag)
-    }
-
-    /// Adds an If-Match condition: the request applies only if the resource's ETag is this
-    /// one (RFC 7252 §5.10.8.1). May be given several times; an empty value means "exists".
-    pub fn if_match(self, etag: impl AsRef<[u8]>) -> Self {
-        self.option(OptionNumber::IF_MATCH, etag)
-    }
-
-    /// Adds If-None-Match: the request applies only if the resource does not exist
-    /// (RFC 7252 §5.10.8.2).
-    pub fn if_none_match(self) -> Self {
-        self.option(OptionNumber::IF_NONE_MATCH, [])
-    }
-
-    /// Adds a Uri-Query argument (after those of the URI).
-    pub fn query(self, arg: &str) -> Self {
-        self.option_str(OptionNumber::URI_QUERY, arg)
-    }
-
-    /// Adds an option with an opaque value.
-    pub fn option(mut self, number: OptionNumber, value: impl AsRef<[u8]>) -> Self {
-        self.options.push((number, value.as_ref().to_vec()));
-        self
-    }
-
-    /// Adds an option with a string value.
-    pub fn option_str(self, number: OptionNumber, value: &str) -> Self {
-        self.option(number, value.as_bytes())
-    }
-
-    /// Adds an option with an unsigned integer value (in the shortest encoding, RFC 7252
-    /// §3.2).
-    pub fn option_uint(self, number: OptionNumber, value: u32) -> Self {
-        let mut scratch = Options::new();
-        scratch.push_uint(number, value);
-        let bytes = scratch.get(number).map(<[u8]>::to_vec).unwrap_or_default();
-        self.option(number, bytes)
-    }
-
-    /// Sends the request Confirmable (the default): retransmitted until acknowledged.
-    pub fn con(mut self) -> Self {
-        self.message_type = Some(MessageType::Con);
-        self
-    }
-
-    /// Sends the request Non-confirmable: once, without acknowledgement.
-    pub fn non(mut self) -> Self {
-        self.message_type = Some(MessageType::Non);
-        self
-    }
-
-    /// Gives up with [`Error::Timeout`] if no response has arrived after `timeout`, counted
-    /// from the call to `send` (name resolution included). Without it, the engine's limits
-    /// apply (MAX_TRANSMIT_WAIT for a lost CON request, 93 s with the defaults).
-    pub fn timeout(mut self, timeout: Duration) -> Self {
-        self.timeout = Some(timeout);
-        self
-    }
+    coap_proto::request_builder_methods!();
 
     /// Sends the request. Dropping the returned future cancels the exchange: the engine
     /// stops retransmitting and forgets it.
     pub fn send(self) -> ResponseFuture {
-        let RequestBuilder {
-            client,
-            method,
-            uri,
-            options,
-            payload,
-            message_type,
-            timeout,
-        } = self;
+        let RequestBuilder { client, spec } = self;
+        let timeout = spec.timeout();
         let exchange = async move {
-            let uri = parse_uri(&uri)?;
-            let remote = resolve(&client.shared, &uri).await?;
-            let request = build_request(
-                &uri,
-                remote,
-                method,
-                options,
-                payload,
-                message_type,
-                timeout,
-            );
-            let ticket = client.shared.ticket();
-            let (tx, mut reply) = OnceReply::new(ticket, &client.shared);
-            client
-                .shared
-                .command(Command::Request {
-                    ticket,
-                    remote,
-                    request: Box::new(request),
-                    uri: Arc::new(uri),
-                    reply: Waiting::Once(tx),
-                })
-                .await?;
+            let shared = &client.shared;
+            let ticket = shared.ticket();
+            let (tx, mut reply) = OnceReply::new(ticket, shared);
+            submit(shared, ticket, spec, Waiting::Once(tx)).await?;
             reply.recv().await?
         };
         let inner: Pin<Box<dyn Future<Output = Result<IncomingResponse, Error>> + Send>> =
@@ -547,39 +318,19 @@ impl RequestBuilder {
     /// come, from every responder, until the window closes: the builder's
     /// [`timeout`](RequestBuilder::timeout), or [`Config::multicast_response_window`]
     /// (10 s by default). Multicast requests are always Non-confirmable.
-    pub async fn multicast(self) -> Result<MulticastResponses, Error> {
-        let uri = parse_uri(&self.uri)?;
-        let remote = resolve(&self.client.shared, &uri).await?;
-        let request = build_request(
-            &uri,
-            remote,
-            self.method,
-            self.options,
-            self.payload,
-            Some(MessageType::Non),
-            self.timeout,
-        );
-        let ticket = self.client.shared.ticket();
+    pub async fn multicast(mut self) -> Result<MulticastResponses, Error> {
+        self.spec.set_message_type(Some(MessageType::Non));
+        let shared = &self.client.shared;
+        let ticket = shared.ticket();
         let (tx, rx) = mpsc::channel(MULTICAST_CAPACITY);
-        let guard = CancelGuard::new(ticket, &self.client.shared);
-        self.client
-            .shared
-            .command(Command::Request {
-                ticket,
-                remote,
-                request: Box::new(request),
-                uri: Arc::new(uri),
-                reply: Waiting::Many(tx),
-            })
-            .await?;
+        let guard = CancelGuard::new(ticket, shared.internal.clone());
+        submit(shared, ticket, self.spec, Waiting::Many(tx)).await?;
         Ok(MulticastResponses {
             rx,
             guard: Some(guard),
         })
     }
-}
 
-impl RequestBuilder {
     /// Observes the resource (RFC 7641): sends the request (a GET or FETCH) with Observe = 0
     /// and returns the notifications as they come, the first being the response to the
     /// registration. The engine re-registers when a notification's Max-Age runs out in
@@ -590,35 +341,16 @@ impl RequestBuilder {
     /// observation fails. Dropping it ends the observation too: later notifications are
     /// answered with Reset (§3.6).
     pub async fn observe(self) -> Result<Observation, Error> {
-        let uri = parse_uri(&self.uri)?;
-        let remote = resolve(&self.client.shared, &uri).await?;
-        let request = build_request(
-            &uri,
-            remote,
-            self.method,
-            self.options,
-            self.payload,
-            self.message_type,
-            self.timeout,
-        );
-        let ticket = self.client.shared.ticket();
+        let shared = Arc::clone(&self.client.shared);
+        let ticket = shared.ticket();
         let (tx, rx) = mpsc::channel(OBSERVE_CAPACITY);
-        let guard = CancelGuard::new(ticket, &self.client.shared);
-        self.client
-            .shared
-            .command(Command::Request {
-                ticket,
-                remote,
-                request: Box::new(request),
-                uri: Arc::new(uri),
-                reply: Waiting::Observe(tx),
-            })
-            .await?;
+        let guard = CancelGuard::new(ticket, shared.internal.clone());
+        submit(&shared, ticket, self.spec, Waiting::Observe(tx)).await?;
         Ok(Observation {
             rx,
             guard: Some(guard),
             ticket,
-            shared: Arc::clone(&self.client.shared),
+            shared,
         })
     }
 }
@@ -630,28 +362,6 @@ impl IntoFuture for RequestBuilder {
     fn into_future(self) -> ResponseFuture {
         self.send()
     }
-}
-
-fn build_request(
-    uri: &CoapUri,
-    remote: SocketAddr,
-    method: Code,
-    extra: Vec<(OptionNumber, Vec<u8>)>,
-    payload: Bytes,
-    message_type: Option<MessageType>,
-    timeout: Option<Duration>,
-) -> Request {
-    let mut request = Request::new(method);
-    // Uri-Host only for a name (or an address other than the destination), Uri-Port only for
-    // a port other than the destination's (RFC 7252 §6.4 steps 5 to 7).
-    uri.to_options_for(&mut request.options, socket::to_user(remote));
-    for (number, value) in &extra {
-        request.options.push(*number, value);
-    }
-    request.payload = payload;
-    request.message_type = message_type;
-    request.timeout = timeout;
-    request
 }
 
 /// The response to one request; see [`RequestBuilder::send`].
@@ -746,7 +456,10 @@ impl Observation {
     pub async fn cancel(&mut self) -> Result<bool, Error> {
         let ticket = self.ticket;
         self.shared
-            .ask(|reply| Command::CancelObservation { ticket, reply })
+            .ask(|reply| Command::CancelObservation {
+                exchange: ExchangeKey::Ticket(ticket),
+                reply,
+            })
             .await
     }
 
@@ -797,7 +510,7 @@ impl<T> OnceReply<T> {
         let (tx, rx) = oneshot::channel();
         let reply = OnceReply {
             rx,
-            guard: Some(CancelGuard::new(ticket, shared)),
+            guard: Some(CancelGuard::new(ticket, shared.internal.clone())),
         };
         (tx, reply)
     }
@@ -819,80 +532,38 @@ impl<T> Drop for OnceReply<T> {
     }
 }
 
-/// Cancels an exchange whose future (or stream) is dropped before the exchange ended.
-///
-/// The reply channel's receiver is dropped with (or before) the guard, so a driver that has
-/// not yet taken the command sees a closed channel and never starts the exchange; a driver
-/// that has started it receives the cancel.
-pub(crate) struct CancelGuard {
+/// Cancels an exchange whose future or stream is dropped before the exchange ended (see
+/// [`host::CancelGuard`]).
+type CancelGuard = host::CancelGuard<Chan>;
+
+/// Resolves the URI of `spec`, builds the request and hands it to the driver, with `waiter`
+/// waiting for its outcome.
+async fn submit(
+    shared: &Shared,
     ticket: u64,
-    internal: Option<mpsc::UnboundedSender<Internal>>,
+    spec: RequestSpec,
+    waiter: Waiting,
+) -> Result<(), Error> {
+    let uri = spec.parse_uri()?;
+    let remote = resolve(shared, &uri).await?;
+    let command = spec.into_command(uri, remote, Some(ticket), waiter, None);
+    shared.command(command).await
 }
 
-impl CancelGuard {
-    pub(crate) fn new(ticket: u64, shared: &Shared) -> CancelGuard {
-        CancelGuard {
-            ticket,
-            internal: Some(shared.internal.clone()),
-        }
-    }
-
-    /// The exchange ended: nothing to cancel.
-    pub(crate) fn disarm(mut self) {
-        self.internal = None;
-    }
-}
-
-impl Drop for CancelGuard {
-    fn drop(&mut self) {
-        if let Some(internal) = self.internal.take() {
-            let _ = internal.send(Internal::Cancel(self.ticket));
-        }
-    }
-}
-
-/// Parses a request URI; only `coap` is served.
-fn parse_uri(text: &str) -> Result<CoapUri, Error> {
-    let uri = CoapUri::parse(text)?;
-    if uri.scheme() != Scheme::Coap {
-        return Err(Error::UnsupportedScheme(uri.scheme()));
-    }
-    Ok(uri)
-}
-
-/// The socket address to send a request for `uri` to, in the form the engine uses. Host names
-/// are resolved; among the addresses, the first of a family the socket can reach is taken.
+/// The socket address to send a request for `uri` to, in the form the engine uses (see
+/// [`host::destination`] and [`host::choose_address`]).
 async fn resolve(shared: &Shared, uri: &CoapUri) -> Result<SocketAddr, Error> {
-    if let Some(addr) = uri.socket_addr_hint() {
-        return to_wire(shared.local_addr, addr).ok_or_else(|| Error::NoUsableAddress {
-            host: uri.host().to_string(),
-        });
-    }
-    let host = match uri.host() {
-        Host::Name(name) => name.clone(),
-        Host::Ip { .. } => {
-            // An IP host with a named zone (such as fe80::1%eth0) needs the system's help.
-            return Err(Error::Unsupported("IPv6 zones given by interface name"));
-        }
-    };
-    let addrs = tokio::net::lookup_host((host.as_str(), uri.port()))
-        .await
-        .map_err(|source| Error::Resolve {
-            host: host.clone(),
-            source,
-        })?;
-    let mut fallback = None;
-    for addr in addrs {
-        // Prefer an address of the socket's own family; an IPv4 address reaches a
-        // dual-stack IPv6 socket as a mapped address.
-        if addr.is_ipv4() == shared.local_addr.is_ipv4() {
-            if let Some(a) = to_wire(shared.local_addr, addr) {
-                return Ok(a);
-            }
-        }
-        if fallback.is_none() {
-            fallback = to_wire(shared.local_addr, addr);
+    let local = shared.local_addr;
+    match host::destination(local, uri)? {
+        Destination::Address(addr) => Ok(addr),
+        Destination::Name(name, port) => {
+            let addrs = tokio::net::lookup_host((name, port))
+                .await
+                .map_err(|source| Error::Resolve {
+                    host: name.into(),
+                    source,
+                })?;
+            host::choose_address(local, name, addrs)
         }
     }
-    fallback.ok_or(Error::NoUsableAddress { host })
 }

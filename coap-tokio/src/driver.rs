@@ -16,31 +16,29 @@
 //! [`BATCH`] sent, [`BATCH`] commands and [`BATCH`] internal messages. When a limit is hit the
 //! driver yields to the runtime and comes straight back.
 
-use std::collections::HashMap;
 use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
-use std::panic::AssertUnwindSafe;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
-use coap_proto::endpoint::{Event, Failure, Stats};
-use coap_proto::msg::{Code, Message, Token};
-use coap_proto::uri::CoapUri;
-use coap_proto::{Endpoint, IncomingId, Request, RequestId, Response};
+use coap_proto::host::{self, Delivery, Dispatch, Host, Incoming, Kind};
+use coap_proto::msg::Code;
+use coap_proto::{Endpoint, Response};
 use coap_udp::{DatagramIo, RecvEnd};
 use tokio::io::Interest;
 use tokio::net::UdpSocket;
 use tokio::sync::{mpsc, oneshot};
-use tracing::{debug, trace, warn, Instrument, Span};
+use tracing::{debug, warn, Instrument, Span};
 
-use crate::incoming::{IncomingRequest, Reply};
-use crate::response::Notification;
-use crate::socket::to_user;
-use crate::{Error, IncomingResponse};
+use crate::incoming::IncomingRequest;
+use crate::server::ObserverTally;
+use crate::Router;
+use crate::{Error, IncomingResponse, Notification};
+
+pub(crate) use coap_proto::host::{PendingIncoming, PendingRequest};
 
 /// The most datagrams, sends, commands or internal messages handled per wake-up.
 pub(crate) const BATCH: usize = 64;
@@ -56,65 +54,26 @@ pub(crate) const MULTICAST_CAPACITY: usize = 256;
 /// the observer does not read (only the latest state matters, RFC 7641 §1.3).
 pub(crate) const OBSERVE_CAPACITY: usize = 64;
 
-/// A future a handler returns, boxed.
-pub(crate) type HandlerFuture = Pin<Box<dyn Future<Output = Reply> + Send>>;
+/// This crate's channels, as the host core sees them: [`Waiting`] for client exchanges,
+/// oneshot channels for answers.
+pub(crate) enum Chan {}
 
-/// What serves incoming requests: the server's router. A plain client has none and answers
-/// every request 4.04 Not Found.
-pub(crate) trait Service: Send + Sync + 'static {
-    /// Starts handling `request`, or answers at once (for 4.04, 4.05 and
-    /// `/.well-known/core`).
-    fn call(&self, request: IncomingRequest) -> Dispatch;
+impl host::Channels for Chan {
+    type Waiter = Waiting;
+    type Reply<T> = oneshot::Sender<T>;
+    type Sender = mpsc::UnboundedSender<Command>;
 
-    /// The number of observers of the resource at `path` changed.
-    fn observers_changed(&self, path: &str, count: usize);
+    fn reply<T>(to: oneshot::Sender<T>, value: T) {
+        let _ = to.send(value);
+    }
+
+    fn post(to: &Self::Sender, command: Command) -> bool {
+        to.send(command).is_ok()
+    }
 }
 
-/// What a [`Service`] made of a request.
-pub(crate) struct Dispatch {
-    /// The handler's answer, to come.
-    pub(crate) future: HandlerFuture,
-    /// The request registers an observation (RFC 7641) on an observable route that accepts
-    /// it: the engine is told before the answer, so a 2.xx answer makes the client an observer.
-    pub(crate) accept_observer: bool,
-}
-
-/// A command from a user handle.
-pub(crate) enum Command {
-    Request {
-        ticket: u64,
-        remote: SocketAddr,
-        request: Box<Request>,
-        uri: Arc<CoapUri>,
-        reply: Waiting,
-    },
-    CancelObservation {
-        ticket: u64,
-        reply: oneshot::Sender<bool>,
-    },
-    Notify {
-        path: String,
-        representation: Option<Box<Response>>,
-        reply: oneshot::Sender<usize>,
-    },
-    ObserverCount {
-        path: String,
-        reply: oneshot::Sender<usize>,
-    },
-    Ping {
-        ticket: u64,
-        remote: SocketAddr,
-        reply: oneshot::Sender<Result<(), Error>>,
-    },
-    Cancel {
-        id: RequestId,
-        reply: oneshot::Sender<bool>,
-    },
-    PendingRequests(oneshot::Sender<Vec<PendingRequest>>),
-    PendingIncoming(oneshot::Sender<Vec<PendingIncoming>>),
-    Stats(oneshot::Sender<Stats>),
-    Shutdown(oneshot::Sender<()>),
-}
+/// What handles send the driver, on either channel (see the module documentation).
+pub(crate) type Command = host::Command<Chan>;
 
 /// Who waits for the outcome of a client exchange.
 pub(crate) enum Waiting {
@@ -124,79 +83,49 @@ pub(crate) enum Waiting {
     Many(mpsc::Sender<Result<IncomingResponse, Error>>),
     /// An observation: notifications until it ends (the sender is then dropped).
     Observe(mpsc::Sender<Result<Notification, Error>>),
+    /// A ping: the pong or an error.
+    Ping(oneshot::Sender<Result<(), Error>>),
 }
 
-impl Waiting {
+impl host::Waiter for Waiting {
+    fn kind(&self) -> Kind {
+        match self {
+            Waiting::Once(_) | Waiting::Ping(_) => Kind::Once,
+            Waiting::Many(_) => Kind::Multicast,
+            Waiting::Observe(_) => Kind::Observation,
+        }
+    }
+
     fn is_closed(&self) -> bool {
         match self {
             Waiting::Once(tx) => tx.is_closed(),
             Waiting::Many(tx) => tx.is_closed(),
             Waiting::Observe(tx) => tx.is_closed(),
+            Waiting::Ping(tx) => tx.is_closed(),
         }
     }
 
-    /// Hands over the final error of the exchange.
-    fn fail(self, error: Error) {
-        match self {
-            Waiting::Once(tx) => {
-                let _ = tx.send(Err(error));
-            }
-            Waiting::Many(tx) => {
-                let _ = tx.try_send(Err(error));
-            }
-            Waiting::Observe(tx) => {
-                let _ = tx.try_send(Err(error));
-            }
+    fn deliver(&self, item: Delivery) -> bool {
+        match (self, item) {
+            (Waiting::Many(tx), Delivery::Response(r)) => tx.try_send(Ok(r)).is_ok(),
+            (Waiting::Observe(tx), Delivery::Notification(n)) => tx.try_send(Ok(n)).is_ok(),
+            _ => false,
         }
     }
-}
 
-/// Messages that must be sendable without waiting (see the module documentation).
-pub(crate) enum Internal {
-    /// The future or stream with this ticket was dropped before its exchange ended.
-    Cancel(u64),
-    /// An answer to an incoming request, from a handler task or a responder.
-    Respond {
-        id: IncomingId,
-        response: Box<Response>,
-        done: Option<oneshot::Sender<Result<(), Error>>>,
-    },
-    /// A handler task or responder went away without answering.
-    Abandoned(IncomingId),
-}
-
-/// A request this endpoint sent and that has not ended yet (see
-/// [`Client::pending_requests`](crate::Client::pending_requests)).
-#[derive(Clone, Debug, PartialEq, Eq)]
-#[non_exhaustive]
-pub struct PendingRequest {
-    /// The engine's id; pass it to [`Client::cancel`](crate::Client::cancel).
-    pub id: RequestId,
-    /// The method (0.00 for a ping).
-    pub method: Code,
-    /// The request's URI (for a ping, the peer's address as a URI).
-    pub uri: String,
-    /// The peer.
-    pub peer: SocketAddr,
-    /// The token (empty for a ping).
-    pub token: Token,
-}
-
-/// A request this endpoint received and has not answered yet (see
-/// [`ServerHandle::pending_incoming`](crate::ServerHandle::pending_incoming)).
-#[derive(Clone, Debug, PartialEq, Eq)]
-#[non_exhaustive]
-pub struct PendingIncoming {
-    /// The engine's id.
-    pub id: IncomingId,
-    /// The method.
-    pub method: Code,
-    /// The request's path and query, as `/a/b?x=1`.
-    pub uri: String,
-    /// Who sent it.
-    pub peer: SocketAddr,
-    /// Its token.
-    pub token: Token,
+    fn finish(self, outcome: Result<Delivery, Error>) {
+        let _ = match (self, outcome) {
+            (Waiting::Once(tx), Ok(Delivery::Response(r))) => tx.send(Ok(r)).is_ok(),
+            (Waiting::Once(tx), Err(e)) => tx.send(Err(e)).is_ok(),
+            (Waiting::Many(tx), Err(e)) => tx.try_send(Err(e)).is_ok(),
+            (Waiting::Observe(tx), Ok(Delivery::Notification(n))) => tx.try_send(Ok(n)).is_ok(),
+            (Waiting::Observe(tx), Err(e)) => tx.try_send(Err(e)).is_ok(),
+            (Waiting::Ping(tx), Ok(Delivery::Pong)) => tx.send(Ok(())).is_ok(),
+            (Waiting::Ping(tx), Err(e)) => tx.send(Err(e)).is_ok(),
+            // An outcome of another kind: nothing waits for it.
+            _ => false,
+        };
+    }
 }
 
 /// The part of a driver that handles share: the socket (for options and multicast groups,
@@ -206,7 +135,7 @@ pub(crate) struct Shared {
     pub(crate) socket: Arc<UdpSocket>,
     pub(crate) local_addr: SocketAddr,
     pub(crate) commands: mpsc::Sender<Command>,
-    pub(crate) internal: mpsc::UnboundedSender<Internal>,
+    pub(crate) internal: mpsc::UnboundedSender<Command>,
     pub(crate) next_ticket: AtomicU64,
 }
 
@@ -249,8 +178,7 @@ impl Clock {
     }
 
     pub(crate) fn now(&self) -> coap_proto::Instant {
-        let elapsed = self.origin.elapsed();
-        coap_proto::Instant::from_micros(u64::try_from(elapsed.as_micros()).unwrap_or(u64::MAX))
+        coap_proto::Instant::ZERO + self.origin.elapsed()
     }
 
     pub(crate) fn to_tokio(self, t: coap_proto::Instant) -> tokio::time::Instant {
@@ -261,62 +189,23 @@ impl Clock {
     }
 }
 
-/// Bookkeeping for one client exchange.
-struct Waiter {
-    ticket: u64,
-    kind: WaiterKind,
-    span: Span,
-}
-
-enum WaiterKind {
-    Request(Waiting, Arc<CoapUri>),
-    Ping(oneshot::Sender<Result<(), Error>>, SocketAddr),
-}
-
-impl Waiter {
-    fn uri(&self) -> String {
-        match &self.kind {
-            WaiterKind::Request(_, uri) => uri.to_string(),
-            WaiterKind::Ping(_, peer) => format!("coap://{peer}"),
-        }
-    }
-}
-
-/// Bookkeeping for one incoming request handed to the application.
-struct IncomingMeta {
-    method: Code,
-    uri: String,
-    peer: SocketAddr,
-    token: Token,
-}
-
-/// Why the driver loop stops.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Phase {
-    Running,
-    /// `Endpoint::close` was called; stop when the engine is idle or at the deadline.
-    Closing(coap_proto::Instant),
-}
-
 /// The driver task's state.
 pub(crate) struct Driver {
     socket: Arc<UdpSocket>,
     local_addr: SocketAddr,
     ep: Endpoint,
+    host: Host<Chan>,
     clock: Clock,
     commands: mpsc::Receiver<Command>,
     commands_open: bool,
-    internal_rx: mpsc::UnboundedReceiver<Internal>,
-    internal_tx: mpsc::UnboundedSender<Internal>,
-    service: Option<Arc<dyn Service>>,
-    waiters: HashMap<RequestId, Waiter>,
-    tickets: HashMap<u64, RequestId>,
-    incoming: HashMap<IncomingId, IncomingMeta>,
-    shutdown_waiters: Vec<oneshot::Sender<()>>,
+    internal_rx: mpsc::UnboundedReceiver<Command>,
+    internal_tx: mpsc::UnboundedSender<Command>,
+    service: Option<Arc<Router>>,
+    /// Which engine of a multi-engine server this is, and where the engines add up their
+    /// observer counts.
+    engine: Option<(usize, Arc<ObserverTally>)>,
     /// Stop when every handle is gone (a client) or only on shutdown (a server).
     stop_when_orphaned: bool,
-    grace: Duration,
-    phase: Phase,
     /// The socket's batches: datagrams in, and those taken from the engine that the socket
     /// has not taken yet.
     io: DatagramIo,
@@ -326,7 +215,7 @@ pub(crate) struct Driver {
 pub(crate) struct DriverParts {
     pub(crate) socket: UdpSocket,
     pub(crate) endpoint: Endpoint,
-    pub(crate) service: Option<Arc<dyn Service>>,
+    pub(crate) service: Option<Arc<Router>>,
     pub(crate) stop_when_orphaned: bool,
     pub(crate) grace: Duration,
 }
@@ -350,27 +239,29 @@ impl Driver {
             socket,
             local_addr,
             ep: parts.endpoint,
+            host: Host::new(local_addr, parts.grace),
             clock: Clock::new(),
             commands: cmd_rx,
             commands_open: true,
             internal_rx: int_rx,
             internal_tx: int_tx,
             service: parts.service,
-            waiters: HashMap::new(),
-            tickets: HashMap::new(),
-            incoming: HashMap::new(),
-            shutdown_waiters: Vec::new(),
+            engine: None,
             stop_when_orphaned: parts.stop_when_orphaned,
-            grace: parts.grace,
-            phase: Phase::Running,
             io: DatagramIo::new(local_addr, max_message_size),
         };
         Ok((driver, shared))
     }
 
     /// Sets what serves incoming requests.
-    pub(crate) fn set_service(&mut self, service: Arc<dyn Service>) {
+    pub(crate) fn set_service(&mut self, service: Arc<Router>) {
         self.service = Some(service);
+    }
+
+    /// Makes this driver engine `index` of a multi-engine server, whose observer counts are
+    /// added up in `tally`.
+    pub(crate) fn set_engine(&mut self, index: usize, tally: Arc<ObserverTally>) {
+        self.engine = Some((index, tally));
     }
 
     /// Runs until shut down: by `shutdown` resolving, by a [`Command::Shutdown`], or (for a
@@ -388,13 +279,9 @@ impl Driver {
             debug!("driver started");
             loop {
                 let now = self.clock.now();
-                // Trust the clock, not the sleep: a timer is due when now has reached it.
-                if self.ep.poll_timeout().is_some_and(|d| now >= d) {
-                    self.ep.handle_timeout(now);
-                }
-                self.process_events(now);
+                self.drive(now);
                 let more_tx = self.flush(now);
-                self.process_events(now);
+                self.drive(now);
                 if self.should_stop(now) {
                     break;
                 }
@@ -402,12 +289,7 @@ impl Driver {
                     tokio::task::yield_now().await;
                     continue;
                 }
-                let deadline = self.ep.poll_timeout();
-                let closing_deadline = match self.phase {
-                    Phase::Closing(d) => Some(d),
-                    Phase::Running => None,
-                };
-                let wake_at = [deadline, closing_deadline].into_iter().flatten().min();
+                let wake_at = self.host.next_wake(&mut self.ep);
                 if let Some(d) = wake_at {
                     if self.clock.now() >= d {
                         continue;
@@ -448,11 +330,11 @@ impl Driver {
                     Wake::Command(None) => {
                         self.commands_open = false;
                         if self.stop_when_orphaned {
-                            self.begin_shutdown(now);
+                            self.host.shut_down(&mut self.ep, now);
                         }
                     }
                     Wake::Internal(Some(msg)) => {
-                        self.internal(now, msg);
+                        self.command(now, msg);
                         busy |= self.drain_internal(now);
                     }
                     // The driver holds a sender itself, so this channel never closes.
@@ -460,11 +342,11 @@ impl Driver {
                     Wake::Timer => {}
                     Wake::Shutdown => {
                         shutdown = None;
-                        self.begin_shutdown(now);
+                        self.host.shut_down(&mut self.ep, now);
                     }
                 }
                 if busy {
-                    self.process_events(now);
+                    self.drive(now);
                     self.flush(now);
                     tokio::task::yield_now().await;
                 }
@@ -478,47 +360,12 @@ impl Driver {
     }
 
     fn should_stop(&self, now: coap_proto::Instant) -> bool {
-        match self.phase {
-            Phase::Running => false,
-            Phase::Closing(deadline) => {
-                (self.ep.is_idle() && !self.io.has_unsent()) || now >= deadline
-            }
-        }
-    }
-
-    fn begin_shutdown(&mut self, now: coap_proto::Instant) {
-        if self.phase != Phase::Running {
-            return;
-        }
-        debug!(
-            pending_requests = self.waiters.len(),
-            pending_incoming = self.incoming.len(),
-            "shutting down"
-        );
-        self.ep.close(now);
-        self.phase = Phase::Closing(now + self.grace);
+        self.host.is_finished(&self.ep, now, !self.io.has_unsent())
     }
 
     /// Ends what is left once the loop stops: waiting requests fail with `ShuttingDown`.
     fn finish(&mut self) {
-        for (_, waiter) in self.waiters.drain() {
-            match waiter.kind {
-                WaiterKind::Request(waiting, _) => waiting.fail(Error::ShuttingDown),
-                WaiterKind::Ping(tx, _) => {
-                    let _ = tx.send(Err(Error::ShuttingDown));
-                }
-            }
-        }
-        self.tickets.clear();
-        if !self.incoming.is_empty() {
-            warn!(
-                unanswered = self.incoming.len(),
-                "stopped with requests unanswered"
-            );
-        }
-        for tx in self.shutdown_waiters.drain(..) {
-            let _ = tx.send(());
-        }
+        self.host.finish();
     }
 
     // ----------------------------------------------------------------------------------------
@@ -574,496 +421,62 @@ impl Driver {
     fn drain_internal(&mut self, now: coap_proto::Instant) -> bool {
         for _ in 0..BATCH {
             match self.internal_rx.try_recv() {
-                Ok(msg) => self.internal(now, msg),
+                Ok(msg) => self.command(now, msg),
                 Err(_) => return false,
             }
         }
         true
     }
 
+    /// Carries out a command or an internal message (see [`Host::command`]).
     fn command(&mut self, now: coap_proto::Instant, cmd: Command) {
-        match cmd {
-            Command::Request {
-                ticket,
-                remote,
-                request,
-                uri,
-                reply,
-            } => {
-                if reply.is_closed() {
-                    // Its future was dropped before the driver got here.
-                    return;
-                }
-                let method = request.method;
-                let started = if matches!(reply, Waiting::Observe(_)) {
-                    self.ep.observe(now, remote, *request)
-                } else {
-                    self.ep.request(now, remote, *request)
-                };
-                match started {
-                    Ok(id) => {
-                        let span = tracing::debug_span!(
-                            "coap_request",
-                            %id,
-                            %method,
-                            uri = %uri,
-                            peer = %to_user(remote)
-                        );
-                        span.in_scope(|| debug!("request started"));
-                        self.tickets.insert(ticket, id);
-                        self.waiters.insert(
-                            id,
-                            Waiter {
-                                ticket,
-                                kind: WaiterKind::Request(reply, uri),
-                                span,
-                            },
-                        );
-                    }
-                    Err(e) => {
-                        debug!(%method, uri = %uri, error = %e, "request refused");
-                        reply.fail(e.into());
-                    }
-                }
-            }
-            Command::Ping {
-                ticket,
-                remote,
-                reply,
-            } => {
-                if reply.is_closed() {
-                    return;
-                }
-                match self.ep.ping(now, remote) {
-                    Ok(id) => {
-                        let span = tracing::debug_span!("coap_ping", %id, peer = %to_user(remote));
-                        self.tickets.insert(ticket, id);
-                        self.waiters.insert(
-                            id,
-                            Waiter {
-                                ticket,
-                                kind: WaiterKind::Ping(reply, to_user(remote)),
-                                span,
-                            },
-                        );
-                    }
-                    Err(e) => {
-                        let _ = reply.send(Err(e.into()));
-                    }
-                }
-            }
-            Command::CancelObservation { ticket, reply } => {
-                let Some(id) = self.tickets.get(&ticket).copied() else {
-                    let _ = reply.send(false);
-                    return;
-                };
-                // Active cancellation (RFC 7641 §3.6) once established; before that, the
-                // registration itself is cancelled.
-                let done = self.ep.cancel_observation(now, id) || self.ep.cancel(now, id);
-                let _ = reply.send(done);
-            }
-            Command::Notify {
-                path,
-                representation,
-                reply,
-            } => {
-                let n = self.ep.notify(now, &path, representation.map(|r| *r));
-                debug!(resource = %path, observers = n, "resource changed");
-                let _ = reply.send(n);
-            }
-            Command::ObserverCount { path, reply } => {
-                let _ = reply.send(self.ep.observer_count(&path));
-            }
-            Command::Cancel { id, reply } => {
-                let _ = reply.send(self.ep.cancel(now, id));
-            }
-            Command::PendingRequests(reply) => {
-                let list = self
-                    .ep
-                    .pending_requests()
-                    .map(|(id, peer, method, token)| PendingRequest {
-                        id,
-                        method,
-                        uri: self.waiters.get(&id).map(Waiter::uri).unwrap_or_default(),
-                        peer: to_user(peer),
-                        token: token.clone(),
-                    })
-                    .collect();
-                let _ = reply.send(list);
-            }
-            Command::PendingIncoming(reply) => {
-                let list = self
-                    .ep
-                    .pending_incoming()
-                    .filter_map(|(id, _)| {
-                        self.incoming.get(&id).map(|m| PendingIncoming {
-                            id,
-                            method: m.method,
-                            uri: m.uri.clone(),
-                            peer: m.peer,
-                            token: m.token.clone(),
-                        })
-                    })
-                    .collect();
-                let _ = reply.send(list);
-            }
-            Command::Stats(reply) => {
-                let _ = reply.send(self.ep.stats());
-            }
-            Command::Shutdown(reply) => {
-                self.shutdown_waiters.push(reply);
-                self.begin_shutdown(now);
-            }
-        }
+        self.host.command(&mut self.ep, now, cmd);
     }
 
-    fn internal(&mut self, now: coap_proto::Instant, msg: Internal) {
-        match msg {
-            Internal::Cancel(ticket) => {
-                if let Some(id) = self.tickets.get(&ticket).copied() {
-                    trace!(%id, "request dropped: cancelling");
-                    self.ep.cancel(now, id);
-                }
-            }
-            Internal::Respond { id, response, done } => {
-                let result = self.respond(now, id, *response);
-                if let Some(done) = done {
-                    let _ = done.send(result);
-                }
-            }
-            Internal::Abandoned(id) => {
-                if self.incoming.contains_key(&id) {
-                    warn!(%id, "request abandoned without an answer: 5.00");
-                    let _ = self.respond(now, id, Response::new(Code::INTERNAL_SERVER_ERROR));
-                }
-            }
-        }
-    }
-
-    fn respond(
-        &mut self,
-        now: coap_proto::Instant,
-        id: IncomingId,
-        response: Response,
-    ) -> Result<(), Error> {
-        let code = response.code;
-        let result = self.ep.respond(now, id, response);
-        match &result {
-            Ok(()) => {
-                self.incoming.remove(&id);
-                debug!(%id, %code, "response sent");
-            }
-            Err(coap_proto::endpoint::RespondError::UnknownRequest(_)) => {
-                self.incoming.remove(&id);
-            }
-            Err(e) => {
-                // The request still waits: answer it with 5.00 rather than leave it hanging.
-                warn!(%id, %code, error = %e, "response refused by the engine: 5.00 instead");
-                if self
-                    .ep
-                    .respond(now, id, Response::new(Code::INTERNAL_SERVER_ERROR))
-                    .is_ok()
-                {
-                    self.incoming.remove(&id);
-                }
-            }
-        }
-        result.map_err(Error::from)
-    }
-
-    // ----------------------------------------------------------------------------------------
-    // Events
-    // ----------------------------------------------------------------------------------------
-
-    fn process_events(&mut self, now: coap_proto::Instant) {
-        while let Some(event) = self.ep.poll_event() {
-            match event {
-                Event::Response { id, peer, response } => self.on_response(id, peer, response),
-                Event::RequestFailed { id, reason } => self.on_failed(id, reason),
-                Event::MulticastDone { id } => {
-                    if let Some(w) = self.take_waiter(id) {
-                        w.span.in_scope(|| debug!("multicast window closed"));
-                    }
-                }
-                Event::Pong { id } => {
-                    if let Some(w) = self.take_waiter(id) {
-                        w.span.in_scope(|| debug!("pong"));
-                        if let WaiterKind::Ping(tx, _) = w.kind {
-                            let _ = tx.send(Ok(()));
-                        }
-                    }
-                }
-                Event::Request {
-                    id,
-                    peer,
-                    request,
-                    multicast,
-                } => self.dispatch(now, id, peer, request, multicast, false),
-                Event::ResponseConfirmed { id } => trace!(%id, "response acknowledged"),
-                Event::ResponseNotConfirmed { id, reason } => {
-                    warn!(%id, %reason, "confirmable response not acknowledged")
-                }
-                Event::MessageIdsExhausted { peer, until } => {
-                    warn!(%peer, %until, "message IDs towards peer exhausted; requests wait")
-                }
-                Event::Notification {
-                    id,
-                    peer,
-                    response,
-                    fresh,
-                } => self.on_notification(id, peer, response, fresh),
-                Event::RenderNotification {
-                    id,
-                    resource,
-                    request,
-                } => {
-                    trace!(%id, %resource, "rendering a notification");
-                    self.dispatch(now, id, self.local_addr, request, false, true);
-                }
-                Event::ObserverAdded {
-                    resource,
-                    peer,
-                    observers,
-                    ..
-                } => {
-                    debug!(%resource, peer = %to_user(peer), observers, "observer added");
-                    if let Some(service) = &self.service {
-                        service.observers_changed(&resource, observers);
-                    }
-                }
-                Event::ObserverRemoved {
-                    resource,
-                    peer,
-                    reason,
-                    observers,
-                    ..
-                } => {
-                    debug!(%resource, peer = %to_user(peer), ?reason, observers, "observer removed");
-                    if let Some(service) = &self.service {
-                        service.observers_changed(&resource, observers);
-                    }
-                }
-                Event::Progress { id, progress } => trace!(%id, ?progress, "progress"),
-                other => trace!(event = ?other, "unhandled event"),
-            }
-        }
-    }
-
-    fn take_waiter(&mut self, id: RequestId) -> Option<Waiter> {
-        let waiter = self.waiters.remove(&id)?;
-        self.tickets.remove(&waiter.ticket);
-        Some(waiter)
-    }
-
-    fn on_response(&mut self, id: RequestId, peer: SocketAddr, response: Message) {
-        if let Some(w) = self.waiters.get(&id) {
-            if let WaiterKind::Request(Waiting::Many(tx), uri) = &w.kind {
-                let code = response.code;
-                let rsp = IncomingResponse {
-                    peer: to_user(peer),
-                    uri: Arc::clone(uri),
-                    message: response,
-                };
-                w.span
-                    .in_scope(|| debug!(%code, peer = %to_user(peer), "multicast response"));
-                if tx.try_send(Ok(rsp)).is_err() {
-                    w.span
-                        .in_scope(|| debug!("multicast response dropped: stream not read"));
-                }
-                return;
-            }
-        }
-        let Some(w) = self.take_waiter(id) else {
-            return;
+    /// Runs the engine's due timers and routes its events (see [`Host::drive`]).
+    fn drive(&mut self, now: coap_proto::Instant) {
+        let mut handlers = Handlers {
+            router: self.service.as_deref(),
+            engine: self.engine.as_ref().map(|(i, tally)| (*i, &**tally)),
+            internal: &self.internal_tx,
         };
-        let code = response.code;
-        w.span.in_scope(|| debug!(%code, "response"));
-        match w.kind {
-            WaiterKind::Request(Waiting::Once(tx), uri) => {
-                let _ = tx.send(Ok(IncomingResponse {
-                    peer: to_user(peer),
-                    uri,
-                    message: response,
-                }));
-            }
-            // The last word of an observation: the server did not register us, or it
-            // answered our deregistration.
-            WaiterKind::Request(Waiting::Observe(tx), uri) => {
-                let _ = tx.try_send(Ok(Notification {
-                    response: IncomingResponse {
-                        peer: to_user(peer),
-                        uri,
-                        message: response,
-                    },
-                    fresh: true,
-                }));
-            }
-            WaiterKind::Request(Waiting::Many(_), _) | WaiterKind::Ping(..) => {}
-        }
-    }
-
-    fn on_notification(&mut self, id: RequestId, peer: SocketAddr, response: Message, fresh: bool) {
-        let Some(w) = self.waiters.get(&id) else {
-            return;
-        };
-        let WaiterKind::Request(Waiting::Observe(tx), uri) = &w.kind else {
-            return;
-        };
-        let code = response.code;
-        let notification = Notification {
-            response: IncomingResponse {
-                peer: to_user(peer),
-                uri: Arc::clone(uri),
-                message: response,
-            },
-            fresh,
-        };
-        w.span.in_scope(|| debug!(%code, fresh, "notification"));
-        if tx.try_send(Ok(notification)).is_err() {
-            // Only the latest state matters in an observation (RFC 7641 §1.3): a reader that
-            // falls behind misses intermediate ones.
-            w.span
-                .in_scope(|| debug!("notification dropped: stream not read"));
-        }
-    }
-
-    fn on_failed(&mut self, id: RequestId, reason: Failure) {
-        let Some(w) = self.take_waiter(id) else {
-            return;
-        };
-        if reason == Failure::Cancelled {
-            w.span.in_scope(|| debug!("cancelled"));
-        } else {
-            w.span.in_scope(|| warn!(%reason, "request failed"));
-        }
-        let error = Error::from(reason);
-        match w.kind {
-            WaiterKind::Request(waiting, _) => waiting.fail(error),
-            WaiterKind::Ping(tx, _) => {
-                let _ = tx.send(Err(error));
-            }
-        }
-    }
-
-    /// Hands an incoming request to the service. The handler's future is polled once right
-    /// here: a handler that is ready at once costs no task and its answer is piggybacked on
-    /// the ACK. Only a handler that has to wait is spawned.
-    fn dispatch(
-        &mut self,
-        now: coap_proto::Instant,
-        id: IncomingId,
-        peer: SocketAddr,
-        message: Message,
-        multicast: bool,
-        render: bool,
-    ) {
-        let user_peer = to_user(peer);
-        let uri = request_target(&message);
-        let span = tracing::debug_span!(
-            "coap_incoming",
-            %id,
-            method = %message.code,
-            uri = %uri,
-            peer = %user_peer
-        );
-        span.in_scope(|| debug!(mtype = %message.mtype, len = message.payload.len(), "request"));
-        self.incoming.insert(
-            id,
-            IncomingMeta {
-                method: message.code,
-                uri,
-                peer: user_peer,
-                token: message.token.clone(),
-            },
-        );
-        let Some(service) = self.service.clone() else {
-            let _ = self.respond(now, id, Response::new(Code::NOT_FOUND));
-            return;
-        };
-        let request = IncomingRequest {
-            id,
-            peer: user_peer,
-            message,
-            multicast,
-            render,
-            matched: 0,
-            internal: self.internal_tx.clone(),
-        };
-        let polled = {
-            let _entered = span.enter();
-            let ep = &mut self.ep;
-            std::panic::catch_unwind(AssertUnwindSafe(|| {
-                let Dispatch {
-                    mut future,
-                    accept_observer,
-                } = service.call(request);
-                if accept_observer && !render {
-                    if let Err(e) = ep.accept_observer(id) {
-                        debug!(error = ?e, "registration not accepted");
-                    }
-                }
-                let mut cx = Context::from_waker(Waker::noop());
-                match future.as_mut().poll(&mut cx) {
-                    Poll::Ready(reply) => Ok(reply),
-                    Poll::Pending => Err(future),
-                }
-            }))
-        };
-        match polled {
-            Ok(Ok(Reply::Response(response))) => {
-                let _ = span.in_scope(|| self.respond(now, id, response));
-            }
-            Ok(Ok(Reply::Deferred(_))) => {
-                span.in_scope(|| debug!("deferred to a responder"));
-            }
-            Ok(Err(fut)) => {
-                span.in_scope(|| trace!("handler pending: spawned"));
-                let guard = AnswerGuard {
-                    id,
-                    internal: Some(self.internal_tx.clone()),
-                };
-                tokio::spawn(
-                    async move {
-                        let reply = fut.await;
-                        guard.answer(reply);
-                    }
-                    .instrument(span),
-                );
-            }
-            Err(_) => {
-                span.in_scope(|| warn!("handler panicked: 5.00"));
-                let _ = self.respond(now, id, Response::new(Code::INTERNAL_SERVER_ERROR));
-            }
-        }
+        self.host.drive(&mut self.ep, now, &mut handlers);
     }
 }
 
-/// Owned by a spawned handler task: sends the handler's answer, or, if the task ends without
-/// one (it panicked or was aborted), reports the request abandoned so it is answered 5.00.
-struct AnswerGuard {
-    id: IncomingId,
-    internal: Option<mpsc::UnboundedSender<Internal>>,
+/// The server's side of [`Host::drive`]: routes a request and polls its handler once, right
+/// here. A handler that is ready at once costs no task and its answer is piggybacked on the
+/// ACK; only a handler that has to wait is spawned. A plain client answers 4.04.
+struct Handlers<'a> {
+    router: Option<&'a Router>,
+    engine: Option<(usize, &'a ObserverTally)>,
+    internal: &'a mpsc::UnboundedSender<Command>,
 }
 
-impl AnswerGuard {
-    fn answer(mut self, reply: Reply) {
-        let Some(internal) = self.internal.take() else {
-            return;
+impl host::Service for Handlers<'_> {
+    fn call(&mut self, request: Incoming) -> Dispatch {
+        let Some(router) = self.router else {
+            return Dispatch::answer(Response::new(Code::NOT_FOUND));
         };
-        if let Reply::Response(response) = reply {
-            let _ = internal.send(Internal::Respond {
-                id: self.id,
-                response: Box::new(response),
-                done: None,
-            });
-        }
+        let internal = self.internal;
+        let request_of = |head| IncomingRequest {
+            head,
+            internal: internal.clone(),
+        };
+        router.start::<Chan>(request, request_of, internal, |future, guard| {
+            // A panic ends the task with the guard unanswered: the request gets 5.00.
+            let task = async move { guard.answer(future.await) };
+            tokio::spawn(task.instrument(Span::current()));
+        })
     }
-}
 
-impl Drop for AnswerGuard {
-    fn drop(&mut self) {
-        if let Some(internal) = self.internal.take() {
-            let _ = internal.send(Internal::Abandoned(self.id));
+    fn observers_changed(&mut self, resource: &str, count: usize) {
+        match (self.router, self.engine) {
+            (Some(router), Some((engine, tally))) => {
+                tally.changed(router, engine, resource, count);
+            }
+            (Some(router), None) => router.observers_changed(resource, count),
+            (None, _) => {}
         }
     }
 }
@@ -1071,7 +484,7 @@ impl Drop for AnswerGuard {
 enum Wake {
     Socket(io::Result<tokio::io::Ready>),
     Command(Option<Command>),
-    Internal(Option<Internal>),
+    Internal(Option<Command>),
     Timer,
     Shutdown,
 }
@@ -1091,16 +504,18 @@ impl coap_udp::DatagramSocket for TokioSocket<'_> {
     fn recv(&self, batch: &mut coap_udp::RecvBatch) -> io::Result<usize> {
         // Inside `try_io`, so that a `WouldBlock` clears the readiness tokio cached.
         #[cfg(target_os = "linux")]
-        return self.0.try_io(Interest::READABLE, || batch.recv(self.0));
+        let received = self.0.try_io(Interest::READABLE, || batch.recv(self.0));
         #[cfg(not(target_os = "linux"))]
-        return batch.recv_with(|buf| self.0.try_recv_from(buf));
+        let received = batch.recv_with(|buf| self.0.try_recv_from(buf));
+        received
     }
 
     fn send(&self, batch: &mut coap_udp::SendBatch) -> io::Result<usize> {
         #[cfg(target_os = "linux")]
-        return self.0.try_io(Interest::WRITABLE, || batch.send(self.0));
+        let sent = self.0.try_io(Interest::WRITABLE, || batch.send(self.0));
         #[cfg(not(target_os = "linux"))]
-        return batch.send_with(|bytes, remote| self.0.try_send_to(bytes, remote));
+        let sent = batch.send_with(|bytes, remote| self.0.try_send_to(bytes, remote));
+        sent
     }
 
     #[cfg(target_os = "linux")]
@@ -1125,23 +540,4 @@ impl coap_udp::DatagramSocket for TokioSocket<'_> {
     fn unreachable_peers(&self) -> Vec<SocketAddr> {
         Vec::new()
     }
-}
-
-/// `/path?query` of a request, for tracing and introspection.
-fn request_target(message: &Message) -> String {
-    let mut out = String::new();
-    for segment in message.options.uri_path() {
-        out.push('/');
-        out.push_str(segment);
-    }
-    if out.is_empty() {
-        out.push('/');
-    }
-    let mut sep = '?';
-    for arg in message.options.uri_query() {
-        out.push(sep);
-        out.push_str(arg);
-        sep = '&';
-    }
-    out
 }

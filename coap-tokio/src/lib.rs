@@ -43,7 +43,7 @@
 //!   separate response, RFC 7252 §5.2.2), or hands the request to a [`Responder`] that answers
 //!   later from any task. `/.well-known/core` lists the routes with their
 //!   [`ResourceAttributes`] and filters by query (RFC 6690 §4.1). Routers nest, and prefix
-//!   routes take the rest of the path. [`IncomingRequest::with_etag`] sets an ETag from the
+//!   routes take the rest of the path. [`IncomingRequest::with_etag`](Incoming::with_etag) sets an ETag from the
 //!   payload and answers 2.03 Valid to a client that already has it.
 //! * **Large bodies** travel block-wise (RFC 7959) in both directions without the application
 //!   seeing blocks: the engine splits and reassembles them.
@@ -86,6 +86,13 @@
 //! task, and its response is piggybacked on the ACK. Only a handler that has to wait is
 //! spawned. A handler that panics is answered 5.00 Internal Server Error.
 //!
+//! What the driver does besides moving bytes, time and channel messages (the table of
+//! waiters, routing events to them, dispatching requests, the 5.00 fallbacks, introspection,
+//! shutdown), the [`Router`], the request builder's assembly and the user-facing types
+//! ([`Error`], [`IncomingResponse`], [`Incoming`] behind [`IncomingRequest`], ...) are the
+//! runtime-neutral core [`coap_proto::host`], shared with `coap-async-std` and
+//! `coap-blocking`: code written against one of them moves to another with its imports.
+//!
 //! On Linux the socket asks for ICMP errors (`IP_RECVERR`), so a request to a port where
 //! nobody listens fails at once with [`Error::Unreachable`] instead of after the
 //! retransmission timeout; elsewhere it fails with [`Error::Timeout`].
@@ -94,9 +101,7 @@
 
 mod client;
 mod driver;
-mod error;
 mod incoming;
-mod response;
 mod router;
 mod server;
 pub mod socket;
@@ -104,10 +109,11 @@ pub mod socket;
 pub use client::{
     Client, ClientBuilder, MulticastResponses, Observation, RequestBuilder, ResponseFuture,
 };
-pub use driver::{PendingIncoming, PendingRequest};
-pub use error::Error;
-pub use incoming::{Deferred, IncomingRequest, IntoReply, Reply, Responder};
-pub use response::{IncomingResponse, Notification};
+pub use coap_proto::host::{
+    Deferred, Error, Incoming, IncomingResponse, IntoReply, Notification, PendingIncoming,
+    PendingRequest, Reply,
+};
+pub use incoming::{IncomingRequest, Responder};
 pub use router::{ObserveHooks, Router};
 pub use server::{Notifier, Server, ServerBuilder, ServerHandle};
 

@@ -16,10 +16,7 @@ use tokio::net::ToSocketAddrs;
 use tokio::sync::{oneshot, watch};
 
 use crate::client::{first_addr, new_endpoint};
-use crate::driver::{
-    Command, Dispatch, Driver, DriverParts, PendingIncoming, PendingRequest, Service, Shared,
-};
-use crate::incoming::IncomingRequest;
+use crate::driver::{Command, Driver, DriverParts, PendingIncoming, PendingRequest, Shared};
 use crate::socket::{self, SocketOptions};
 use crate::{Client, Error, Router};
 
@@ -128,8 +125,8 @@ async fn serve_engines(
     router: Router,
     mut signal: Option<ShutdownSignal>,
 ) -> Result<(), Error> {
+    let router = Arc::new(router);
     let tally = Arc::new(ObserverTally {
-        router,
         counts: Mutex::new(HashMap::new()),
         engines: drivers.len(),
     });
@@ -137,10 +134,8 @@ async fn serve_engines(
     // Dropped with this future: then every driver task is aborted.
     let mut tasks = tokio::task::JoinSet::new();
     for (engine, mut driver) in drivers.into_iter().enumerate() {
-        driver.set_service(Arc::new(EngineService {
-            tally: Arc::clone(&tally),
-            engine,
-        }));
+        driver.set_service(Arc::clone(&router));
+        driver.set_engine(engine, Arc::clone(&tally));
         let mut stopping = stopping.clone();
         let signal: ShutdownSignal = Box::pin(async move {
             // An error means the sender is gone, which only happens once all is over.
@@ -183,41 +178,31 @@ async fn wait_for(signal: &mut Option<ShutdownSignal>) {
     }
 }
 
-/// What one engine of a multi-engine server serves: the shared router, with the observer
-/// counts of every engine added up before the router's hooks see them.
-struct EngineService {
-    tally: Arc<ObserverTally>,
-    engine: usize,
-}
-
-struct ObserverTally {
-    router: Router,
+/// The observer counts of every engine of a multi-engine server, added up before the
+/// router's hooks see them.
+pub(crate) struct ObserverTally {
     /// Observers of each observed resource, by engine. An entry goes when its total is
     /// zero, so the map holds only resources with observers.
     counts: Mutex<HashMap<String, Vec<usize>>>,
     engines: usize,
 }
 
-impl Service for EngineService {
-    fn call(&self, request: IncomingRequest) -> Dispatch {
-        self.tally.router.call(request)
-    }
-
-    fn observers_changed(&self, path: &str, count: usize) {
-        let tally = &self.tally;
-        let mut counts = tally.counts.lock().unwrap_or_else(PoisonError::into_inner);
+impl ObserverTally {
+    /// Engine `engine` now has `count` observers of `resource`: tells `router` the total.
+    pub(crate) fn changed(&self, router: &Router, engine: usize, resource: &str, count: usize) {
+        let mut counts = self.counts.lock().unwrap_or_else(PoisonError::into_inner);
         let per_engine = counts
-            .entry(path.to_owned())
-            .or_insert_with(|| vec![0; tally.engines]);
-        if let Some(c) = per_engine.get_mut(self.engine) {
+            .entry(resource.to_owned())
+            .or_insert_with(|| vec![0; self.engines]);
+        if let Some(c) = per_engine.get_mut(engine) {
             *c = count;
         }
         let total = per_engine.iter().sum();
         if total == 0 {
-            counts.remove(path);
+            counts.remove(resource);
         }
         // Under the lock, so that the hook sees the totals in the order they were made.
-        tally.router.observers_changed(path, total);
+        router.observers_changed(resource, total);
     }
 }
 
@@ -428,78 +413,7 @@ impl fmt::Debug for ServerBuilder {
 }
 
 impl ServerBuilder {
-    /// The engine configuration (empty-ACK delay, table bounds, ...).
-    pub fn config(mut self, config: Config) -> Self {
-        self.config = config;
-        self
-    }
-
-    /// All socket options at once.
-    pub fn socket_options(mut self, options: SocketOptions) -> Self {
-        self.socket = options;
-        self
-    }
-
-    /// `SO_REUSEADDR`.
-    pub fn reuse_address(mut self, on: bool) -> Self {
-        self.socket.reuse_address = on;
-        self
-    }
-
-    /// `SO_REUSEPORT` (Unix): several servers on one port share the traffic.
-    pub fn reuse_port(mut self, on: bool) -> Self {
-        self.socket.reuse_port = on;
-        self
-    }
-
-    /// The receive buffer size to ask for.
-    pub fn recv_buffer_size(mut self, bytes: usize) -> Self {
-        self.socket.recv_buffer_size = Some(bytes);
-        self
-    }
-
-    /// The send buffer size to ask for.
-    pub fn send_buffer_size(mut self, bytes: usize) -> Self {
-        self.socket.send_buffer_size = Some(bytes);
-        self
-    }
-
-    /// `IPV6_V6ONLY` for an IPv6 socket.
-    pub fn only_v6(mut self, on: bool) -> Self {
-        self.socket.only_v6 = Some(on);
-        self
-    }
-
-    /// The DSCP code point (0..=63) of every datagram sent.
-    pub fn dscp(mut self, dscp: u8) -> Self {
-        self.socket.dscp = Some(dscp);
-        self
-    }
-
-    /// Set the don't-fragment bit (see [`SocketOptions::dont_fragment`]).
-    pub fn dont_fragment(mut self, on: bool) -> Self {
-        self.socket.dont_fragment = on;
-        self
-    }
-
-    /// The largest datagram to send or accept ([`Config::max_message_size`]).
-    pub fn max_datagram_size(mut self, bytes: usize) -> Self {
-        self.config.max_message_size = bytes;
-        self
-    }
-
-    /// The random number generator (see [`ClientBuilder::rng`](crate::ClientBuilder::rng)).
-    pub fn rng(mut self, rng: Box<dyn RngCore + Send>) -> Self {
-        self.rng = Some(rng);
-        self
-    }
-
-    /// How long a graceful shutdown waits for handlers and unacknowledged responses.
-    /// Default 10 s.
-    pub fn shutdown_grace(mut self, grace: Duration) -> Self {
-        self.grace = grace;
-        self
-    }
+    coap_proto::bind_builder_methods!();
 
     /// Serve the address with `n` engines (default 1; 0 counts as 1): `n` sockets bound to
     /// the same address with `SO_REUSEPORT` (so Unix only), each with its own driver task and

@@ -32,6 +32,7 @@ use std::net::SocketAddr;
 use std::os::fd::AsFd;
 
 use coap_proto::addr::{for_socket, unmapped};
+use coap_proto::host::is_unreachable;
 use coap_proto::{Endpoint, Instant};
 use tracing::{debug, trace, warn};
 
@@ -585,17 +586,6 @@ impl DatagramIo {
         }
         !peers.is_empty()
     }
-}
-
-/// Errors by which a socket says that a peer cannot be reached.
-fn is_unreachable(e: &io::Error) -> bool {
-    matches!(
-        e.kind(),
-        io::ErrorKind::ConnectionRefused
-            | io::ErrorKind::ConnectionReset
-            | io::ErrorKind::HostUnreachable
-            | io::ErrorKind::NetworkUnreachable
-    )
 }
 
 /// Reads up to [`MAX_BATCH`] entries of the socket's error queue (Linux, `MSG_ERRQUEUE` on a

@@ -112,6 +112,11 @@ impl Side {
             "{name}: {t:?}"
         );
         assert!(t.dedup_entries <= c.max_dedup_entries, "{name}: {t:?}");
+        // One entry is kept even when it alone exceeds the byte bound.
+        assert!(
+            t.dedup_bytes <= c.max_dedup_bytes || t.dedup_entries <= 1,
+            "{name}: {t:?}"
+        );
         assert!(t.peers <= c.max_peers, "{name}: {t:?}");
         assert!(t.transmit_queue <= c.max_transmit_queue, "{name}: {t:?}");
     }

@@ -1,5 +1,11 @@
 //! Shared helpers for the cross-crate tests in `tests/`: an endpoint with a scripted
-//! application, as a node of the simulated network.
+//! application, as a node of the simulated network ([`Host`]); and the end-to-end scenarios
+//! ([`scenarios`]), written once against a blocking view of a runtime crate ([`stack`]) that
+//! each runtime crate implements ([`stacks`]).
+
+pub mod scenarios;
+pub mod stack;
+pub mod stacks;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;

@@ -27,9 +27,13 @@ use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
 use coap_benches::batch::{self, RecvBatch, MAX_BATCH};
+use coap_benches::cli::{
+    count, cpu_time, finish, hist_json, hist_text, json_escape, loopback_uri, seconds, usage_exit,
+    watchdog,
+};
 use coap_benches::hist::Histogram;
 use coap_benches::ids::{
-    check_loopback, random_loopback_v4, EndpointLedger, MidSpace, SplitMix, EXCHANGE_LIFETIME,
+    random_loopback_v4, EndpointLedger, MidSpace, SplitMix, EXCHANGE_LIFETIME,
 };
 use coap_benches::wire::{classify, empty_ack, token_u32, Incoming, RequestTemplate, TOKEN_LEN};
 use coap_proto::msg::{Code, Message, MessageType, Token};
@@ -69,8 +73,6 @@ output:
       --label TEXT           copied into the JSON output
 ";
 
-/// Longest run accepted, so a typo cannot make the tool run for a day.
-const MAX_SECONDS: f64 = 3600.0;
 /// How often outstanding requests are checked for timeouts.
 const SCAN_EVERY: Duration = Duration::from_millis(10);
 /// Receive buffer asked for on every client socket.
@@ -125,28 +127,6 @@ fn method_name(c: Code) -> &'static str {
         Code::FETCH => "FETCH",
         _ => "?",
     }
-}
-
-fn seconds(s: &str) -> Result<Duration, String> {
-    let v: f64 = s.parse().map_err(|e| format!("bad seconds {s}: {e}"))?;
-    if !(0.0..=MAX_SECONDS).contains(&v) {
-        return Err(format!("{s} s is outside 0..={MAX_SECONDS}"));
-    }
-    Ok(Duration::from_secs_f64(v))
-}
-
-fn count(s: &str) -> Result<usize, String> {
-    s.parse().map_err(|e| format!("bad number {s}: {e}"))
-}
-
-/// A `coap://` URI with a literal loopback address, and the socket address it names.
-fn loopback_uri(s: &str) -> Result<(CoapUri, SocketAddr), String> {
-    let uri = CoapUri::parse(s).map_err(|e| format!("bad URI {s}: {e}"))?;
-    let addr = uri.socket_addr_hint().ok_or_else(|| {
-        format!("{s}: give a literal loopback address (127.0.0.1 or [::1]), not a name")
-    })?;
-    check_loopback(addr.ip()).map_err(|e| e.to_string())?;
-    Ok((uri, addr))
 }
 
 fn parse_args(argv: impl IntoIterator<Item = String>) -> Result<Args, String> {
@@ -1064,20 +1044,6 @@ fn send_all(
     }
 }
 
-/// User plus system CPU time of this process.
-fn cpu_time() -> Duration {
-    use nix::sys::resource::{getrusage, UsageWho};
-    match getrusage(UsageWho::RUSAGE_SELF) {
-        Ok(u) => {
-            let tv = |t: nix::sys::time::TimeVal| {
-                Duration::new(t.tv_sec().max(0) as u64, (t.tv_usec().max(0) as u32) * 1000)
-            };
-            tv(u.user_time()) + tv(u.system_time())
-        }
-        Err(_) => Duration::ZERO,
-    }
-}
-
 /// Raises the open-file limit to its maximum: observe mode may open thousands of sockets.
 fn raise_fd_limit() {
     use rustix::process::{getrlimit, setrlimit, Resource};
@@ -1260,40 +1226,9 @@ fn registration_budget(n: usize) -> Duration {
     Duration::from_secs(10) + Duration::from_millis(n as u64 * 2).min(Duration::from_secs(110))
 }
 
-fn us(ns: u64) -> f64 {
-    ns as f64 / 1000.0
-}
-
 fn code_name(c: u8) -> String {
     let c = Code::from_u8(c);
     format!("{}.{:02}", c.class(), c.detail())
-}
-
-fn json_escape(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
-    for ch in s.chars() {
-        match ch {
-            '"' => out.push_str("\\\""),
-            '\\' => out.push_str("\\\\"),
-            c if (c as u32) < 0x20 => {
-                let _ = write!(out, "\\u{:04x}", c as u32);
-            }
-            c => out.push(c),
-        }
-    }
-    out
-}
-
-fn hist_json(h: &Histogram) -> String {
-    format!(
-        "{{\"count\":{},\"p50\":{:.1},\"p90\":{:.1},\"p99\":{:.1},\"max\":{:.1},\"mean\":{:.1}}}",
-        h.count(),
-        us(h.quantile(0.5)),
-        us(h.quantile(0.9)),
-        us(h.quantile(0.99)),
-        us(h.max()),
-        h.mean() / 1000.0
-    )
 }
 
 fn report(args: &Args, o: &Outcome) -> String {
@@ -1370,16 +1305,6 @@ fn report(args: &Args, o: &Outcome) -> String {
         return j;
     }
     let mut t = String::new();
-    let lat = |h: &Histogram| {
-        format!(
-            "p50 {:.1} µs, p90 {:.1} µs, p99 {:.1} µs, max {:.1} µs ({} samples)",
-            us(h.quantile(0.5)),
-            us(h.quantile(0.9)),
-            us(h.quantile(0.99)),
-            us(h.max()),
-            h.count()
-        )
-    };
     let kind = if args.mtype == MessageType::Con {
         "CON"
     } else {
@@ -1423,7 +1348,7 @@ fn report(args: &Args, o: &Outcome) -> String {
             s.unattributed,
             s.duplicates
         );
-        let _ = writeln!(t, "fan-out:       {}", lat(&s.fanout));
+        let _ = writeln!(t, "fan-out:       {}", hist_text(&s.fanout));
         let _ = write!(t, "triggers:      ");
     }
     let _ = writeln!(
@@ -1434,7 +1359,7 @@ fn report(args: &Args, o: &Outcome) -> String {
         s.sent,
         cpu * 100.0
     );
-    let _ = writeln!(t, "latency:       {}", lat(&s.latency));
+    let _ = writeln!(t, "latency:       {}", hist_text(&s.latency));
     let _ = writeln!(
         t,
         "errors:        {} timeouts, {} non-2.xx{}{}{}, {} resets, {} unmatched, {} malformed, {} send errors, {} refused",
@@ -1460,36 +1385,18 @@ fn report(args: &Args, o: &Outcome) -> String {
 fn main() -> ExitCode {
     let args = match parse_args(std::env::args().skip(1)) {
         Ok(a) => a,
-        Err(e) => {
-            if e.is_empty() {
-                print!("{USAGE}");
-                return ExitCode::SUCCESS;
-            }
-            eprintln!("coap-bench: {e}\n\n{USAGE}");
-            return ExitCode::from(2);
-        }
+        Err(e) => return usage_exit("coap-bench", USAGE, &e),
     };
     // The watchdog: whatever happens, the process ends shortly after its deadline.
     let setup = match args.observe {
         Some(n) => registration_budget(n) + args.timeout * 3,
         None => Duration::from_secs(5),
     };
-    let limit = setup + args.warmup + args.duration + Duration::from_secs(10);
-    std::thread::spawn(move || {
-        std::thread::sleep(limit);
-        eprintln!("coap-bench: watchdog: still running after {limit:?}, stopping");
-        std::process::exit(3);
-    });
-    match run(args.clone()) {
-        Ok(o) => {
-            println!("{}", report(&args, &o));
-            ExitCode::SUCCESS
-        }
-        Err(e) => {
-            eprintln!("coap-bench: {e}");
-            ExitCode::FAILURE
-        }
-    }
+    watchdog(
+        "coap-bench",
+        setup + args.warmup + args.duration + Duration::from_secs(10),
+    );
+    finish("coap-bench", run(args.clone()).map(|o| report(&args, &o)))
 }
 
 #[cfg(test)]

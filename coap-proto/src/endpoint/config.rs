@@ -82,9 +82,15 @@ pub struct Config {
     pub max_peers: usize,
     /// Most entries in the deduplication cache. The oldest entry is evicted first when full
     /// (RFC 7252 §4.5 lets idempotent requests be reprocessed; evictions are counted in
-    /// [`Stats`](super::Stats)). Default 131 072.
+    /// [`Stats`](super::Stats)). Default 100 000, which keeps the cache's hash table at
+    /// 2^17 slots.
     pub max_dedup_entries: usize,
-    /// Most bytes of cached responses held by the deduplication cache. Default 16 MiB.
+    /// Most bytes the deduplication cache holds: every entry's bookkeeping (about 130 bytes
+    /// on a 64-bit target: its hash-table slot and its place in the expiry queue) plus the
+    /// responses it keeps for answering duplicates. At the bound the oldest entries are
+    /// evicted first, as with [`max_dedup_entries`](Self::max_dedup_entries). A server at
+    /// full speed sees far more requests per EXCHANGE_LIFETIME (247 s) than any cache holds,
+    /// so this is the knob for the cache's memory. Default 16 MiB.
     pub max_dedup_bytes: usize,
     /// Most datagrams waiting for [`Endpoint::poll_transmit`](super::Endpoint::poll_transmit).
     /// Past it, new datagrams are dropped as if lost on the network (and counted). Default 65 536.
@@ -168,7 +174,7 @@ impl Default for Config {
             max_server_exchanges: 16_384,
             max_queued_per_peer: 4096,
             max_peers: 65_536,
-            max_dedup_entries: 131_072,
+            max_dedup_entries: 100_000,
             max_dedup_bytes: 16 << 20,
             max_transmit_queue: 65_536,
             overload_max_age: 2,

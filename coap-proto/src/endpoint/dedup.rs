@@ -3,15 +3,16 @@
 
 use alloc::collections::VecDeque;
 use alloc::sync::Arc;
-use core::net::SocketAddr;
 
+use hashbrown::hash_map;
 use hashbrown::HashMap;
 
+use super::key::MessageKey;
 use super::IncomingId;
 use crate::time::Instant;
 
 /// A message is identified by its sender and Message ID (§4.5).
-pub(super) type DedupKey = (SocketAddr, u16);
+pub(super) type DedupKey = MessageKey;
 
 /// What to do with a duplicate.
 #[derive(Clone, Debug)]
@@ -44,16 +45,35 @@ pub(super) struct Dedup {
     bytes: usize,
 }
 
+/// What one entry costs besides its cached reply: its slot in the hash table (key, entry and
+/// control byte, with the table's one-in-eight spare slots), and its item in the expiry queue.
+/// Counting this, not only the replies, is what lets the byte bound stand for the memory the
+/// cache really holds.
+pub(super) const ENTRY_BYTES: usize =
+    (size_of::<(DedupKey, Entry)>() + 1) * 8 / 7 + size_of::<(Instant, DedupKey)>();
+
+/// What a cached reply adds: its bytes and the shared allocation's header (two counters).
+const REPLY_OVERHEAD: usize = 2 * size_of::<usize>();
+
 fn state_bytes(state: &DedupState) -> usize {
     match state {
-        DedupState::Reply(bytes) => bytes.len(),
+        DedupState::Reply(bytes) => bytes.len() + REPLY_OVERHEAD,
         _ => 0,
     }
+}
+
+fn entry_bytes(state: &DedupState) -> usize {
+    ENTRY_BYTES + state_bytes(state)
 }
 
 impl Dedup {
     pub(super) fn len(&self) -> usize {
         self.map.len()
+    }
+
+    /// The bytes charged against the bound: every entry's bookkeeping and cached reply.
+    pub(super) fn bytes(&self) -> usize {
+        self.bytes
     }
 
     pub(super) fn get(&self, key: &DedupKey) -> Option<&DedupState> {
@@ -70,7 +90,7 @@ impl Dedup {
         max_bytes: usize,
     ) -> u64 {
         let mut evicted = 0;
-        let size = state_bytes(&state);
+        let size = entry_bytes(&state);
         while self.map.len() >= max_entries
             || (self.bytes + size > max_bytes && !self.map.is_empty())
         {
@@ -82,7 +102,7 @@ impl Dedup {
             }
         }
         if let Some(previous) = self.map.insert(key, Entry { expires, state }) {
-            self.bytes -= state_bytes(&previous.state);
+            self.bytes -= entry_bytes(&previous.state);
         }
         self.bytes += size;
         self.order.push_back((expires, key));
@@ -122,11 +142,9 @@ impl Dedup {
     }
 
     fn remove_if(&mut self, key: &DedupKey, expiry: Instant) -> bool {
-        match self.map.get(key) {
-            Some(entry) if entry.expires == expiry => {
-                if let Some(entry) = self.map.remove(key) {
-                    self.bytes -= state_bytes(&entry.state);
-                }
+        match self.map.entry(*key) {
+            hash_map::Entry::Occupied(entry) if entry.get().expires == expiry => {
+                self.bytes -= entry_bytes(&entry.remove().state);
                 true
             }
             _ => false,
@@ -137,10 +155,10 @@ impl Dedup {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use core::net::{IpAddr, Ipv4Addr};
+    use core::net::{IpAddr, Ipv4Addr, SocketAddr};
 
     fn key(mid: u16) -> DedupKey {
-        (SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), 5683), mid)
+        MessageKey::new(SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), 5683), mid)
     }
 
     #[test]
@@ -157,12 +175,21 @@ mod tests {
         assert!(d.get(&key(5)).is_none());
         assert!(d.get(&key(9)).is_some());
         let big: Arc<[u8]> = Arc::from(&[0u8; 400][..]);
+        let one = ENTRY_BYTES + 400 + REPLY_OVERHEAD;
+        let bound = 2 * one + ENTRY_BYTES;
         let mut d = Dedup::default();
-        d.insert(key(1), t, DedupState::Reply(Arc::clone(&big)), 100, 1000);
-        d.insert(key(2), t, DedupState::Reply(Arc::clone(&big)), 100, 1000);
-        assert_eq!(d.insert(key(3), t, DedupState::Reply(big), 100, 1000), 1);
+        d.insert(key(1), t, DedupState::Reply(Arc::clone(&big)), 100, bound);
+        d.insert(key(2), t, DedupState::Reply(Arc::clone(&big)), 100, bound);
+        assert_eq!(d.insert(key(3), t, DedupState::Reply(big), 100, bound), 1);
         assert!(d.get(&key(1)).is_none());
-        assert_eq!(d.bytes, 800);
+        assert_eq!(d.bytes(), 2 * one);
+        // Entries without a reply count too: the bound holds the cache's whole memory.
+        let mut d = Dedup::default();
+        for mid in 0..10 {
+            d.insert(key(mid), t, DedupState::AckOnly, 100, 3 * ENTRY_BYTES);
+        }
+        assert_eq!(d.len(), 3);
+        assert_eq!(d.bytes(), 3 * ENTRY_BYTES);
     }
 
     #[test]
@@ -188,6 +215,7 @@ mod tests {
         assert_eq!(d.next_expiry(), Some(Instant::from_secs(20)));
         d.expire(Instant::from_secs(30));
         assert_eq!(d.len(), 0);
+        assert_eq!(d.bytes(), 0);
         assert_eq!(d.next_expiry(), None);
     }
 }

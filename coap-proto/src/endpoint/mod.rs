@@ -38,6 +38,7 @@ mod block;
 mod config;
 mod dedup;
 mod event;
+mod key;
 mod observe;
 mod peer;
 mod timer;
@@ -51,7 +52,9 @@ use core::net::SocketAddr;
 use core::time::Duration;
 
 use bytes::Bytes;
+use hashbrown::hash_map::EntryRef;
 use hashbrown::HashMap;
+use key::{MessageKey, PeerKey};
 use rand_core::RngCore;
 
 use crate::cache_key::{CacheKey, BLOCKWISE_EXCLUDED, BLOCKWISE_OBSERVE_EXCLUDED};
@@ -248,6 +251,9 @@ pub struct TableSizes {
     pub peers: usize,
     /// Deduplication cache entries.
     pub dedup_entries: usize,
+    /// Bytes charged to the deduplication cache (see
+    /// [`Config::max_dedup_bytes`](super::Config::max_dedup_bytes)).
+    pub dedup_bytes: usize,
     /// Request bodies being reassembled from Block1 blocks.
     pub reassemblies: usize,
     /// Representations kept for follow-up Block2 requests.
@@ -441,15 +447,16 @@ const RECOGNIZED_CRITICAL: &[OptionNumber] = &[
 /// See the [module documentation](self) for how to drive it.
 pub struct Endpoint {
     config: Config,
+    lifetimes: Lifetimes,
     rng: Box<dyn RngCore + Send>,
     next_request_id: u64,
     next_incoming_id: u64,
     clients: HashMap<RequestId, ClientExchange>,
     tokens: HashMap<Token, RequestId>,
     /// NON requests by (peer, Message ID), so a Reset can be matched to them.
-    non_requests: HashMap<(SocketAddr, u16), RequestId>,
-    pending_con: HashMap<(SocketAddr, u16), PendingCon>,
-    peers: HashMap<SocketAddr, Peer>,
+    non_requests: HashMap<MessageKey, RequestId>,
+    pending_con: HashMap<MessageKey, PendingCon>,
+    peers: HashMap<PeerKey, Peer>,
     servers: HashMap<IncomingId, ServerExchange>,
     /// Empty-ACK deadlines in arrival order; the delay is constant, so this stays sorted.
     empty_acks: VecDeque<(Instant, IncomingId)>,
@@ -500,6 +507,7 @@ impl Endpoint {
         config.validate()?;
         let scratch = Vec::with_capacity(config.max_message_size);
         Ok(Endpoint {
+            lifetimes: Lifetimes::new(&config),
             config,
             rng,
             next_request_id: 1,
@@ -605,6 +613,7 @@ impl Endpoint {
             awaiting_ack: self.pending_con.len(),
             peers: self.peers.len(),
             dedup_entries: self.dedup.len(),
+            dedup_bytes: self.dedup.bytes(),
             reassemblies: self.assemblies.len(),
             representations: self.representations.len(),
             observers: self.observers.len() + self.observers.non_mid_entries() + self.renders.len(),
@@ -898,8 +907,8 @@ impl Endpoint {
         self.fail_peer_requests(now, remote, Failure::Cancelled);
         self.servers.retain(|_, ex| ex.peer != remote);
         let mut ended = Vec::new();
-        self.pending_con.retain(|(peer, _), pc| {
-            if *peer == remote {
+        self.pending_con.retain(|key, pc| {
+            if key.peer == remote {
                 if let ConOwner::Response(id) = pc.owner {
                     ended.push(id);
                 }
@@ -915,7 +924,7 @@ impl Endpoint {
                 reason: Failure::Cancelled,
             });
         }
-        if let Some(peer) = self.peers.get_mut(&remote) {
+        if let Some(peer) = self.peers.get_mut(&PeerKey(remote)) {
             peer.held.clear();
         }
         for oid in self.observers.of_peer(remote) {
@@ -1123,7 +1132,7 @@ impl Endpoint {
                 max: self.config.max_message_size,
             });
         }
-        let key = (ex.peer, ex.mid);
+        let key = MessageKey::new(ex.peer, ex.mid);
         if suppressed(&ex, response.code) {
             if ex.message_type == MessageType::Con && !ex.ack_sent {
                 let bytes = self.encode_empty(MessageType::Ack, ex.mid);
@@ -1233,7 +1242,7 @@ impl Endpoint {
     ) {
         let mid = view.message_id();
         let mtype = view.mtype();
-        let key = (remote, mid);
+        let key = MessageKey::new(remote, mid);
         if let Some(state) = self.dedup.get(&key) {
             self.stats.duplicates += 1;
             self.answer_duplicate(remote, mid, mtype, state.clone());
@@ -1310,7 +1319,7 @@ impl Endpoint {
                 observe,
             },
         );
-        let lifetime = lifetime(&self.config, mtype);
+        let lifetime = self.lifetimes.of(mtype);
         self.insert_dedup(now, key, lifetime, DedupState::Pending(id));
         if mtype == MessageType::Con {
             self.empty_acks
@@ -1543,7 +1552,7 @@ impl Endpoint {
             // §8.2: error responses to multicast requests are suppressed.
             return;
         }
-        let key = (remote, request.message_id);
+        let key = MessageKey::new(remote, request.message_id);
         match request.mtype {
             MessageType::Con => {
                 let bytes = self.encode_response(
@@ -1552,7 +1561,7 @@ impl Endpoint {
                     &request.token,
                     &response,
                 );
-                let lifetime = lifetime(&self.config, MessageType::Con);
+                let lifetime = self.lifetimes.of(MessageType::Con);
                 self.insert_dedup(now, key, lifetime, DedupState::Reply(Arc::clone(&bytes)));
                 self.queue_transmit(remote, bytes);
             }
@@ -1562,7 +1571,7 @@ impl Endpoint {
                     return;
                 };
                 let bytes = self.encode_response(MessageType::Non, mid, &request.token, &response);
-                let lifetime = lifetime(&self.config, MessageType::Non);
+                let lifetime = self.lifetimes.of(MessageType::Non);
                 self.insert_dedup(now, key, lifetime, DedupState::Reply(Arc::clone(&bytes)));
                 self.queue_transmit(remote, bytes);
             }
@@ -1576,18 +1585,15 @@ impl Endpoint {
         mid: u16,
         response: Option<&MessageView<'_>>,
     ) {
-        let key = (remote, mid);
-        let Some(pc) = self.pending_con.get(&key) else {
+        let Some(pc) = self.pending_con.remove(&MessageKey::new(remote, mid)) else {
             self.stats.unmatched_acks += 1;
             return;
         };
         match pc.owner {
             ConOwner::Response(id) => {
-                self.pending_con.remove(&key);
                 self.events.push_back(Event::ResponseConfirmed { id });
             }
             ConOwner::Notification(oid) => {
-                self.pending_con.remove(&key);
                 let waiting = self.observers.observers.get_mut(&oid).and_then(|o| {
                     o.in_flight = None;
                     o.waiting.take()
@@ -1597,7 +1603,6 @@ impl Endpoint {
                 }
             }
             ConOwner::Request(id) => {
-                self.pending_con.remove(&key);
                 let Some(ex) = self.clients.get(&id) else {
                     return;
                 };
@@ -1628,7 +1633,7 @@ impl Endpoint {
     }
 
     fn handle_reset(&mut self, now: Instant, remote: SocketAddr, mid: u16) {
-        let key = (remote, mid);
+        let key = MessageKey::new(remote, mid);
         if let Some(pc) = self.pending_con.remove(&key) {
             match pc.owner {
                 ConOwner::Request(id) => {
@@ -1652,7 +1657,7 @@ impl Endpoint {
                 }),
                 ConOwner::Notification(oid) => self.remove_observer(oid, ObserverRemoval::Reset),
             }
-        } else if let Some(oid) = self.observers.non_owner(&key) {
+        } else if let Some(oid) = self.observers.non_owner(&(remote, mid)) {
             // RFC 7641 §3.6: a Reset to a notification cancels the observation.
             self.remove_observer(oid, ObserverRemoval::Reset);
         } else if let Some(&id) = self.non_requests.get(&key) {
@@ -1681,7 +1686,7 @@ impl Endpoint {
     ) {
         let mid = view.message_id();
         let mtype = view.mtype();
-        let key = (remote, mid);
+        let key = MessageKey::new(remote, mid);
         if let Some(state) = self.dedup.get(&key) {
             self.stats.duplicates += 1;
             self.answer_duplicate(remote, mid, mtype, state.clone());
@@ -1712,12 +1717,9 @@ impl Endpoint {
             self.queue_transmit(remote, bytes);
         }
         let (state, lifetime) = if mtype == MessageType::Con {
-            (
-                DedupState::AckOnly,
-                lifetime(&self.config, MessageType::Con),
-            )
+            (DedupState::AckOnly, self.lifetimes.of(MessageType::Con))
         } else {
-            (DedupState::Silent, lifetime(&self.config, MessageType::Non))
+            (DedupState::Silent, self.lifetimes.of(MessageType::Non))
         };
         self.insert_dedup(now, key, lifetime, state);
         let message = view.to_message();
@@ -1914,10 +1916,10 @@ impl Endpoint {
         };
         match ex.state {
             ClientState::AwaitingAck { mid } => {
-                self.pending_con.remove(&(ex.peer, mid));
+                self.pending_con.remove(&MessageKey::new(ex.peer, mid));
             }
             ClientState::AwaitingResponse { mid, .. } => {
-                self.non_requests.remove(&(ex.peer, mid));
+                self.non_requests.remove(&MessageKey::new(ex.peer, mid));
             }
             ClientState::Queued(_) | ClientState::Observing { .. } => {}
         }
@@ -2013,10 +2015,10 @@ impl Endpoint {
         // Whatever the message carried it, the exchange now just listens.
         match ex.state {
             ClientState::AwaitingAck { mid } => {
-                self.pending_con.remove(&(ex.peer, mid));
+                self.pending_con.remove(&MessageKey::new(ex.peer, mid));
             }
             ClientState::AwaitingResponse { mid, .. } => {
-                self.non_requests.remove(&(ex.peer, mid));
+                self.non_requests.remove(&MessageKey::new(ex.peer, mid));
             }
             _ => {}
         }
@@ -2104,10 +2106,10 @@ impl Endpoint {
                 if ob.established && !ob.deregistering && ob.failed_reregistrations < attempts {
                     ob.failed_reregistrations += 1;
                     if let ClientState::AwaitingAck { mid } = ex.state {
-                        self.pending_con.remove(&(ex.peer, mid));
+                        self.pending_con.remove(&MessageKey::new(ex.peer, mid));
                     }
                     if let ClientState::AwaitingResponse { mid, .. } = ex.state {
-                        self.non_requests.remove(&(ex.peer, mid));
+                        self.non_requests.remove(&MessageKey::new(ex.peer, mid));
                     }
                     let deadline = now + retry;
                     ex.state = ClientState::Observing { deadline };
@@ -2265,7 +2267,7 @@ impl Endpoint {
             if let Some(o) = self.observers.observers.get_mut(&oid) {
                 o.waiting = Some(Box::new(response.clone()));
             }
-            if let Some(until) = self.peers.get(&peer).and_then(Peer::next_free) {
+            if let Some(until) = self.peers.get(&PeerKey(peer)).and_then(Peer::next_free) {
                 let _ = until;
                 self.arm_peer_timer(peer);
             }
@@ -2286,7 +2288,7 @@ impl Endpoint {
             let timeout = self.initial_timeout();
             let deadline = now + timeout;
             self.pending_con.insert(
-                (peer, mid),
+                MessageKey::new(peer, mid),
                 PendingCon {
                     owner: ConOwner::Notification(oid),
                     bytes: Arc::clone(&bytes),
@@ -2301,7 +2303,7 @@ impl Endpoint {
                 o.last_con = now;
             }
         } else {
-            let expires = now + self.config.non_lifetime();
+            let expires = now + self.lifetimes.non;
             let cap = self.config.max_dedup_entries;
             self.observers.record_non((peer, mid), oid, expires, cap);
         }
@@ -2314,7 +2316,7 @@ impl Endpoint {
     /// RFC 7641 §4.5.2: when a newer state waits behind an unacknowledged Confirmable
     /// notification, the next transmission carries the newer state (a new Message ID) while
     /// the retransmission counter and timer carry on.
-    fn supersede_notification(&mut self, now: Instant, key: (SocketAddr, u16), oid: u64) {
+    fn supersede_notification(&mut self, now: Instant, key: MessageKey, oid: u64) {
         let Some(old) = self.pending_con.remove(&key) else {
             return;
         };
@@ -2330,7 +2332,7 @@ impl Endpoint {
             self.remove_observer(oid, ObserverRemoval::Timeout);
             return;
         }
-        let peer = key.0;
+        let peer = key.peer;
         let Some(mid) = self.allocate_mid_now(now, peer, MessageType::Con) else {
             self.remove_observer(oid, ObserverRemoval::Timeout);
             return;
@@ -2343,7 +2345,7 @@ impl Endpoint {
         let timeout = old.timeout * 2;
         let deadline = now + timeout;
         self.pending_con.insert(
-            (peer, mid),
+            MessageKey::new(peer, mid),
             PendingCon {
                 owner: ConOwner::Notification(oid),
                 bytes: Arc::clone(&bytes),
@@ -2397,7 +2399,7 @@ impl Endpoint {
         if self.clients.len() >= self.config.max_client_exchanges {
             return Err(RequestError::TooManyExchanges);
         }
-        if !self.peers.contains_key(&remote) && self.peers.len() >= self.config.max_peers {
+        if self.peers.len() >= self.config.max_peers && !self.peers.contains_key(&PeerKey(remote)) {
             return Err(RequestError::TooManyPeers);
         }
         let id = RequestId(self.next_request_id);
@@ -2432,10 +2434,11 @@ impl Endpoint {
             },
         );
         self.pump_peer(now, remote);
-        if self
-            .clients
-            .get(&id)
-            .is_some_and(|ex| matches!(ex.state, ClientState::Queued(_)))
+        if self.config.report_progress
+            && self
+                .clients
+                .get(&id)
+                .is_some_and(|ex| matches!(ex.state, ClientState::Queued(_)))
         {
             self.progress(id, Progress::Queued);
         }
@@ -2443,27 +2446,55 @@ impl Endpoint {
     }
 
     /// Sends queued requests to `remote` while NSTART and Message IDs allow, and sends held
-    /// separate responses once Message IDs free up.
+    /// separate responses once Message IDs free up. Forgets the peer once nothing is left.
     fn pump_peer(&mut self, now: Instant, remote: SocketAddr) {
+        self.pump_peer_releasing(now, remote, false);
+    }
+
+    /// [`Self::pump_peer`], first giving back the NSTART slot of an exchange that no longer
+    /// holds one (`release`).
+    fn pump_peer_releasing(&mut self, now: Instant, remote: SocketAddr, mut release: bool) {
+        let nstart = self.config.nstart;
         loop {
-            let Some(peer) = self.peers.get_mut(&remote) else {
+            // One lookup per message sent: the peer's state, its timer and the choice of what
+            // goes next are all handled through this borrow.
+            let Some(peer) = self.peers.get_mut(&PeerKey(remote)) else {
                 return;
             };
-            let has_held = !peer.held.is_empty();
-            let can_request = !peer.queue.is_empty() && peer.outstanding < self.config.nstart;
-            if !has_held && !can_request {
-                break;
+            if release {
+                peer.outstanding = peer.outstanding.saturating_sub(1);
+                release = false;
             }
-            let mtype = if has_held {
-                MessageType::Con
+            let has_held = !peer.held.is_empty();
+            let next_request = if peer.outstanding < nstart {
+                peer.queue.front().copied()
             } else {
-                peer.queue
-                    .front()
-                    .and_then(|id| self.clients.get(id))
-                    .map_or(MessageType::Con, |ex| ex.message_type)
+                None
             };
-            let lifetime = lifetime(&self.config, mtype);
-            let Some(mid) = peer.allocate(now, lifetime) else {
+            if !has_held && next_request.is_none() {
+                if peer.is_idle() {
+                    self.peers.remove(&PeerKey(remote));
+                }
+                return;
+            }
+            let mtype = match next_request {
+                Some(id) if !has_held => self
+                    .clients
+                    .get(&id)
+                    .map_or(MessageType::Con, |ex| ex.message_type),
+                _ => MessageType::Con,
+            };
+            let lifetime = self.lifetimes.of(mtype);
+            let allocated = peer.allocate(now, lifetime);
+            if peer.armed.is_none() {
+                // The peer's single timer, at the expiry of its oldest Message ID bucket:
+                // expired IDs are freed, waiting messages sent and an idle peer forgotten then.
+                if let Some(at) = peer.next_free() {
+                    peer.armed = Some(at);
+                    self.timers.push(at, Timer::Peer(remote));
+                }
+            }
+            let Some(mid) = allocated else {
                 if let Some(until) = peer.next_free() {
                     if !peer.exhaustion_reported {
                         peer.exhaustion_reported = true;
@@ -2473,7 +2504,6 @@ impl Endpoint {
                         });
                     }
                 }
-                self.arm_peer_timer(remote);
                 return;
             };
             peer.exhaustion_reported = false;
@@ -2493,9 +2523,7 @@ impl Endpoint {
                     self.send_request(now, id, mid);
                 }
             }
-            self.arm_peer_timer(remote);
         }
-        self.maybe_forget_peer(remote);
     }
 
     fn send_request(&mut self, now: Instant, id: RequestId, mid: u16) {
@@ -2510,25 +2538,22 @@ impl Endpoint {
         ex.outstanding = true;
         let remote = ex.peer;
         let message_type = ex.message_type;
-        let token = ex.token.clone();
         let request = *request;
         let message = Message {
             mtype: message_type,
             code: request.method,
             message_id: mid,
-            token,
+            token: ex.token.clone(),
             options: request.options,
             payload: request.payload,
         };
-        let bytes = self.encode(&message);
-        if let Some(ex) = self.clients.get_mut(&id) {
-            ex.sent = Some(Arc::clone(&bytes));
-        }
+        let bytes = encode_with(&mut self.scratch, &message);
+        ex.sent = Some(Arc::clone(&bytes));
         if message_type == MessageType::Con {
-            let timeout = self.initial_timeout();
+            let timeout = initial_timeout(&self.config, &mut *self.rng);
             let deadline = now + timeout;
             self.pending_con.insert(
-                (remote, mid),
+                MessageKey::new(remote, mid),
                 PendingCon {
                     owner: ConOwner::Request(id),
                     bytes: Arc::clone(&bytes),
@@ -2539,21 +2564,14 @@ impl Endpoint {
             );
             self.timers.push(deadline, Timer::Retransmit(remote, mid));
         } else {
-            let ex_timeout = self.clients.get(&id).and_then(|ex| ex.timeout);
-            let multicast = self
-                .clients
-                .get(&id)
-                .is_some_and(|ex| ex.kind == ClientKind::Multicast);
-            let wait = ex_timeout.unwrap_or(if multicast {
+            let wait = ex.timeout.unwrap_or(if ex.kind == ClientKind::Multicast {
                 self.config.multicast_response_window
             } else {
                 self.config.non_timeout()
             });
             let deadline = now + wait;
-            if let Some(ex) = self.clients.get_mut(&id) {
-                ex.state = ClientState::AwaitingResponse { deadline, mid };
-            }
-            self.non_requests.insert((remote, mid), id);
+            ex.state = ClientState::AwaitingResponse { deadline, mid };
+            self.non_requests.insert(MessageKey::new(remote, mid), id);
             self.timers.push(deadline, Timer::ClientDeadline(id));
         }
         self.queue_transmit(remote, bytes);
@@ -2565,18 +2583,22 @@ impl Endpoint {
         let Some(ex) = self.clients.remove(&id) else {
             return;
         };
-        if ex.kind != ClientKind::Ping && self.tokens.get(&ex.token) == Some(&id) {
-            self.tokens.remove(&ex.token);
+        if ex.kind != ClientKind::Ping {
+            if let EntryRef::Occupied(entry) = self.tokens.entry_ref(&ex.token) {
+                if *entry.get() == id {
+                    entry.remove();
+                }
+            }
         }
         match ex.state {
             ClientState::AwaitingAck { mid } => {
-                self.pending_con.remove(&(ex.peer, mid));
+                self.pending_con.remove(&MessageKey::new(ex.peer, mid));
             }
             ClientState::AwaitingResponse { mid, .. } => {
-                self.non_requests.remove(&(ex.peer, mid));
+                self.non_requests.remove(&MessageKey::new(ex.peer, mid));
             }
             ClientState::Queued(_) => {
-                if let Some(peer) = self.peers.get_mut(&ex.peer) {
+                if let Some(peer) = self.peers.get_mut(&PeerKey(ex.peer)) {
                     peer.queue.retain(|q| *q != id);
                 }
             }
@@ -2606,12 +2628,7 @@ impl Endpoint {
         } else {
             self.events.push_back(event);
         }
-        if ex.outstanding {
-            if let Some(peer) = self.peers.get_mut(&ex.peer) {
-                peer.outstanding = peer.outstanding.saturating_sub(1);
-            }
-        }
-        self.pump_peer(now, ex.peer);
+        self.pump_peer_releasing(now, ex.peer, ex.outstanding);
     }
 
     /// Frees the NSTART slot of an exchange that is no longer outstanding (§4.7) but still
@@ -2625,10 +2642,7 @@ impl Endpoint {
         }
         ex.outstanding = false;
         let remote = ex.peer;
-        if let Some(peer) = self.peers.get_mut(&remote) {
-            peer.outstanding = peer.outstanding.saturating_sub(1);
-        }
-        self.pump_peer(now, remote);
+        self.pump_peer_releasing(now, remote, true);
     }
 
     fn fail_peer_requests(&mut self, now: Instant, remote: SocketAddr, reason: Failure) {
@@ -2726,8 +2740,10 @@ impl Endpoint {
                 payload: response.payload,
             },
         };
-        let lifetime = lifetime(&self.config, message_type);
-        if !self.peers.contains_key(&held.peer) && self.peers.len() >= self.config.max_peers {
+        let lifetime = self.lifetimes.of(message_type);
+        if !self.peers.contains_key(&PeerKey(held.peer))
+            && self.peers.len() >= self.config.max_peers
+        {
             // No room for the Message ID state this response needs.
             if message_type == MessageType::Con {
                 self.events.push_back(Event::ResponseNotConfirmed {
@@ -2781,8 +2797,10 @@ impl Endpoint {
         let bytes = self.encode(&message);
         if message_type == MessageType::Non {
             // A duplicate of the NON request gets this response again (§4.5).
-            self.dedup
-                .update((remote, request_mid), DedupState::Reply(Arc::clone(&bytes)));
+            self.dedup.update(
+                MessageKey::new(remote, request_mid),
+                DedupState::Reply(Arc::clone(&bytes)),
+            );
         }
         if multicast {
             // §8.2: spread responses to a multicast request over DEFAULT_LEISURE.
@@ -2797,7 +2815,7 @@ impl Endpoint {
             let timeout = self.initial_timeout();
             let deadline = now + timeout;
             self.pending_con.insert(
-                (remote, mid),
+                MessageKey::new(remote, mid),
                 PendingCon {
                     owner: ConOwner::Response(id),
                     bytes: Arc::clone(&bytes),
@@ -2818,7 +2836,7 @@ impl Endpoint {
     fn fire_timer(&mut self, now: Instant, deadline: Instant, timer: Timer) {
         match timer {
             Timer::Retransmit(remote, mid) => {
-                let key = (remote, mid);
+                let key = MessageKey::new(remote, mid);
                 let Some(pc) = self.pending_con.get_mut(&key) else {
                     return;
                 };
@@ -2898,7 +2916,7 @@ impl Endpoint {
                 }
             }
             Timer::Peer(remote) => {
-                match self.peers.get_mut(&remote) {
+                match self.peers.get_mut(&PeerKey(remote)) {
                     Some(peer) if peer.armed == Some(deadline) => {
                         peer.armed = None;
                         peer.expire(now);
@@ -2951,14 +2969,14 @@ impl Endpoint {
         match timer {
             Timer::Retransmit(remote, mid) => self
                 .pending_con
-                .get(&(*remote, *mid))
+                .get(&MessageKey::new(*remote, *mid))
                 .is_some_and(|pc| pc.deadline == deadline),
             Timer::ClientDeadline(id) => self.clients.get(id).is_some_and(|ex| {
                 matches!(ex.state, ClientState::AwaitingResponse { deadline: d, .. } | ClientState::Observing { deadline: d } if d == deadline)
             }),
             Timer::Peer(remote) => self
                 .peers
-                .get(remote)
+                .get(&PeerKey(*remote))
                 .is_some_and(|p| p.armed == Some(deadline)),
         }
     }
@@ -2970,19 +2988,12 @@ impl Endpoint {
     /// A random initial retransmission timeout in `[ACK_TIMEOUT, ACK_TIMEOUT × ACK_RANDOM_FACTOR]`
     /// (§4.2).
     fn initial_timeout(&mut self) -> Duration {
-        let lo = u64::try_from(self.config.ack_timeout.as_micros()).unwrap_or(u64::MAX);
-        let hi = u64::try_from(self.config.max_initial_timeout().as_micros()).unwrap_or(u64::MAX);
-        let span = hi.saturating_sub(lo);
-        Duration::from_micros(lo + self.random_below(span.saturating_add(1)))
+        initial_timeout(&self.config, &mut *self.rng)
     }
 
     /// A uniform random number in `0..n` (0 when `n` is 0).
     fn random_below(&mut self, n: u64) -> u64 {
-        if n == 0 {
-            return 0;
-        }
-        // Multiply-shift: bias below 2^-64 × n, negligible for timer jitter.
-        ((u128::from(self.rng.next_u64()) * u128::from(n)) >> 64) as u64
+        random_below(&mut *self.rng, n)
     }
 
     /// Allocates a Message ID towards `remote` for a message sent right now, creating the
@@ -2993,10 +3004,10 @@ impl Endpoint {
         remote: SocketAddr,
         mtype: MessageType,
     ) -> Option<u16> {
-        if !self.peers.contains_key(&remote) && self.peers.len() >= self.config.max_peers {
+        if self.peers.len() >= self.config.max_peers && !self.peers.contains_key(&PeerKey(remote)) {
             return None;
         }
-        let lifetime = lifetime(&self.config, mtype);
+        let lifetime = self.lifetimes.of(mtype);
         let peer = self.peer_entry(remote);
         let mid = peer.allocate(now, lifetime)?;
         self.arm_peer_timer(remote);
@@ -3007,7 +3018,7 @@ impl Endpoint {
     fn peer_entry(&mut self, remote: SocketAddr) -> &mut Peer {
         let rng = &mut self.rng;
         self.peers
-            .entry(remote)
+            .entry(PeerKey(remote))
             .or_insert_with(|| Peer::new(rng.next_u32() as u16))
     }
 
@@ -3015,7 +3026,7 @@ impl Endpoint {
     /// none armed: expired IDs are freed, waiting messages sent and an idle peer forgotten
     /// then.
     fn arm_peer_timer(&mut self, remote: SocketAddr) {
-        let Some(peer) = self.peers.get_mut(&remote) else {
+        let Some(peer) = self.peers.get_mut(&PeerKey(remote)) else {
             return;
         };
         if peer.armed.is_some() {
@@ -3027,16 +3038,10 @@ impl Endpoint {
         }
     }
 
-    fn maybe_forget_peer(&mut self, remote: SocketAddr) {
-        if self.peers.get(&remote).is_some_and(Peer::is_idle) {
-            self.peers.remove(&remote);
-        }
-    }
-
     fn insert_dedup(
         &mut self,
         now: Instant,
-        key: (SocketAddr, u16),
+        key: MessageKey,
         lifetime: Duration,
         state: DedupState,
     ) {
@@ -3106,16 +3111,38 @@ impl Endpoint {
     }
 
     fn encode(&mut self, message: &Message) -> Arc<[u8]> {
-        let len = message.encoded_len();
-        self.scratch.clear();
-        self.scratch.resize(len, 0);
-        match message.encode(&mut self.scratch) {
-            Ok(n) => Arc::from(&self.scratch[..n]),
-            // The length was computed from the same message, and sizes were checked against
-            // the configured maximum before we got here: this cannot fail.
-            Err(_) => Arc::from(&[][..]),
-        }
+        encode_with(&mut self.scratch, message)
     }
+}
+
+/// Encodes `message` through the reusable `scratch` buffer into a shared datagram.
+fn encode_with(scratch: &mut Vec<u8>, message: &Message) -> Arc<[u8]> {
+    scratch.clear();
+    match message.encode_to_vec(scratch) {
+        Ok(_) => Arc::from(&scratch[..]),
+        // Tokens and option values were checked against their limits before a message got
+        // here (the token length by the configuration, option values by the size checks):
+        // this cannot fail.
+        Err(_) => Arc::from(&[][..]),
+    }
+}
+
+/// The initial retransmission timeout of a CON message: uniformly random in
+/// [ACK_TIMEOUT, ACK_TIMEOUT × ACK_RANDOM_FACTOR] (RFC 7252 §4.2).
+fn initial_timeout(config: &Config, rng: &mut dyn RngCore) -> Duration {
+    let lo = u64::try_from(config.ack_timeout.as_micros()).unwrap_or(u64::MAX);
+    let hi = u64::try_from(config.max_initial_timeout().as_micros()).unwrap_or(u64::MAX);
+    let span = hi.saturating_sub(lo);
+    Duration::from_micros(lo + random_below(rng, span.saturating_add(1)))
+}
+
+/// A uniform random number in `0..n` (0 when `n` is 0).
+fn random_below(rng: &mut dyn RngCore, n: u64) -> u64 {
+    if n == 0 {
+        return 0;
+    }
+    // Multiply-shift: bias below 2^-64 × n, negligible for timer jitter.
+    ((u128::from(rng.next_u64()) * u128::from(n)) >> 64) as u64
 }
 
 /// What a response means for a client exchange that may be block-wise.
@@ -3198,12 +3225,28 @@ fn stamp(
     Some(Arc::from(&scratch[..]))
 }
 
-/// How long a Message ID stays in use, and a deduplication entry lives (§4.4, §4.5).
-fn lifetime(config: &Config, mtype: MessageType) -> Duration {
-    if mtype == MessageType::Con {
-        config.exchange_lifetime()
-    } else {
-        config.non_lifetime()
+/// How long a Message ID stays in use, and a deduplication entry lives (§4.4, §4.5):
+/// EXCHANGE_LIFETIME and NON_LIFETIME, derived from the configuration once.
+#[derive(Clone, Copy, Debug)]
+struct Lifetimes {
+    exchange: Duration,
+    non: Duration,
+}
+
+impl Lifetimes {
+    fn new(config: &Config) -> Lifetimes {
+        Lifetimes {
+            exchange: config.exchange_lifetime(),
+            non: config.non_lifetime(),
+        }
+    }
+
+    fn of(self, mtype: MessageType) -> Duration {
+        if mtype == MessageType::Con {
+            self.exchange
+        } else {
+            self.non
+        }
     }
 }
 

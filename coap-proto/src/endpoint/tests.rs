@@ -1013,6 +1013,12 @@ fn a_ping_answered_by_an_ack_with_a_code_is_still_a_pong() {
     assert_eq!(events(&mut client), vec![Event::Pong { id }]);
 }
 
+/// Events are queued and handed out by value on every exchange; see `messages_stay_small`.
+#[test]
+fn events_stay_small() {
+    assert!(size_of::<Event>() <= 256);
+}
+
 #[test]
 fn stats_add_up_and_saturate() {
     let mut a = Stats {

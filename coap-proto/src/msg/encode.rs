@@ -1,5 +1,7 @@
 //! Encoding messages into caller buffers (RFC 7252 §3, RFC 8974 §2.1).
 
+use alloc::vec::Vec;
+
 use super::error::EncodeError;
 use super::message::Message;
 use super::options::Options;
@@ -22,6 +24,16 @@ const fn nibble(v: usize) -> (u8, usize) {
 }
 
 /// Writes into a slice front to back; running out of room is an error, never a panic.
+/// Appends the extended delta or length bytes of `v`, if it needs any (RFC 7252 §3.1).
+#[inline(always)]
+fn push_extension(out: &mut Vec<u8>, v: usize) {
+    match nibble(v).1 {
+        0 => {}
+        1 => out.push((v - 13) as u8),
+        _ => out.extend_from_slice(&((v - 269) as u16).to_be_bytes()),
+    }
+}
+
 struct Writer<'b> {
     rest: &'b mut [u8],
 }
@@ -142,6 +154,64 @@ impl Message {
             w.put(&self.payload, needed)?;
         }
         Ok(needed)
+    }
+
+    /// Appends the encoded message to `out` in one pass and returns its length. On error
+    /// `out` is unchanged.
+    ///
+    /// This is the cheapest way to encode into a reusable buffer: unlike [`Message::encode`],
+    /// it needs no length computed first.
+    pub fn encode_to_vec(&self, out: &mut Vec<u8>) -> Result<usize, EncodeError> {
+        let start = out.len();
+        match self.append_to(out) {
+            Ok(()) => Ok(out.len() - start),
+            Err(e) => {
+                out.truncate(start);
+                Err(e)
+            }
+        }
+    }
+
+    fn append_to(&self, out: &mut Vec<u8>) -> Result<(), EncodeError> {
+        let token = self.token.as_bytes();
+        if token.len() > Token::MAX_LEN {
+            return Err(EncodeError::TokenTooLong { len: token.len() });
+        }
+        if self.code.is_empty()
+            && (!token.is_empty() || !self.options.is_empty() || !self.payload.is_empty())
+        {
+            return Err(EncodeError::EmptyMessageHasContent);
+        }
+        let (tkl, _) = nibble(token.len());
+        let [id_hi, id_lo] = self.message_id.to_be_bytes();
+        out.extend_from_slice(&[
+            0x40 | (self.mtype.to_bits() << 4) | tkl,
+            self.code.to_u8(),
+            id_hi,
+            id_lo,
+        ]);
+        push_extension(out, token.len());
+        out.extend_from_slice(token);
+        let mut previous = 0u16;
+        for (number, value) in self.options.iter() {
+            if value.len() > MAX_EXTENDED {
+                return Err(EncodeError::OptionValueTooLong {
+                    number,
+                    len: value.len(),
+                });
+            }
+            let delta = usize::from(number.0 - previous);
+            previous = number.0;
+            out.push((nibble(delta).0 << 4) | nibble(value.len()).0);
+            push_extension(out, delta);
+            push_extension(out, value.len());
+            out.extend_from_slice(value);
+        }
+        if !self.payload.is_empty() {
+            out.push(0xff);
+            out.extend_from_slice(&self.payload);
+        }
+        Ok(())
     }
 
     /// Appends the encoded message to `buf`, growing it as needed. On error `buf` is unchanged.

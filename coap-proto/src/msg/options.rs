@@ -16,10 +16,37 @@ use super::option::{OptionFormat, OptionNumber};
 pub type OptionValue = SmallVec<[u8; 8]>;
 
 /// One option in [`Options`]: its number and the length of its value in the shared buffer.
+///
+/// The length is a `u32` so that an entry takes 8 bytes and the inline entries of an
+/// `Options` stay small (every `Message` and every event carrying one moves them). No CoAP
+/// option value can exceed 65 804 bytes (RFC 7252 §3.1), so nothing encodable is lost.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 struct Entry {
     number: OptionNumber,
-    len: usize,
+    len: u32,
+}
+
+impl Entry {
+    fn new(number: OptionNumber, value: &[u8]) -> Entry {
+        Entry {
+            number,
+            len: stored_len(value),
+        }
+    }
+
+    fn len(self) -> usize {
+        self.len as usize
+    }
+}
+
+/// The length an entry records for `value`; see [`Options::push`] for values too long to keep.
+fn stored_len(value: &[u8]) -> u32 {
+    u32::try_from(value.len()).unwrap_or(u32::MAX)
+}
+
+/// `value` cut to what an entry can record (only a value over 4 GiB is cut).
+fn storable(value: &[u8]) -> &[u8] {
+    value.get(..stored_len(value) as usize).unwrap_or(value)
 }
 
 /// The options of a message, kept sorted by number; repeated options keep their insertion order.
@@ -30,10 +57,20 @@ struct Entry {
 ///
 /// String accessors return `None` (or, for the path and query iterators, an empty string) for
 /// values that are not UTF-8; [`Options::validate`] reports such values as errors.
-#[derive(Clone, Default, PartialEq, Eq, Hash)]
+#[derive(Default, PartialEq, Eq, Hash)]
 pub struct Options {
     entries: SmallVec<[Entry; 8]>,
     data: SmallVec<[u8; 64]>,
+}
+
+impl Clone for Options {
+    fn clone(&self) -> Options {
+        // Slice copies; the derived clone would push element by element.
+        Options {
+            entries: SmallVec::from_slice(&self.entries),
+            data: SmallVec::from_slice(&self.data),
+        }
+    }
 }
 
 /// An option that breaks its registry definition (RFC 7252 §5.4.3, §5.4.5).
@@ -156,7 +193,7 @@ impl Options {
         let mut rest: &[u8] = &self.data;
         self.entries.iter().map(move |e| {
             // The buffer holds exactly the sum of the entry lengths.
-            let (value, tail) = rest.split_at_checked(e.len).unwrap_or((rest, &[]));
+            let (value, tail) = rest.split_at_checked(e.len()).unwrap_or((rest, &[]));
             rest = tail;
             (e.number, value)
         })
@@ -171,7 +208,7 @@ impl Options {
                 lo = i;
                 break;
             }
-            offset += e.len;
+            offset += e.len();
         }
         let start = offset;
         let mut hi = lo;
@@ -179,7 +216,7 @@ impl Options {
             if e.number != n {
                 break;
             }
-            offset += e.len;
+            offset += e.len();
             hi += 1;
         }
         (lo, hi, start, offset)
@@ -190,12 +227,12 @@ impl Options {
         let mut offset = 0;
         for e in &self.entries {
             if e.number == n {
-                return self.data.get(offset..offset + e.len);
+                return self.data.get(offset..offset + e.len());
             }
             if e.number > n {
                 return None;
             }
-            offset += e.len;
+            offset += e.len();
         }
         None
     }
@@ -214,15 +251,22 @@ impl Options {
     }
 
     /// Adds a value of `n` after any existing values of `n` (a repetition if there are some).
+    ///
+    /// A value longer than 4 GiB is cut to that length; no option that long can be encoded
+    /// (RFC 7252 §3.1 allows at most 65 804 bytes), so encoding such a message fails either way.
     pub fn push(&mut self, n: OptionNumber, value: &[u8]) {
-        let entry = Entry {
-            number: n,
-            len: value.len(),
-        };
+        let value = storable(value);
+        let entry = Entry::new(n, value);
         // Fast path: options usually arrive in order.
         if self.entries.last().is_none_or(|e| e.number <= n) {
             self.entries.push(entry);
-            self.data.extend_from_slice(value);
+            if value.len() <= 16 {
+                // Byte by byte is cheaper than a general copy for the few bytes of a
+                // typical option value.
+                self.data.extend(value.iter().copied());
+            } else {
+                self.data.extend_from_slice(value);
+            }
             return;
         }
         let (_, hi, _, end) = self.find(n);
@@ -232,6 +276,7 @@ impl Options {
 
     /// Replaces all values of `n` with `value`.
     pub fn set(&mut self, n: OptionNumber, value: &[u8]) {
+        let value = storable(value);
         let (lo, hi, start, end) = self.find(n);
         if hi == lo + 1 && end - start == value.len() {
             if let Some(slot) = self.data.get_mut(start..end) {
@@ -240,13 +285,7 @@ impl Options {
             }
         }
         self.remove_range(lo, hi, start, end);
-        self.entries.insert(
-            lo,
-            Entry {
-                number: n,
-                len: value.len(),
-            },
-        );
+        self.entries.insert(lo, Entry::new(n, value));
         self.data.insert_from_slice(start, value);
     }
 

@@ -12,6 +12,10 @@ fn encode_vec(m: &Message) -> Vec<u8> {
     let mut buf = vec![0u8; m.encoded_len()];
     let n = m.encode(&mut buf).expect("encodable");
     assert_eq!(n, buf.len());
+    // The one-pass encoder appends the same bytes.
+    let mut appended = b"head".to_vec();
+    assert_eq!(m.encode_to_vec(&mut appended), Ok(n));
+    assert_eq!(appended.get(4..), Some(&buf[..]));
     buf
 }
 
@@ -317,6 +321,28 @@ fn empty_message_with_content_is_not_encoded() {
         m.encode(&mut [0u8; 32]),
         Err(EncodeError::EmptyMessageHasContent)
     );
+    let mut out = b"kept".to_vec();
+    assert_eq!(
+        m.encode_to_vec(&mut out),
+        Err(EncodeError::EmptyMessageHasContent)
+    );
+    assert_eq!(out, b"kept");
+}
+
+#[test]
+fn encode_to_vec_leaves_the_buffer_unchanged_on_error() {
+    let mut m = Message::new(MessageType::Con, Code::PUT, 1);
+    m.options.push(OptionNumber::URI_PATH, b"a");
+    m.options.push(OptionNumber(2048), &[0u8; 65_805]);
+    let mut out = b"kept".to_vec();
+    assert_eq!(
+        m.encode_to_vec(&mut out),
+        Err(EncodeError::OptionValueTooLong {
+            number: OptionNumber(2048),
+            len: 65_805
+        })
+    );
+    assert_eq!(out, b"kept");
 }
 
 #[test]
@@ -515,4 +541,13 @@ fn check_arbitrary(bytes: &[u8]) -> Result<(), TestCaseError> {
         prop_assert_eq!(Message::parse(&again), Ok(m));
     }
     Ok(())
+}
+
+/// Messages are moved through every layer of the engine (and inside every event): growing
+/// them makes every exchange slower, so a change that does must say so here.
+#[test]
+fn messages_stay_small() {
+    assert!(size_of::<Options>() <= 144);
+    assert!(size_of::<Message>() <= 208);
+    assert!(size_of::<Token>() <= 24);
 }

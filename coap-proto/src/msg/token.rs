@@ -10,8 +10,15 @@ use smallvec::SmallVec;
 ///
 /// `Token::new` accepts any length; [`Message::encode`](super::Message::encode) rejects tokens
 /// longer than [`Token::MAX_LEN`]. `Debug` and `Display` print the bytes as lower-case hex.
-#[derive(Clone, PartialEq, Eq, Hash, Default, PartialOrd, Ord)]
+#[derive(PartialEq, Eq, Hash, Default, PartialOrd, Ord)]
 pub struct Token(SmallVec<[u8; 8]>);
+
+impl Clone for Token {
+    fn clone(&self) -> Token {
+        // A slice copy; the derived clone would push the bytes one at a time.
+        Token(SmallVec::from_slice(&self.0))
+    }
+}
 
 impl Token {
     /// The longest token the header can describe: 65535 + 269 bytes (RFC 8974 §2.1).

@@ -1,25 +1,28 @@
-//! The error type of this crate.
+//! [`Error`]: why a call of a runtime crate produced no response, or could not be made.
 
-use std::fmt;
+use alloc::string::String;
+use core::fmt;
 use std::io;
 
-use coap_proto::endpoint::{ConfigError, Failure, RequestError, RespondError};
-use coap_proto::msg::{Code, OptionNumber};
-use coap_proto::uri::{Scheme, UriError};
+use crate::endpoint::{ConfigError, Failure, RequestError, RespondError};
+use crate::msg::{Code, OptionNumber};
+use crate::uri::{Scheme, UriError};
 
 /// What went wrong with a request, a response or a socket.
 ///
 /// A response with an error code (4.04, 5.00, ...) is not an `Error`: it arrives as an
-/// [`IncomingResponse`](crate::IncomingResponse) whose [`code`](crate::IncomingResponse::code)
-/// says so. `Error` is for exchanges that produced no response at all, and for misuse.
+/// [`IncomingResponse`](super::IncomingResponse) whose [`code`](super::IncomingResponse::code)
+/// says so. `Error` is for exchanges that produced no response at all, and for misuse. Every
+/// runtime crate (`coap-tokio`, `coap-async-std`, `coap-blocking`) uses this one type, so code
+/// matching on it moves between them unchanged.
 #[derive(Debug)]
 #[non_exhaustive]
 pub enum Error {
-    /// The socket failed (bind, send, receive, or a socket option).
+    /// The socket failed (bind, send, receive, poll, or a socket option).
     Io(io::Error),
     /// The URI could not be parsed (RFC 7252 §6).
     InvalidUri(UriError),
-    /// The URI's scheme is not served by this crate (`coaps` needs DTLS, which it lacks).
+    /// The URI's scheme is not served (`coaps` needs DTLS, which is not here).
     UnsupportedScheme(Scheme),
     /// Resolving the URI's host name failed.
     Resolve {
@@ -39,8 +42,8 @@ pub enum Error {
     Timeout,
     /// The peer rejected the request with a Reset message (RFC 7252 §4.2, §4.3).
     Reset,
-    /// The exchange was cancelled (through [`Client::cancel`](crate::Client::cancel) or
-    /// because the peer was aborted).
+    /// The exchange was cancelled (by the client's `cancel`, by dropping the handle that
+    /// waited for it, or because its peer was aborted).
     Cancelled,
     /// The network reported the peer unreachable (an ICMP error such as port unreachable).
     Unreachable,
@@ -57,11 +60,11 @@ pub enum Error {
     /// The representation changed while it was downloaded block by block (its ETag differed
     /// between blocks, RFC 7959 §2.4), more often than the engine retries.
     ResourceChanged,
-    /// The response body is larger than [`Config::max_body_size`](coap_proto::Config::max_body_size).
+    /// The response body is larger than [`Config::max_body_size`](crate::Config::max_body_size).
     BodyTooLarge,
     /// The exchange failed in a way the engine reports by a reason of its own: a block-wise
-    /// transfer the server broke (an unexpected or missing Block1/Block2 option), or a reason
-    /// newer than this crate.
+    /// transfer the server broke (an unexpected or missing Block1/Block2 option), an
+    /// observation the server ended with an error, or a reason newer than this type.
     Exchange(Failure),
     /// Too much is under way (client exchanges, requests queued for one peer, or peers with
     /// state); retry when some requests have ended.
@@ -91,7 +94,7 @@ impl fmt::Display for Error {
             Error::NoUsableAddress { host } => {
                 write!(f, "{host:?} has no address the local socket can reach")
             }
-            Error::Timeout => f.write_str("timed out waiting for a response"),
+            Error::Timeout => f.write_str("no answer before the timeout"),
             Error::Reset => f.write_str("the peer answered with a Reset"),
             Error::Cancelled => f.write_str("the request was cancelled"),
             Error::Unreachable => f.write_str("the peer is unreachable"),
@@ -117,12 +120,11 @@ impl fmt::Display for Error {
     }
 }
 
-impl std::error::Error for Error {
-    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+impl core::error::Error for Error {
+    fn source(&self) -> Option<&(dyn core::error::Error + 'static)> {
         match self {
-            Error::Io(e) => Some(e),
+            Error::Io(e) | Error::Resolve { source: e, .. } => Some(e),
             Error::InvalidUri(e) => Some(e),
-            Error::Resolve { source, .. } => Some(source),
             Error::Busy(e) => Some(e),
             Error::Exchange(e) => Some(e),
             Error::Config(e) => Some(e),
@@ -150,14 +152,14 @@ impl From<ConfigError> for Error {
 }
 
 impl From<Failure> for Error {
-    fn from(f: Failure) -> Error {
-        match f {
+    fn from(reason: Failure) -> Error {
+        match reason {
             Failure::Timeout => Error::Timeout,
             Failure::Reset => Error::Reset,
             Failure::Cancelled => Error::Cancelled,
+            Failure::Unreachable => Error::Unreachable,
             Failure::MessageTooBig { size, max } => Error::MessageTooBig { size, max },
             Failure::UnrecognizedCriticalOption(n) => Error::UnrecognizedOption(n),
-            Failure::Unreachable => Error::Unreachable,
             Failure::ResourceChanged => Error::ResourceChanged,
             Failure::BodyTooLarge => Error::BodyTooLarge,
             other => Error::Exchange(other),
@@ -171,7 +173,7 @@ impl From<RequestError> for Error {
             RequestError::NotARequest(c) => Error::NotARequest(c),
             RequestError::MessageTooBig { size, max } => Error::MessageTooBig { size, max },
             RequestError::ShuttingDown => Error::ShuttingDown,
-            other => Error::Busy(other),
+            busy => Error::Busy(busy),
         }
     }
 }
@@ -186,19 +188,33 @@ impl From<RespondError> for Error {
     }
 }
 
+/// Whether a socket error says that a peer cannot be reached (an ICMP error surfacing on a
+/// send or a receive): the runtime crates then read the error queue, or report the peer
+/// unreachable to the engine.
+pub fn is_unreachable(e: &io::Error) -> bool {
+    matches!(
+        e.kind(),
+        io::ErrorKind::ConnectionRefused
+            | io::ErrorKind::ConnectionReset
+            | io::ErrorKind::HostUnreachable
+            | io::ErrorKind::NetworkUnreachable
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+    use alloc::string::ToString;
 
     #[test]
     fn engine_failures_map_to_what_happened() {
         assert!(matches!(Error::from(Failure::Timeout), Error::Timeout));
         assert!(matches!(Error::from(Failure::Reset), Error::Reset));
+        assert!(matches!(Error::from(Failure::Cancelled), Error::Cancelled));
         assert!(matches!(
             Error::from(Failure::Unreachable),
             Error::Unreachable
         ));
-        assert!(matches!(Error::from(Failure::Cancelled), Error::Cancelled));
         assert!(matches!(
             Error::from(Failure::MissingBlock2),
             Error::Exchange(Failure::MissingBlock2)
@@ -211,8 +227,16 @@ mod tests {
             Error::from(RequestError::ShuttingDown),
             Error::ShuttingDown
         ));
+        assert!(matches!(
+            Error::from(RespondError::NotAResponse(Code::GET)),
+            Error::NotAResponse(Code::GET)
+        ));
+        assert_eq!(Error::Timeout.to_string(), "no answer before the timeout");
         let e = Error::from(io::Error::new(io::ErrorKind::AddrInUse, "taken"));
         assert!(e.to_string().contains("taken"));
-        assert!(std::error::Error::source(&e).is_some());
+        assert!(core::error::Error::source(&e).is_some());
+        assert!(core::error::Error::source(&Error::Timeout).is_none());
+        assert!(is_unreachable(&io::ErrorKind::ConnectionRefused.into()));
+        assert!(!is_unreachable(&io::ErrorKind::WouldBlock.into()));
     }
 }

@@ -1,17 +1,19 @@
-//! What a client gets back: [`IncomingResponse`], and [`Notification`] for observations.
+//! What a client receives: [`IncomingResponse`] and, for an observation, [`Notification`].
 
-use std::fmt;
-use std::net::SocketAddr;
-use std::ops::Deref;
-use std::sync::Arc;
+use alloc::sync::Arc;
+use core::fmt;
+use core::net::SocketAddr;
+use core::ops::Deref;
 
 use bytes::Bytes;
-use coap_proto::msg::{Code, ContentFormat, Message, MessageType, Options, Token};
-use coap_proto::uri::CoapUri;
 
-/// A response a [`Client`](crate::Client) received, whatever its code: look at
-/// [`code`](IncomingResponse::code) or [`is_success`](IncomingResponse::is_success) to tell
-/// 2.05 Content from 4.04 Not Found.
+use crate::msg::{Code, ContentFormat, Message, MessageType, Options, Token};
+use crate::uri::CoapUri;
+
+/// A response a client received.
+///
+/// Any response is one, whatever its code: check [`code`](IncomingResponse::code) (or
+/// [`is_success`](IncomingResponse::is_success)) to tell 2.05 Content from 4.04 Not Found.
 #[derive(Clone)]
 pub struct IncomingResponse {
     pub(crate) peer: SocketAddr,
@@ -20,12 +22,12 @@ pub struct IncomingResponse {
 }
 
 impl IncomingResponse {
-    /// The response code (2.05 Content, 4.04 Not Found, ...).
+    /// The response code, such as 2.05 Content.
     pub fn code(&self) -> Code {
         self.message.code
     }
 
-    /// Whether the code is of class 2 (success).
+    /// Whether the code is a success (class 2).
     pub fn is_success(&self) -> bool {
         self.message.code.is_success()
     }
@@ -35,52 +37,53 @@ impl IncomingResponse {
         &self.message.options
     }
 
-    /// The body, reassembled if it came block-wise.
+    /// The body, whole even when it travelled in blocks.
     pub fn payload(&self) -> &Bytes {
         &self.message.payload
     }
 
-    /// The body as text, if it is valid UTF-8.
+    /// The body as UTF-8 text, if it is.
     pub fn payload_str(&self) -> Option<&str> {
-        std::str::from_utf8(&self.message.payload).ok()
+        core::str::from_utf8(&self.message.payload).ok()
     }
 
-    /// The Content-Format option, if any.
+    /// The Content-Format option, if present.
     pub fn content_format(&self) -> Option<ContentFormat> {
         self.message.options.content_format()
     }
 
-    /// The ETag option, if any.
+    /// The ETag option, if present.
     pub fn etag(&self) -> Option<&[u8]> {
         self.message.options.etag()
     }
 
-    /// Who sent it (IPv4 peers of a dual-stack socket show as IPv4).
+    /// Who answered (an IPv4 peer of a dual-stack socket shows as IPv4).
     pub fn peer(&self) -> SocketAddr {
         self.peer
     }
 
-    /// The URI of the request it answers.
+    /// The URI the request was sent to.
     pub fn uri(&self) -> &CoapUri {
         &self.uri
     }
 
-    /// The message type: ACK when piggybacked, CON or NON when sent separately.
+    /// The message type the response came in: ACK for a piggybacked response, CON or NON for
+    /// a separate one.
     pub fn message_type(&self) -> MessageType {
         self.message.mtype
     }
 
-    /// The token that matched it to its request.
+    /// The token that matched the response to its request.
     pub fn token(&self) -> &Token {
         &self.message.token
     }
 
-    /// The whole message.
+    /// The whole message as received.
     pub fn message(&self) -> &Message {
         &self.message
     }
 
-    /// Takes the whole message.
+    /// Takes the message out.
     pub fn into_message(self) -> Message {
         self.message
     }
@@ -98,8 +101,8 @@ impl fmt::Debug for IncomingResponse {
     }
 }
 
-/// One item of an [`Observation`](crate::Observation) (RFC 7641); it derefs to the
-/// [`IncomingResponse`] it carries.
+/// One notification of an observation (RFC 7641). Derefs to the [`IncomingResponse`] it
+/// carries.
 #[derive(Clone, Debug)]
 pub struct Notification {
     pub(crate) response: IncomingResponse,
@@ -107,24 +110,24 @@ pub struct Notification {
 }
 
 impl Notification {
-    /// Whether it is newer than everything delivered before it (RFC 7641 §3.4). Only false
-    /// when the engine is set to pass stale notifications on
-    /// ([`Config::deliver_stale_notifications`](coap_proto::Config::deliver_stale_notifications)).
+    /// Whether it is newer than every notification delivered before (RFC 7641 §3.4). Always
+    /// true unless the engine is configured to deliver stale notifications
+    /// ([`Config::deliver_stale_notifications`](crate::Config::deliver_stale_notifications)).
     pub fn is_fresh(&self) -> bool {
         self.fresh
     }
 
-    /// The Observe sequence number; `None` in a final response that ends the observation.
+    /// The Observe sequence number, absent in a last response that ends the observation.
     pub fn sequence(&self) -> Option<u32> {
         self.response.message.options.observe()
     }
 
-    /// The response it carries.
+    /// The response.
     pub fn response(&self) -> &IncomingResponse {
         &self.response
     }
 
-    /// Takes the response.
+    /// Takes the response out.
     pub fn into_response(self) -> IncomingResponse {
         self.response
     }
