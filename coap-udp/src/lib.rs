@@ -5,11 +5,11 @@
 //! per datagram makes entering and leaving the kernel a large share of a busy server's time;
 //! this crate keeps the buffers that move many datagrams per call:
 //!
-//! - [`RecvBatch`]: up to [`MAX_BATCH`] received datagrams. On Linux [`RecvBatch::recv`] fills
+//! - [`RecvBatch`]: up to [`RECV_BATCH`] received datagrams. On Linux [`RecvBatch::recv`] fills
 //!   it with one `recvmmsg`; everywhere [`RecvBatch::recv_with`] fills it one datagram at a
 //!   time through the runtime's own `recv_from`.
-//! - [`SendBatch`]: datagrams taken from [`Endpoint::poll_transmit`] and packed into one
-//!   buffer. On Linux [`SendBatch::send`] hands them to one `sendmmsg`; everywhere
+//! - [`SendBatch`]: up to [`SEND_BATCH`] datagrams taken from [`Endpoint::poll_transmit`]
+//!   and packed into one buffer. On Linux [`SendBatch::send`] hands them to one `sendmmsg`; everywhere
 //!   [`SendBatch::send_with`] sends them one at a time through the runtime's own `send_to`.
 //!
 //! [`DatagramIo`] puts the two together with the policy every driver shares: how many
@@ -36,8 +36,12 @@ use coap_proto::host::is_unreachable;
 use coap_proto::{Endpoint, Instant};
 use tracing::{debug, trace, warn};
 
-/// The most datagrams one call moves.
-pub const MAX_BATCH: usize = 32;
+/// The most datagrams one receive call takes.
+pub const RECV_BATCH: usize = 32;
+
+/// The most datagrams one send call hands over: enough for the notifications of a change
+/// to a hundred observers to leave in two calls.
+pub const SEND_BATCH: usize = 64;
 
 /// Room for one received datagram: any UDP payload (at most 65 507 bytes) fits, so nothing
 /// arrives truncated whatever the peer sends.
@@ -52,7 +56,7 @@ const STRIDE: usize = SLOT + 256;
 /// The least room the send buffer has for datagrams packed back to back.
 const SEND_BUFFER: usize = 64 * 1024;
 
-/// Up to [`MAX_BATCH`] datagrams received by one call, each with its source address.
+/// Up to [`RECV_BATCH`] datagrams received by one call, each with its source address.
 pub struct RecvBatch {
     /// `width` slots, [`STRIDE`] bytes apart.
     buf: Vec<u8>,
@@ -78,10 +82,10 @@ impl std::fmt::Debug for RecvBatch {
 }
 
 impl RecvBatch {
-    /// A batch receiving at most `width` datagrams per call (1 to [`MAX_BATCH`]; other
+    /// A batch receiving at most `width` datagrams per call (1 to [`RECV_BATCH`]; other
     /// values are brought into that range).
     pub fn new(width: usize) -> RecvBatch {
-        let width = width.clamp(1, MAX_BATCH);
+        let width = width.clamp(1, RECV_BATCH);
         RecvBatch {
             buf: vec![0; width * STRIDE],
             width,
@@ -194,7 +198,7 @@ struct Queued {
 
 /// Datagrams taken from an engine and not sent yet, packed back to back in one buffer.
 ///
-/// [`fill`](SendBatch::fill) takes up to [`MAX_BATCH`] datagrams from
+/// [`fill`](SendBatch::fill) takes up to [`SEND_BATCH`] datagrams from
 /// [`Endpoint::poll_transmit`] when the batch is empty; [`send`](SendBatch::send) (Linux) or
 /// [`send_with`](SendBatch::send_with) hands the unsent ones to the socket, keeping those it
 /// would not take for the next call.
@@ -223,14 +227,14 @@ impl SendBatch {
     pub fn new(max_datagram: usize) -> SendBatch {
         SendBatch {
             buf: vec![0; max_datagram.max(SEND_BUFFER)],
-            queued: Vec::with_capacity(MAX_BATCH),
+            queued: Vec::with_capacity(SEND_BATCH),
             head: 0,
             #[cfg(target_os = "linux")]
-            addrs: Vec::with_capacity(MAX_BATCH),
+            addrs: Vec::with_capacity(SEND_BATCH),
         }
     }
 
-    /// Takes datagrams from `ep` until [`MAX_BATCH`] are queued, the buffer is full or the
+    /// Takes datagrams from `ep` until [`SEND_BATCH`] are queued, the buffer is full or the
     /// engine has none left, but only when every datagram taken before has been sent (or
     /// dropped): a batch the socket would not take stays as it is. Returns how many were
     /// taken.
@@ -241,7 +245,7 @@ impl SendBatch {
         self.queued.clear();
         self.head = 0;
         let mut used = 0;
-        while self.queued.len() < MAX_BATCH {
+        while self.queued.len() < SEND_BATCH {
             let Some(room) = self.buf.get_mut(used..) else {
                 break;
             };
@@ -315,18 +319,18 @@ impl SendBatch {
         self.addrs.clear();
         self.addrs
             .extend(pending.iter().map(|q| SocketAddrAny::from(q.remote)));
-        let iovs: SmallVec<[[IoSlice<'_>; 1]; MAX_BATCH]> = pending
+        let iovs: SmallVec<[[IoSlice<'_>; 1]; SEND_BATCH]> = pending
             .iter()
             .map(|q| {
                 let bytes = self.buf.get(q.start..q.start + q.len).unwrap_or_default();
                 [IoSlice::new(bytes)]
             })
             .collect();
-        let mut controls: SmallVec<[SendAncillaryBuffer<'_, '_, '_>; MAX_BATCH]> = pending
+        let mut controls: SmallVec<[SendAncillaryBuffer<'_, '_, '_>; SEND_BATCH]> = pending
             .iter()
             .map(|_| SendAncillaryBuffer::default())
             .collect();
-        let mut msgs: SmallVec<[MMsgHdr<'_>; MAX_BATCH]> = self
+        let mut msgs: SmallVec<[MMsgHdr<'_>; SEND_BATCH]> = self
             .addrs
             .iter()
             .zip(iovs.iter())
@@ -444,7 +448,7 @@ impl DatagramIo {
     /// `max_datagram` bytes ([`Config::max_message_size`](coap_proto::Config::max_message_size)).
     pub fn new(local: SocketAddr, max_datagram: usize) -> DatagramIo {
         DatagramIo {
-            rx: RecvBatch::new(MAX_BATCH),
+            rx: RecvBatch::new(RECV_BATCH),
             tx: SendBatch::new(max_datagram),
             local,
         }
@@ -588,7 +592,7 @@ impl DatagramIo {
     }
 }
 
-/// Reads up to [`MAX_BATCH`] entries of the socket's error queue (Linux, `MSG_ERRQUEUE` on a
+/// Reads up to [`RECV_BATCH`] entries of the socket's error queue (Linux, `MSG_ERRQUEUE` on a
 /// socket with `IP_RECVERR` / `IPV6_RECVERR`, see ip(7)) and returns the original destinations
 /// of the datagrams that drew an ICMP error, except "packet too big", which reports a path
 /// MTU and not an unreachable peer.
@@ -600,7 +604,7 @@ pub fn error_queue_peers(socket: &impl AsFd) -> Vec<SocketAddr> {
 
     let fd = socket.as_fd().as_raw_fd();
     let mut peers = Vec::new();
-    for _ in 0..MAX_BATCH {
+    for _ in 0..RECV_BATCH {
         let mut data = [0u8; 64];
         let mut iov = [IoSliceMut::new(&mut data)];
         let mut space = nix::cmsg_space!(nix::libc::sock_extended_err, nix::libc::sockaddr_in6);
@@ -638,7 +642,7 @@ thread_local! {
 
 #[cfg(target_os = "linux")]
 fn new_headers() -> Headers {
-    nix::sys::socket::MultiHeaders::preallocate(MAX_BATCH, None)
+    nix::sys::socket::MultiHeaders::preallocate(RECV_BATCH, None)
 }
 
 /// One `recvmmsg` of up to `width` datagrams into the slots of `buf`.
@@ -655,7 +659,7 @@ fn recv_into(
     use std::os::fd::AsRawFd;
 
     let mut slots = buf.chunks_exact_mut(STRIDE);
-    let mut iovs: [[IoSliceMut<'_>; 1]; MAX_BATCH] = core::array::from_fn(|_| {
+    let mut iovs: [[IoSliceMut<'_>; 1]; RECV_BATCH] = core::array::from_fn(|_| {
         let slot = slots
             .next()
             .and_then(|s| s.get_mut(..SLOT))
@@ -746,13 +750,13 @@ mod tests {
         let to = rx.local_addr().unwrap();
         let mut ep = endpoint_with(70, to, 0);
         let mut out = SendBatch::new(1152);
-        // The engine queued 70: the first batch takes MAX_BATCH of them.
-        assert_eq!(out.fill(&mut ep, Instant::from_micros(0)), MAX_BATCH);
-        assert_eq!(out.len(), MAX_BATCH);
+        // The engine queued 70: the first batch takes SEND_BATCH of them.
+        assert_eq!(out.fill(&mut ep, Instant::from_micros(0)), SEND_BATCH);
+        assert_eq!(out.len(), SEND_BATCH);
         assert!(out.iter().all(|(remote, _)| remote == to));
         // Not refilled while datagrams wait.
         assert_eq!(out.fill(&mut ep, Instant::from_micros(0)), 0);
-        assert_eq!(send(&mut out, &tx, portable).unwrap(), MAX_BATCH);
+        assert_eq!(send(&mut out, &tx, portable).unwrap(), SEND_BATCH);
         assert!(out.is_empty());
         while out.fill(&mut ep, Instant::from_micros(0)) > 0 {
             send(&mut out, &tx, portable).unwrap();
@@ -760,12 +764,12 @@ mod tests {
         assert!(out.is_empty());
 
         rx.set_nonblocking(true).unwrap();
-        let mut batch = RecvBatch::new(MAX_BATCH);
+        let mut batch = RecvBatch::new(RECV_BATCH);
         let mut got = Vec::new();
         for _ in 0..1000 {
             match recv(&mut batch, &rx, portable) {
                 Ok(n) => {
-                    assert!((1..=MAX_BATCH).contains(&n));
+                    assert!((1..=RECV_BATCH).contains(&n));
                     assert_eq!(batch.len(), n);
                     for (from, d) in batch.iter() {
                         assert_eq!(from, tx.local_addr().unwrap());
@@ -799,22 +803,38 @@ mod tests {
     }
 
     #[test]
-    fn full_size_datagrams_leave_whole() {
+    fn a_full_buffer_ends_the_batch() {
         let (tx, rx) = pair();
         let to = rx.local_addr().unwrap();
-        // Bodies just under the block size: each request is one datagram of about 1 KiB.
-        let mut ep = endpoint_with(40, to, 1000);
+        // Bodies just under the block size: each request is one datagram of about 1 KiB,
+        // and 64 KiB of buffer hold fewer than SEND_BATCH of them.
+        let mut ep = endpoint_with(70, to, 1020);
         let mut out = SendBatch::new(1152);
-        assert_eq!(out.fill(&mut ep, Instant::from_micros(0)), MAX_BATCH);
-        assert!(out.iter().all(|(_, d)| d.len() > 1000));
-        assert_eq!(send(&mut out, &tx, false).unwrap(), MAX_BATCH);
-        assert_eq!(out.fill(&mut ep, Instant::from_micros(0)), 8);
-        assert_eq!(send(&mut out, &tx, false).unwrap(), 8);
+        let first = out.fill(&mut ep, Instant::from_micros(0));
+        assert!(first < SEND_BATCH, "{first}");
+        let bytes: usize = out.iter().map(|(_, d)| d.len()).sum();
+        assert!(
+            bytes <= SEND_BUFFER && bytes + 1030 > SEND_BUFFER,
+            "{bytes}"
+        );
         let mut buf = vec![0; 2048];
-        for i in 0..40 {
-            let (n, _) = rx.recv_from(&mut buf).unwrap();
-            assert_eq!(payload_of(&buf[..n]), format!("{}{i}", ".".repeat(1000)));
-        }
+        let mut got = Vec::new();
+        let mut read = |count: usize, got: &mut Vec<String>| {
+            for _ in 0..count {
+                let (n, _) = rx.recv_from(&mut buf).unwrap();
+                got.push(payload_of(&buf[..n]));
+            }
+        };
+        assert_eq!(send(&mut out, &tx, false).unwrap(), first);
+        read(first, &mut got);
+        // The rest waited in the engine.
+        assert_eq!(out.fill(&mut ep, Instant::from_micros(0)), 70 - first);
+        assert_eq!(send(&mut out, &tx, false).unwrap(), 70 - first);
+        read(70 - first, &mut got);
+        let want: Vec<String> = (0..70)
+            .map(|i| format!("{}{i}", ".".repeat(1020)))
+            .collect();
+        assert_eq!(got, want);
     }
 
     #[test]
@@ -989,7 +1009,7 @@ mod tests {
         let mut total = 0;
         for _ in 0..1000 {
             let received = io.receive(&StdSocket(&rx), &mut ep, now, 40);
-            assert!(received.datagrams <= 40 + MAX_BATCH);
+            assert!(received.datagrams <= 40 + RECV_BATCH);
             total += received.datagrams;
             match received.end {
                 RecvEnd::Limit => assert!(received.datagrams >= 40),
