@@ -16,12 +16,16 @@
 #             smol's block_on), skipped when it does not build
 #   ours-blocking   coap-blocking's example bench_server_blocking (the same resources, handlers
 #             on the crate's default worker pool), skipped when it does not build
+#   ours-2e   the same server with --engines 2: two sockets on the port, two engines on two
+#             runtime threads, pinned to SERVER_CORE and CLIENT_CORE. On a two-core machine it
+#             shares a core with the load tool, so its row shows that the design scales, not
+#             a clean number: compare it with `ours` only on a machine with cores to spare.
 # The load tool (coap-bench) runs pinned to CLIENT_CORE.
 #
 # Knobs (environment):
 #   QUICK=1                 RUNS=1 DURATION=2 WARMUP=0.5 unless those are set
 #   RUNS=3 DURATION=5 WARMUP=1
-#   SERVERS="ceiling libcoap coap-rs aiocoap ours ours-async-std ours-blocking"
+#   SERVERS="ceiling libcoap coap-rs aiocoap ours ours-2e ours-async-std ours-blocking"
 #   CONFIGS="con-1 con-16 non-16 con-256 non-256"   a config is TYPE-N, N requests in flight
 #                           (up to 16 sockets with one each, beyond that 16 sockets with N/16
 #                           each), or TYPE-CxK: C sockets with K requests in flight each
@@ -67,7 +71,7 @@ fi
 RUNS=${RUNS:-3}
 DURATION=${DURATION:-5}
 WARMUP=${WARMUP:-1}
-SERVERS=${SERVERS:-"ceiling libcoap coap-rs aiocoap ours ours-async-std ours-blocking"}
+SERVERS=${SERVERS:-"ceiling libcoap coap-rs aiocoap ours ours-2e ours-async-std ours-blocking"}
 CONFIGS=${CONFIGS:-"con-1 con-16 non-16 con-256 non-256"}
 OBSERVERS=${OBSERVERS-100}
 SERVER_CORE=${SERVER_CORE:-0}
@@ -167,7 +171,7 @@ if want coap-rs; then
 fi
 
 OURS=""
-if want ours; then
+if want ours || want ours-2e; then
     if cargo metadata --no-deps --format-version 1 2>/dev/null | grep -q '"name":"coap-tokio"' &&
         cargo build --release -q -p coap-tokio --example bench_server 2>/dev/null; then
         OURS=${OURS_CMD:-"target/release/examples/bench_server {addr}"}
@@ -230,9 +234,12 @@ start_server() {
         coap-rs) cmd=("$COAPRS" "$addr") ;;
         aiocoap) cmd=("$AIOPY" benches/aiocoap_server.py 127.0.0.1 "$SERVER_PORT") ;;
         ours) read -r -a cmd <<<"${OURS//\{addr\}/$addr}" ;;
+        ours-2e) read -r -a cmd <<<"${OURS//\{addr\}/$addr} --engines 2" ;;
         ours-async-std | ours-blocking) cmd=("${OURS_OTHER[$name]}" "$addr") ;;
     esac
-    taskset -c "$SERVER_CORE" "${cmd[@]}" >"$WORK/$name.log" 2>&1 &
+    local cores=$SERVER_CORE
+    if [[ $name == ours-2e ]]; then cores="$SERVER_CORE,$CLIENT_CORE"; fi
+    taskset -c "$cores" "${cmd[@]}" >"$WORK/$name.log" 2>&1 &
     SERVER_PID=$!
     PIDS+=("$SERVER_PID")
     if [[ $name == libcoap ]]; then
@@ -241,14 +248,14 @@ start_server() {
         put_once /obs
     fi
     SERVER_PATH=/bench
-    if [[ $name == ours ]]; then SERVER_PATH=${OURS_PATH:-/bench}; fi
+    if [[ $name == ours* ]]; then SERVER_PATH=${OURS_PATH:-/bench}; fi
     if ! wait_ready "$SERVER_PATH"; then
         log "$name did not answer GET $SERVER_PATH; its log:"
         tail -n 20 "$WORK/$name.log" >&2 || true
         stop_pid "$SERVER_PID"
         return 1
     fi
-    if [[ $name == ours ]] && ! probe "$SERVER_PATH" | grep -q '"non_2xx":0,'; then
+    if [[ $name == ours* ]] && ! probe "$SERVER_PATH" | grep -q '"non_2xx":0,'; then
         log "ours answers GET $SERVER_PATH with an error; using /hello instead"
         SERVER_PATH=/hello
     fi
@@ -350,8 +357,8 @@ import json, sys
 path, server, config, run, srv, busy, cli, hz, w0, w1 = sys.argv[1:]
 d = json.load(open(path))
 d.update(server=server, config=config, run=int(run))
-if server == "ours" and not d["target"].endswith("/bench"):
-    d["server"] = server = "ours (" + d["target"].rsplit("/", 1)[-1] + ")"
+if server.startswith("ours") and not d["target"].endswith("/bench"):
+    d["server"] = server = server + " (" + d["target"].rsplit("/", 1)[-1] + ")"
 wall = float(w1) - float(w0)
 hz = int(hz)
 # Shares of one core over the whole run (warm-up included).
@@ -483,7 +490,7 @@ for server in $SERVERS; do
         libcoap) [[ -n "$LIBCOAP" ]] || continue ;;
         coap-rs) [[ -n "$COAPRS" ]] || continue ;;
         aiocoap) [[ -n "$AIOPY" ]] || continue ;;
-        ours) [[ -n "$OURS" ]] || continue ;;
+        ours | ours-2e) [[ -n "$OURS" ]] || continue ;;
         ours-async-std | ours-blocking) [[ -n "${OURS_OTHER[$server]:-}" ]] || continue ;;
         *) log "unknown server $server"; continue ;;
     esac
@@ -564,6 +571,8 @@ print(f"- {E['RUNS']} run(s) x {E['DURATION']} s per cell after {E['WARMUP']} s 
 print(f"- Load average (1/5/15 min) at start: {E['LOADAVG_START']}; at end: {E['LOADAVG_END']}. The machine is shared: other work running at the same time lowers every number.")
 print(f"- Versions: libcoap {E.get('LIBCOAP_VERSION') or '?'}, coap-rs {E.get('COAPRS_VERSION') or '?'}, aiocoap {E.get('AIOCOAP_VERSION') or '?'}.")
 print("- Configs: TYPE-N is N requests in flight: up to 16 client sockets with one request each, beyond that 16 sockets with N/16 each (TYPE-CxK: C sockets with K each). Small GET of /bench (payload of 0 to 5 bytes). Requests are never retransmitted; an answer later than 1 s counts as a timeout. With 1 in flight coap-bench busy-polls (`--spin`), elsewhere it sleeps in epoll_wait.")
+if any(r["server"].startswith("ours-2e") for r in rows):
+    print(f"- ours-2e: our server with two engines (`--engines 2`) on cores {E['SERVER_CORE']} and {E['CLIENT_CORE']}, so it shares a core with coap-bench: its row shows that the design scales, not a clean number on a machine with {E['NCPU']} cores. Its srv CPU can exceed 100 %.")
 print(f"- srv CPU / cli CPU: share of one core used by the server / by coap-bench (median). A row whose srv CPU is well below 100 % while cli CPU is near 100 % is limited by the load tool, not by the server (except with 1 in flight, where coap-bench busy-polls). others: the most CPU (share of one core) that other processes on the machine used during any run of that cell; above a few % the cell is disturbed (such runs were repeated up to {E['RETRIES']} times, keeping the least disturbed, within a budget of {E['DISTURB_BUDGET']} s of waiting).")
 print()
 print("| server | config | req/s | p50 µs | p99 µs | × libcoap | × ceiling | timeouts | errors | srv CPU | cli CPU | others |")

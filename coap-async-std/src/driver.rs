@@ -35,14 +35,14 @@ use std::time::Duration;
 use async_channel::{Receiver, Sender, TryRecvError};
 use async_executor::Executor;
 use async_io::{Async, Timer};
-use coap_proto::host::{self, is_unreachable, Delivery, Dispatch, Host, Incoming, Kind};
+use coap_proto::host::{self, Delivery, Dispatch, Host, Incoming, Kind};
 use coap_proto::msg::Code;
 use coap_proto::{Endpoint, Response};
+use coap_udp::{DatagramIo, RecvEnd, StdSocket};
 use futures_lite::{future, FutureExt, StreamExt};
-use tracing::{debug, trace, warn, Instrument, Span};
+use tracing::{debug, warn, Instrument, Span};
 
 use crate::incoming::IncomingRequest;
-use crate::socket::{to_user, to_wire};
 use crate::Router;
 use crate::{Error, IncomingResponse, Notification};
 
@@ -228,10 +228,9 @@ pub(crate) struct Driver {
     stop_when_orphaned: bool,
     /// The socket may hold datagrams: read before waiting.
     readable: bool,
-    /// A datagram from the engine the socket did not take yet.
-    pending_tx: Option<(SocketAddr, usize)>,
-    tx_buf: Vec<u8>,
-    rx_buf: Vec<u8>,
+    /// The socket's batches: datagrams in, and those from the engine the socket did not
+    /// take yet.
+    io: DatagramIo,
 }
 
 /// What a driver is made of.
@@ -271,10 +270,7 @@ impl Driver {
             executor: Arc::new(Executor::new()),
             stop_when_orphaned: parts.stop_when_orphaned,
             readable: true,
-            pending_tx: None,
-            tx_buf: vec![0; tx_len],
-            // Any UDP datagram fits, so none arrives truncated.
-            rx_buf: vec![0; 65_536],
+            io: DatagramIo::new(local_addr, tx_len),
         };
         Ok((driver, shared))
     }
@@ -328,7 +324,7 @@ impl Driver {
                 if let Poll::Ready(r) = self.socket.poll_readable(cx) {
                     return Poll::Ready(Wake::Readable(r));
                 }
-                if self.pending_tx.is_some() {
+                if self.io.has_unsent() {
                     if let Poll::Ready(r) = self.socket.poll_writable(cx) {
                         return Poll::Ready(Wake::Writable(r));
                     }
@@ -385,8 +381,7 @@ impl Driver {
     }
 
     fn should_stop(&self, now: coap_proto::Instant) -> bool {
-        self.host
-            .is_finished(&self.ep, now, self.pending_tx.is_none())
+        self.host.is_finished(&self.ep, now, !self.io.has_unsent())
     }
 
     fn commands_closed(&mut self, now: coap_proto::Instant) {
@@ -414,107 +409,34 @@ impl Driver {
 
     // --- socket --------------------------------------------------------------------------
 
-    /// Reads up to [`BATCH`] datagrams into the engine; true if more may be waiting.
+    /// Reads up to [`BATCH`] datagrams into the engine, many per system call where the
+    /// system allows (see [`coap_udp`]); true if more may be waiting.
     fn receive(&mut self, now: coap_proto::Instant) -> bool {
-        let mut received = 0;
-        for _ in 0..BATCH {
-            match self.socket.get_ref().recv_from(&mut self.rx_buf) {
-                Ok((len, from)) => {
-                    received += 1;
-                    let (Some(from), Some(datagram)) =
-                        (to_wire(self.local_addr, from), self.rx_buf.get(..len))
-                    else {
-                        continue;
-                    };
-                    trace!(peer = %from, len, "datagram received");
-                    self.ep.handle_datagram(now, from, datagram);
+        let socket = StdSocket(self.socket.get_ref());
+        let received = self.io.receive(&socket, &mut self.ep, now, BATCH);
+        match received.end {
+            RecvEnd::Drained => {
+                if received.datagrams == 0 {
+                    // Woken with nothing to read: the wake-up may have been an error
+                    // condition (an ICMP report waiting in the error queue).
+                    self.io.report_unreachable(&socket, &mut self.ep, now);
                 }
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                    if received == 0 {
-                        // Woken with nothing to read: the wake-up may have been an error
-                        // condition (an ICMP report waiting in the error queue).
-                        self.drain_error_queue(now);
-                    }
-                    return false;
-                }
-                Err(e) if is_unreachable(&e) => {
-                    // An ICMP error about an earlier datagram; the error queue says whom.
-                    self.drain_error_queue(now);
-                }
-                Err(e) => {
-                    warn!(error = %e, "receive failed");
-                    return false;
-                }
+                false
             }
+            RecvEnd::Failed(e) => {
+                warn!(error = %e, "receive failed");
+                false
+            }
+            _ => true,
         }
-        true
     }
 
-    /// Sends up to [`BATCH`] datagrams the engine has queued, keeping one back when the
-    /// socket would block. True if more are queued and the socket still takes them.
+    /// Sends up to [`BATCH`] datagrams the engine has queued, many per system call where the
+    /// system allows (see [`coap_udp`]), keeping back those the socket would not take. True
+    /// if more are queued and the socket still takes them.
     fn flush(&mut self, now: coap_proto::Instant) -> bool {
-        for _ in 0..BATCH {
-            let (remote, len) = match self.pending_tx {
-                Some(held) => held,
-                None => match self.ep.poll_transmit(now, &mut self.tx_buf) {
-                    Ok(Some(t)) => (t.remote, t.len),
-                    Ok(None) => return false,
-                    Err(small) => {
-                        self.tx_buf.resize(small.needed, 0);
-                        continue;
-                    }
-                },
-            };
-            self.pending_tx = None;
-            let Some(bytes) = self.tx_buf.get(..len) else {
-                continue;
-            };
-            match self.socket.get_ref().send_to(bytes, remote) {
-                Ok(_) => trace!(peer = %remote, len, "datagram sent"),
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                    self.pending_tx = Some((remote, len));
-                    return false;
-                }
-                Err(e) if is_unreachable(&e) => {
-                    // Linux may report an earlier datagram's ICMP error on this send. This
-                    // datagram counts as lost; retransmission covers it.
-                    debug!(peer = %remote, error = %e, "send reported an unreachable peer");
-                    let found = self.drain_error_queue(now);
-                    let about_this_one = matches!(
-                        e.kind(),
-                        io::ErrorKind::HostUnreachable | io::ErrorKind::NetworkUnreachable
-                    );
-                    if !found && about_this_one {
-                        self.ep.handle_unreachable(now, remote);
-                    }
-                }
-                Err(e) => warn!(peer = %remote, len, error = %e, "send failed; datagram dropped"),
-            }
-        }
-        self.ep.table_sizes().transmit_queue > 0
-    }
-
-    /// Reports every peer named in the socket's error queue (Linux, `IP_RECVERR`) as
-    /// unreachable; true if there was any.
-    #[cfg(target_os = "linux")]
-    fn drain_error_queue(&mut self, now: coap_proto::Instant) -> bool {
-        use std::os::fd::AsRawFd;
-
-        let mut peers = Vec::new();
-        read_error_queue(self.socket.as_raw_fd(), &mut peers);
-        let found = !peers.is_empty();
-        for dest in peers {
-            if let Some(dest) = to_wire(self.local_addr, dest) {
-                debug!(peer = %to_user(dest), "ICMP error: peer unreachable");
-                self.ep.handle_unreachable(now, dest);
-            }
-        }
-        found
-    }
-
-    #[cfg(not(target_os = "linux"))]
-    fn drain_error_queue(&mut self, _now: coap_proto::Instant) -> bool {
-        false
+        let socket = StdSocket(self.socket.get_ref());
+        self.io.flush(&socket, &mut self.ep, now, BATCH)
     }
 
     // --- commands and internal messages --------------------------------------------------
@@ -597,42 +519,6 @@ impl host::Service for Handlers<'_> {
         if let Some(router) = self.router {
             router.observers_changed(resource, count);
         }
-    }
-}
-
-/// Reads up to [`BATCH`] entries of the error queue (`MSG_ERRQUEUE`, see ip(7)) and collects
-/// the original destinations of the datagrams that drew an ICMP error, except "packet too
-/// big", which is about the path MTU and not about the peer.
-#[cfg(target_os = "linux")]
-fn read_error_queue(fd: std::os::fd::RawFd, peers: &mut Vec<SocketAddr>) {
-    use nix::sys::socket::{recvmsg, ControlMessageOwned, MsgFlags, SockaddrStorage};
-    use std::io::IoSliceMut;
-
-    for _ in 0..BATCH {
-        let mut payload = [0u8; 64];
-        let mut iov = [IoSliceMut::new(&mut payload)];
-        let mut control = nix::cmsg_space!(nix::libc::sock_extended_err, nix::libc::sockaddr_in6);
-        let flags = MsgFlags::MSG_ERRQUEUE | MsgFlags::MSG_DONTWAIT;
-        let Ok(msg) = recvmsg::<SockaddrStorage>(fd, &mut iov, Some(&mut control), flags) else {
-            return;
-        };
-        let errno = msg.cmsgs().ok().and_then(|mut cmsgs| {
-            cmsgs.find_map(|c| match c {
-                ControlMessageOwned::Ipv4RecvErr(e, _) | ControlMessageOwned::Ipv6RecvErr(e, _) => {
-                    Some(e.ee_errno)
-                }
-                _ => None,
-            })
-        });
-        if errno == Some(nix::libc::EMSGSIZE as u32) {
-            continue;
-        }
-        let dest = msg.address.as_ref().and_then(|s| {
-            s.as_sockaddr_in()
-                .map(|v4| SocketAddr::V4((*v4).into()))
-                .or_else(|| s.as_sockaddr_in6().map(|v6| SocketAddr::V6((*v6).into())))
-        });
-        peers.extend(dest);
     }
 }
 

@@ -160,7 +160,7 @@ fn dont_fragment(_socket: &Socket, _addr: SocketAddr) -> Result<(), Error> {
 
 /// Linux only reports ICMP errors to an unconnected UDP socket that asks for them
 /// (`IP_RECVERR` / `IPV6_RECVERR`); they are then queued with the destination they concern
-/// and the driver reads them (see `driver::read_error_queue`). Best effort: without it,
+/// and the driver reads them (see `coap_udp::error_queue_peers`). Best effort: without it,
 /// unreachable peers are noticed by timeout.
 #[cfg(target_os = "linux")]
 fn report_icmp_errors(socket: &Socket, addr: SocketAddr) {
@@ -174,9 +174,6 @@ fn report_icmp_errors(socket: &Socket, addr: SocketAddr) {
 
 #[cfg(not(target_os = "linux"))]
 fn report_icmp_errors(_socket: &Socket, _addr: SocketAddr) {}
-
-// The address forms are shared by every runtime crate; see `coap_proto::addr`.
-pub(crate) use coap_proto::addr::{for_socket as to_wire, unmapped as to_user};
 
 #[cfg(test)]
 mod tests {

@@ -13,21 +13,20 @@
 //! that it is going to sleep (an atomic flag swapped on both sides), so a busy thread is not
 //! interrupted by a system call per command.
 
-use std::io;
 use std::net::{SocketAddr, UdpSocket};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{mpsc, Arc, Weak};
 use std::time::Duration;
 
-use coap_proto::host::{self, is_unreachable, Delivery, Dispatch, Host, Incoming, Kind};
+use coap_proto::host::{self, Delivery, Dispatch, Host, Incoming, Kind};
 use coap_proto::msg::Code;
 use coap_proto::{Endpoint, Response};
+use coap_udp::{DatagramIo, RecvEnd, StdSocket};
 use rustix::event::{PollFd, PollFlags, Timespec};
-use tracing::{debug, trace, warn};
+use tracing::{debug, warn};
 
 use crate::incoming::IncomingRequest;
 use crate::pool::Pool;
-use crate::socket::{to_user, to_wire, unreachable_peers};
 use crate::{Error, IncomingResponse, Notification, Router};
 
 pub(crate) use coap_proto::host::{PendingIncoming, PendingRequest};
@@ -224,10 +223,9 @@ pub(crate) struct Driver {
     clock: Clock,
     host: Host<Chan>,
     service: Option<Service>,
-    /// A datagram taken from the engine that the socket would not take yet.
-    pending_tx: Option<(SocketAddr, usize)>,
-    tx_buf: Vec<u8>,
-    rx_buf: Vec<u8>,
+    /// The socket's batches: datagrams in, and those taken from the engine that the socket
+    /// has not taken yet.
+    io: DatagramIo,
 }
 
 impl Driver {
@@ -278,10 +276,7 @@ impl Driver {
             },
             host: Host::new(local_addr, grace),
             service: None,
-            pending_tx: None,
-            tx_buf: vec![0; max.max(1280)],
-            // Any UDP datagram fits, so none arrives truncated.
-            rx_buf: vec![0; 65_536],
+            io: DatagramIo::new(local_addr, max),
         };
         Ok((driver, shared))
     }
@@ -347,7 +342,7 @@ impl Driver {
     /// Sleeps in `poll` until a socket is ready or `timeout` passes (forever without one).
     fn sleep(&self, timeout: Option<Duration>) -> Result<Ready, Error> {
         let mut interest = PollFlags::IN;
-        if self.pending_tx.is_some() {
+        if self.io.has_unsent() {
             interest |= PollFlags::OUT;
         }
         let mut fds = [
@@ -385,8 +380,7 @@ impl Driver {
     }
 
     fn should_stop(&self, now: coap_proto::Instant) -> bool {
-        self.host
-            .is_finished(&self.ep, now, self.pending_tx.is_none())
+        self.host.is_finished(&self.ep, now, !self.io.has_unsent())
     }
 
     /// Ends what is left: waiting requests fail with `ShuttingDown`, shutdown callers return.
@@ -398,91 +392,25 @@ impl Driver {
     // Socket
     // ------------------------------------------------------------------------------------
 
-    /// Reads up to [`BATCH`] datagrams into the engine; `errors` says poll reported the
-    /// error queue non-empty.
+    /// Reads up to [`BATCH`] datagrams into the engine, many per system call where the
+    /// system allows (see [`coap_udp`]); `errors` says poll reported the error queue
+    /// non-empty.
     fn receive(&mut self, now: coap_proto::Instant, errors: bool) {
+        let socket = StdSocket(&self.socket);
         if errors {
-            self.drain_error_queue(now);
+            self.io.report_unreachable(&socket, &mut self.ep, now);
         }
-        for _ in 0..BATCH {
-            match self.socket.recv_from(&mut self.rx_buf) {
-                Ok((len, from)) => {
-                    let Some(from) = to_wire(self.local_addr, from) else {
-                        continue;
-                    };
-                    let Some(datagram) = self.rx_buf.get(..len) else {
-                        continue;
-                    };
-                    trace!(peer = %from, len, "datagram received");
-                    self.ep.handle_datagram(now, from, datagram);
-                }
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(e) if is_unreachable(&e) => {
-                    self.drain_error_queue(now);
-                }
-                Err(e) => {
-                    warn!(error = %e, "receive failed");
-                    return;
-                }
-            }
+        if let RecvEnd::Failed(e) = self.io.receive(&socket, &mut self.ep, now, BATCH).end {
+            warn!(error = %e, "receive failed");
         }
     }
 
-    /// Sends up to [`BATCH`] datagrams from the engine, keeping one back if the socket would
-    /// block. Returns true if the batch was used up and more may wait.
+    /// Sends up to [`BATCH`] datagrams from the engine, many per system call where the
+    /// system allows (see [`coap_udp`]), keeping back those the socket would not take.
+    /// Returns true if more wait and the socket may take them.
     fn flush(&mut self, now: coap_proto::Instant) -> bool {
-        for _ in 0..BATCH {
-            let (remote, len) = match self.pending_tx {
-                Some(p) => p,
-                None => match self.ep.poll_transmit(now, &mut self.tx_buf) {
-                    Ok(Some(t)) => (t.remote, t.len),
-                    Ok(None) => return false,
-                    Err(too_small) => {
-                        self.tx_buf.resize(too_small.needed, 0);
-                        continue;
-                    }
-                },
-            };
-            self.pending_tx = None;
-            let Some(bytes) = self.tx_buf.get(..len) else {
-                continue;
-            };
-            match self.socket.send_to(bytes, remote) {
-                Ok(_) => trace!(peer = %remote, len, "datagram sent"),
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                    self.pending_tx = Some((remote, len));
-                    return false;
-                }
-                Err(e) if is_unreachable(&e) => {
-                    // A pending ICMP error of an earlier datagram, or no route for this one.
-                    // This datagram counts as lost; retransmission covers it.
-                    debug!(peer = %remote, error = %e, "send reported an unreachable peer");
-                    let queued = self.drain_error_queue(now);
-                    let no_route = matches!(
-                        e.kind(),
-                        io::ErrorKind::HostUnreachable | io::ErrorKind::NetworkUnreachable
-                    );
-                    if !queued && no_route {
-                        self.ep.handle_unreachable(now, remote);
-                    }
-                }
-                Err(e) => warn!(peer = %remote, len, error = %e, "send failed; datagram dropped"),
-            }
-        }
-        true
-    }
-
-    /// Reports every peer the error queue names as unreachable; true if there was one.
-    fn drain_error_queue(&mut self, now: coap_proto::Instant) -> bool {
-        let peers = unreachable_peers(&self.socket, BATCH);
-        for peer in &peers {
-            if let Some(peer) = to_wire(self.local_addr, *peer) {
-                debug!(peer = %to_user(peer), "ICMP error: peer unreachable");
-                self.ep.handle_unreachable(now, peer);
-            }
-        }
-        !peers.is_empty()
+        self.io
+            .flush(&StdSocket(&self.socket), &mut self.ep, now, BATCH)
     }
 
     // ------------------------------------------------------------------------------------

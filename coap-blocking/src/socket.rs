@@ -159,51 +159,6 @@ fn report_icmp_errors(socket: &Socket, addr: SocketAddr) {
 #[cfg(not(target_os = "linux"))]
 fn report_icmp_errors(_socket: &Socket, _addr: SocketAddr) {}
 
-/// Reads the socket's error queue (up to `limit` entries) and returns the destinations that
-/// drew an ICMP error other than "packet too big" (which reports a path MTU, not a dead peer).
-#[cfg(target_os = "linux")]
-pub(crate) fn unreachable_peers(socket: &UdpSocket, limit: usize) -> Vec<SocketAddr> {
-    use nix::sys::socket::{recvmsg, ControlMessageOwned, MsgFlags, SockaddrStorage};
-    use std::io::IoSliceMut;
-    use std::os::fd::AsRawFd;
-
-    let mut peers = Vec::new();
-    for _ in 0..limit {
-        let mut data = [0u8; 64];
-        let mut iov = [IoSliceMut::new(&mut data)];
-        let mut space = nix::cmsg_space!(nix::libc::sock_extended_err, nix::libc::sockaddr_in6);
-        let flags = MsgFlags::MSG_ERRQUEUE | MsgFlags::MSG_DONTWAIT;
-        let Ok(msg) =
-            recvmsg::<SockaddrStorage>(socket.as_raw_fd(), &mut iov, Some(&mut space), flags)
-        else {
-            break;
-        };
-        let too_big = msg.cmsgs().into_iter().flatten().any(|c| {
-            matches!(c, ControlMessageOwned::Ipv4RecvErr(e, _) | ControlMessageOwned::Ipv6RecvErr(e, _)
-                if e.ee_errno == nix::libc::EMSGSIZE as u32)
-        });
-        if too_big {
-            continue;
-        }
-        // ip(7): the message's address is the original destination.
-        let dest = msg.address.as_ref().and_then(|s| {
-            s.as_sockaddr_in()
-                .map(|v4| SocketAddr::V4((*v4).into()))
-                .or_else(|| s.as_sockaddr_in6().map(|v6| SocketAddr::V6((*v6).into())))
-        });
-        peers.extend(dest);
-    }
-    peers
-}
-
-#[cfg(not(target_os = "linux"))]
-pub(crate) fn unreachable_peers(_socket: &UdpSocket, _limit: usize) -> Vec<SocketAddr> {
-    Vec::new()
-}
-
-// The address forms are shared by every runtime crate; see `coap_proto::addr`.
-pub(crate) use coap_proto::addr::{for_socket as to_wire, unmapped as to_user};
-
 #[cfg(test)]
 mod tests {
     use super::*;

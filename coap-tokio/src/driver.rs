@@ -24,16 +24,17 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use coap_proto::host::{self, is_unreachable, Delivery, Dispatch, Host, Incoming, Kind};
+use coap_proto::host::{self, Delivery, Dispatch, Host, Incoming, Kind};
 use coap_proto::msg::Code;
 use coap_proto::{Endpoint, Response};
+use coap_udp::{DatagramIo, RecvEnd};
 use tokio::io::Interest;
 use tokio::net::UdpSocket;
 use tokio::sync::{mpsc, oneshot};
-use tracing::{debug, trace, warn, Instrument, Span};
+use tracing::{debug, warn, Instrument, Span};
 
 use crate::incoming::IncomingRequest;
-use crate::socket::{to_user, to_wire};
+use crate::server::ObserverTally;
 use crate::Router;
 use crate::{Error, IncomingResponse, Notification};
 
@@ -200,12 +201,14 @@ pub(crate) struct Driver {
     internal_rx: mpsc::UnboundedReceiver<Command>,
     internal_tx: mpsc::UnboundedSender<Command>,
     service: Option<Arc<Router>>,
+    /// Which engine of a multi-engine server this is, and where the engines add up their
+    /// observer counts.
+    engine: Option<(usize, Arc<ObserverTally>)>,
     /// Stop when every handle is gone (a client) or only on shutdown (a server).
     stop_when_orphaned: bool,
-    /// A datagram taken from the engine that the socket would not take yet.
-    pending_tx: Option<(SocketAddr, usize)>,
-    tx_buf: Vec<u8>,
-    rx_buf: Vec<u8>,
+    /// The socket's batches: datagrams in, and those taken from the engine that the socket
+    /// has not taken yet.
+    io: DatagramIo,
 }
 
 /// Everything needed to start a driver.
@@ -243,11 +246,9 @@ impl Driver {
             internal_rx: int_rx,
             internal_tx: int_tx,
             service: parts.service,
+            engine: None,
             stop_when_orphaned: parts.stop_when_orphaned,
-            pending_tx: None,
-            tx_buf: vec![0; max_message_size.max(1280)],
-            // Large enough for any UDP datagram, so nothing arrives truncated.
-            rx_buf: vec![0; 65_536],
+            io: DatagramIo::new(local_addr, max_message_size),
         };
         Ok((driver, shared))
     }
@@ -255,6 +256,12 @@ impl Driver {
     /// Sets what serves incoming requests.
     pub(crate) fn set_service(&mut self, service: Arc<Router>) {
         self.service = Some(service);
+    }
+
+    /// Makes this driver engine `index` of a multi-engine server, whose observer counts are
+    /// added up in `tally`.
+    pub(crate) fn set_engine(&mut self, index: usize, tally: Arc<ObserverTally>) {
+        self.engine = Some((index, tally));
     }
 
     /// Runs until shut down: by `shutdown` resolving, by a [`Command::Shutdown`], or (for a
@@ -289,7 +296,7 @@ impl Driver {
                     }
                     sleep.as_mut().reset(self.clock.to_tokio(d));
                 }
-                let interest = if self.pending_tx.is_some() {
+                let interest = if self.io.has_unsent() {
                     Interest::READABLE | Interest::WRITABLE | Interest::ERROR
                 } else {
                     Interest::READABLE | Interest::ERROR
@@ -353,8 +360,7 @@ impl Driver {
     }
 
     fn should_stop(&self, now: coap_proto::Instant) -> bool {
-        self.host
-            .is_finished(&self.ep, now, self.pending_tx.is_none())
+        self.host.is_finished(&self.ep, now, !self.io.has_unsent())
     }
 
     /// Ends what is left once the loop stops: waiting requests fail with `ShuttingDown`.
@@ -366,131 +372,36 @@ impl Driver {
     // Socket
     // ----------------------------------------------------------------------------------------
 
-    /// Reads up to [`BATCH`] datagrams into the engine. Returns true if the batch limit was
-    /// hit (more may be waiting).
+    /// Reads up to [`BATCH`] datagrams into the engine, many per system call where the
+    /// system allows (see [`coap_udp`]). Returns true if the batch limit was hit (more may be
+    /// waiting).
     ///
     /// `errors` says the socket reported an error condition: the error queue is read then,
     /// and whenever a receive reports an unreachable peer.
     fn receive(&mut self, now: coap_proto::Instant, errors: bool) -> bool {
-        for _ in 0..BATCH {
-            match self.socket.try_recv_from(&mut self.rx_buf) {
-                Ok((len, from)) => {
-                    let Some(from) = to_wire(self.local_addr, from) else {
-                        continue;
-                    };
-                    let Some(datagram) = self.rx_buf.get(..len) else {
-                        continue;
-                    };
-                    trace!(peer = %from, len, "datagram received");
-                    self.ep.handle_datagram(now, from, datagram);
+        let socket = TokioSocket(&self.socket);
+        match self.io.receive(&socket, &mut self.ep, now, BATCH).end {
+            RecvEnd::Drained => {
+                if errors {
+                    self.io.report_unreachable(&socket, &mut self.ep, now);
                 }
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                    if errors {
-                        self.drain_error_queue(now);
-                    }
-                    return false;
-                }
-                Err(e) if is_unreachable(&e) => {
-                    // An ICMP error for some earlier datagram; the queue says which peer.
-                    self.drain_error_queue(now);
-                }
-                Err(e) => {
-                    // Readiness stays set: report busy so the loop yields before retrying.
-                    warn!(error = %e, "receive failed");
-                    return true;
-                }
+                false
             }
+            RecvEnd::Failed(e) => {
+                // Readiness stays set: report busy so the loop yields before retrying.
+                warn!(error = %e, "receive failed");
+                true
+            }
+            _ => true,
         }
-        true
     }
 
-    /// Hands datagrams from the engine to the socket, up to [`BATCH`] of them. Keeps one
-    /// datagram when the socket would block. Returns true if more are waiting.
+    /// Hands datagrams from the engine to the socket, up to [`BATCH`] of them, many per
+    /// system call where the system allows (see [`coap_udp`]). Keeps those the socket would
+    /// not take yet. Returns true if more are waiting.
     fn flush(&mut self, now: coap_proto::Instant) -> bool {
-        for _ in 0..BATCH {
-            let (remote, len) = match self.pending_tx {
-                Some(p) => p,
-                None => match self.ep.poll_transmit(now, &mut self.tx_buf) {
-                    Ok(Some(t)) => (t.remote, t.len),
-                    Ok(None) => return false,
-                    Err(too_small) => {
-                        self.tx_buf.resize(too_small.needed, 0);
-                        continue;
-                    }
-                },
-            };
-            let Some(bytes) = self.tx_buf.get(..len) else {
-                self.pending_tx = None;
-                continue;
-            };
-            match self.socket.try_send_to(bytes, remote) {
-                Ok(_) => {
-                    trace!(peer = %remote, len, "datagram sent");
-                    self.pending_tx = None;
-                }
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                    self.pending_tx = Some((remote, len));
-                    return false;
-                }
-                Err(e) if is_unreachable(&e) => {
-                    // On Linux a pending ICMP error of an earlier datagram can surface here;
-                    // read the error queue to learn whom it concerns. This datagram is
-                    // dropped, as if lost: retransmission covers it.
-                    debug!(peer = %remote, error = %e, "send reported an unreachable peer");
-                    self.pending_tx = None;
-                    let queued = self.drain_error_queue(now);
-                    let synchronous = matches!(
-                        e.kind(),
-                        io::ErrorKind::HostUnreachable | io::ErrorKind::NetworkUnreachable
-                    );
-                    if !queued && synchronous {
-                        // No route: the error is about this very datagram.
-                        self.ep.handle_unreachable(now, remote);
-                    }
-                }
-                Err(e) => {
-                    warn!(peer = %remote, len, error = %e, "send failed; datagram dropped");
-                    self.pending_tx = None;
-                }
-            }
-        }
-        self.pending_tx.is_some() || self.ep.table_sizes().transmit_queue > 0
-    }
-
-    /// Reads the socket's error queue (Linux, `IP_RECVERR`) and reports each peer an ICMP
-    /// error names as unreachable. Returns whether any was found.
-    #[cfg(target_os = "linux")]
-    fn drain_error_queue(&mut self, now: coap_proto::Instant) -> bool {
-        use std::os::fd::AsRawFd;
-
-        let fd = self.socket.as_raw_fd();
-        let mut peers = Vec::new();
-        let mut called = false;
-        // Read inside `try_io`, so that the error readiness tokio cached is cleared once the
-        // queue is empty (else the socket stays "ready" and the loop would spin), without
-        // losing an error that arrives meanwhile.
-        let _ = self.socket.try_io(Interest::ERROR, || {
-            called = true;
-            read_error_queue(fd, &mut peers);
-            Err::<(), _>(io::ErrorKind::WouldBlock.into())
-        });
-        if !called {
-            read_error_queue(fd, &mut peers);
-        }
-        let found = !peers.is_empty();
-        for dest in peers {
-            let Some(dest) = to_wire(self.local_addr, dest) else {
-                continue;
-            };
-            debug!(peer = %to_user(dest), "ICMP error: peer unreachable");
-            self.ep.handle_unreachable(now, dest);
-        }
-        found
-    }
-
-    #[cfg(not(target_os = "linux"))]
-    fn drain_error_queue(&mut self, _now: coap_proto::Instant) -> bool {
-        false
+        self.io
+            .flush(&TokioSocket(&self.socket), &mut self.ep, now, BATCH)
     }
 
     // ----------------------------------------------------------------------------------------
@@ -526,6 +437,7 @@ impl Driver {
     fn drive(&mut self, now: coap_proto::Instant) {
         let mut handlers = Handlers {
             router: self.service.as_deref(),
+            engine: self.engine.as_ref().map(|(i, tally)| (*i, &**tally)),
             internal: &self.internal_tx,
         };
         self.host.drive(&mut self.ep, now, &mut handlers);
@@ -537,6 +449,7 @@ impl Driver {
 /// ACK; only a handler that has to wait is spawned. A plain client answers 4.04.
 struct Handlers<'a> {
     router: Option<&'a Router>,
+    engine: Option<(usize, &'a ObserverTally)>,
     internal: &'a mpsc::UnboundedSender<Command>,
 }
 
@@ -558,8 +471,12 @@ impl host::Service for Handlers<'_> {
     }
 
     fn observers_changed(&mut self, resource: &str, count: usize) {
-        if let Some(router) = self.router {
-            router.observers_changed(resource, count);
+        match (self.router, self.engine) {
+            (Some(router), Some((engine, tally))) => {
+                tally.changed(router, engine, resource, count);
+            }
+            (Some(router), None) => router.observers_changed(resource, count),
+            (None, _) => {}
         }
     }
 }
@@ -580,46 +497,47 @@ async fn wait_for(signal: &mut Option<Pin<Box<dyn Future<Output = ()> + Send>>>)
     }
 }
 
-/// Reads up to [`BATCH`] entries of the socket's error queue and collects the destinations of
-/// the datagrams that drew an ICMP error other than "packet too big".
-#[cfg(target_os = "linux")]
-fn read_error_queue(fd: std::os::fd::RawFd, peers: &mut Vec<SocketAddr>) {
-    use nix::sys::socket::{recvmsg, ControlMessageOwned, MsgFlags, SockaddrStorage};
-    use std::io::IoSliceMut;
+/// The driver's socket calls, in the form [`coap_udp::DatagramIo`] makes them.
+struct TokioSocket<'a>(&'a UdpSocket);
 
-    for _ in 0..BATCH {
-        let mut data = [0u8; 64];
-        let mut iov = [IoSliceMut::new(&mut data)];
-        let mut cmsg = nix::cmsg_space!(nix::libc::sock_extended_err, nix::libc::sockaddr_in6);
-        let flags = MsgFlags::MSG_ERRQUEUE | MsgFlags::MSG_DONTWAIT;
-        let Ok(msg) = recvmsg::<SockaddrStorage>(fd, &mut iov, Some(&mut cmsg), flags) else {
-            return;
-        };
-        let mut errno = None;
-        if let Ok(cmsgs) = msg.cmsgs() {
-            for c in cmsgs {
-                match c {
-                    ControlMessageOwned::Ipv4RecvErr(e, _)
-                    | ControlMessageOwned::Ipv6RecvErr(e, _) => errno = Some(e.ee_errno),
-                    _ => {}
-                }
-            }
-        }
-        // EMSGSIZE reports a path MTU, not an unreachable peer.
-        if errno == Some(nix::libc::EMSGSIZE as u32) {
-            continue;
-        }
-        // The original destination of the datagram is in the message's address (ip(7)).
-        if let Some(dest) = msg.address.as_ref().and_then(storage_to_socket_addr) {
-            peers.push(dest);
-        }
+impl coap_udp::DatagramSocket for TokioSocket<'_> {
+    fn recv(&self, batch: &mut coap_udp::RecvBatch) -> io::Result<usize> {
+        // Inside `try_io`, so that a `WouldBlock` clears the readiness tokio cached.
+        #[cfg(target_os = "linux")]
+        let received = self.0.try_io(Interest::READABLE, || batch.recv(self.0));
+        #[cfg(not(target_os = "linux"))]
+        let received = batch.recv_with(|buf| self.0.try_recv_from(buf));
+        received
     }
-}
 
-#[cfg(target_os = "linux")]
-fn storage_to_socket_addr(s: &nix::sys::socket::SockaddrStorage) -> Option<SocketAddr> {
-    if let Some(v4) = s.as_sockaddr_in() {
-        return Some(SocketAddr::V4((*v4).into()));
+    fn send(&self, batch: &mut coap_udp::SendBatch) -> io::Result<usize> {
+        #[cfg(target_os = "linux")]
+        let sent = self.0.try_io(Interest::WRITABLE, || batch.send(self.0));
+        #[cfg(not(target_os = "linux"))]
+        let sent = batch.send_with(|bytes, remote| self.0.try_send_to(bytes, remote));
+        sent
     }
-    s.as_sockaddr_in6().map(|v6| SocketAddr::V6((*v6).into()))
+
+    #[cfg(target_os = "linux")]
+    fn unreachable_peers(&self) -> Vec<SocketAddr> {
+        let mut peers = Vec::new();
+        let mut called = false;
+        // Read inside `try_io`, so that the error readiness tokio cached is cleared once the
+        // queue is empty (else the socket stays "ready" and the loop would spin), without
+        // losing an error that arrives meanwhile.
+        let _ = self.0.try_io(Interest::ERROR, || {
+            called = true;
+            peers = coap_udp::error_queue_peers(self.0);
+            Err::<(), _>(io::ErrorKind::WouldBlock.into())
+        });
+        if !called {
+            peers = coap_udp::error_queue_peers(self.0);
+        }
+        peers
+    }
+
+    #[cfg(not(target_os = "linux"))]
+    fn unreachable_peers(&self) -> Vec<SocketAddr> {
+        Vec::new()
+    }
 }

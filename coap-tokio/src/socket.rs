@@ -174,9 +174,6 @@ fn enable_error_queue(socket: &Socket, addr: SocketAddr) {
 #[cfg(not(target_os = "linux"))]
 fn enable_error_queue(_socket: &Socket, _addr: SocketAddr) {}
 
-// The address forms are shared by every runtime crate; see `coap_proto::addr`.
-pub(crate) use coap_proto::addr::{for_socket as to_wire, unmapped as to_user};
-
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -203,6 +203,40 @@ pub struct Stats {
     pub unmatched_responses: u64,
 }
 
+impl core::ops::AddAssign for Stats {
+    /// Adds another endpoint's counters to these, for totals over several endpoints (a
+    /// server with one engine per core). Counters saturate instead of wrapping.
+    fn add_assign(&mut self, other: Stats) {
+        // Every field is named, so a new counter cannot be left out of the sum.
+        let Stats {
+            datagrams_received,
+            datagrams_sent,
+            malformed,
+            duplicates,
+            retransmissions,
+            dedup_evictions,
+            overload_rejections,
+            transmit_queue_drops,
+            unmatched_acks,
+            unmatched_responses,
+        } = other;
+        for (total, add) in [
+            (&mut self.datagrams_received, datagrams_received),
+            (&mut self.datagrams_sent, datagrams_sent),
+            (&mut self.malformed, malformed),
+            (&mut self.duplicates, duplicates),
+            (&mut self.retransmissions, retransmissions),
+            (&mut self.dedup_evictions, dedup_evictions),
+            (&mut self.overload_rejections, overload_rejections),
+            (&mut self.transmit_queue_drops, transmit_queue_drops),
+            (&mut self.unmatched_acks, unmatched_acks),
+            (&mut self.unmatched_responses, unmatched_responses),
+        ] {
+            *total = total.saturating_add(add);
+        }
+    }
+}
+
 /// The sizes of an endpoint's tables (see [`Endpoint::table_sizes`]).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 #[non_exhaustive]

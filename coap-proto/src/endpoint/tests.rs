@@ -1018,3 +1018,22 @@ fn a_ping_answered_by_an_ack_with_a_code_is_still_a_pong() {
 fn events_stay_small() {
     assert!(size_of::<Event>() <= 256);
 }
+
+#[test]
+fn stats_add_up_and_saturate() {
+    let mut a = Stats {
+        datagrams_received: 3,
+        unmatched_responses: u64::MAX - 1,
+        ..Stats::default()
+    };
+    a += Stats {
+        datagrams_received: 4,
+        retransmissions: 2,
+        unmatched_responses: 5,
+        ..Stats::default()
+    };
+    assert_eq!(a.datagrams_received, 7);
+    assert_eq!(a.retransmissions, 2);
+    assert_eq!(a.unmatched_responses, u64::MAX);
+    assert_eq!(a.datagrams_sent, 0);
+}

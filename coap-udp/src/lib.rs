@@ -1,0 +1,1087 @@
+//! Batched datagram I/O between a UDP socket and a [`coap_proto::Endpoint`], shared by the
+//! CoAP runtime crates.
+//!
+//! A runtime crate's driver moves datagrams between one socket and one engine. One system call
+//! per datagram makes entering and leaving the kernel a large share of a busy server's time;
+//! this crate keeps the buffers that move many datagrams per call:
+//!
+//! - [`RecvBatch`]: up to [`RECV_BATCH`] received datagrams. On Linux [`RecvBatch::recv`] fills
+//!   it with one `recvmmsg`; everywhere [`RecvBatch::recv_with`] fills it one datagram at a
+//!   time through the runtime's own `recv_from`.
+//! - [`SendBatch`]: up to [`SEND_BATCH`] datagrams taken from [`Endpoint::poll_transmit`]
+//!   and packed into one buffer. On Linux [`SendBatch::send`] hands them to one `sendmmsg`; everywhere
+//!   [`SendBatch::send_with`] sends them one at a time through the runtime's own `send_to`.
+//!
+//! [`DatagramIo`] puts the two together with the policy every driver shares: how many
+//! datagrams one wake-up moves, what a send or receive error means (an ICMP error queued for
+//! an earlier datagram, a peer without a route, a full socket buffer), and reporting the peers
+//! the socket's error queue names as unreachable to the engine. A runtime crate only says how
+//! to make each system call, by implementing [`DatagramSocket`].
+//!
+//! Buffers are allocated once, when the batch is made: nothing is allocated per datagram or
+//! per call. The crate never waits: the runtime wraps each call in its own readiness
+//! mechanism (tokio's `try_io`, async-io's readiness futures, `poll(2)`), and a call that
+//! would block returns [`io::ErrorKind::WouldBlock`] as the socket does.
+//!
+//! Every call goes through safe wrappers (nix for `recvmmsg`, rustix for `sendmmsg`), so the
+//! crate keeps `unsafe_code = "forbid"` like the rest of the workspace.
+
+use std::io;
+use std::net::SocketAddr;
+#[cfg(target_os = "linux")]
+use std::os::fd::AsFd;
+
+use coap_proto::addr::{for_socket, unmapped};
+use coap_proto::host::is_unreachable;
+use coap_proto::{Endpoint, Instant};
+use tracing::{debug, trace, warn};
+
+/// The most datagrams one receive call takes.
+pub const RECV_BATCH: usize = 32;
+
+/// The most datagrams one send call hands over: enough for the notifications of a change
+/// to a hundred observers to leave in two calls.
+pub const SEND_BATCH: usize = 64;
+
+/// Room for one received datagram: any UDP payload (at most 65 507 bytes) fits, so nothing
+/// arrives truncated whatever the peer sends.
+const SLOT: usize = 65_536;
+
+/// Distance between the starts of two receive slots. A little more than a slot, so that the
+/// slots' first bytes (where small datagrams land) do not all fall into the same cache set.
+/// The buffer is allocated zeroed, so the system maps its pages only as datagrams land in
+/// them: a slot holding small datagrams costs one page of memory, not 64 KiB.
+const STRIDE: usize = SLOT + 256;
+
+/// The least room the send buffer has for datagrams packed back to back.
+const SEND_BUFFER: usize = 64 * 1024;
+
+/// Up to [`RECV_BATCH`] datagrams received by one call, each with its source address.
+pub struct RecvBatch {
+    /// `width` slots, [`STRIDE`] bytes apart.
+    buf: Vec<u8>,
+    width: usize,
+    /// Slot, length and source of each datagram of the last call.
+    received: Vec<(usize, usize, SocketAddr)>,
+    /// An error met after some datagrams of a [`RecvBatch::recv_with`] call: returned by the
+    /// next call, so that it is not lost.
+    deferred: Option<io::Error>,
+    /// The socket last received from and whether it is IPv6 (which picks the `recvmmsg`
+    /// headers), learnt from the system when the socket changes.
+    #[cfg(target_os = "linux")]
+    family: Option<(std::os::fd::RawFd, bool)>,
+}
+
+impl std::fmt::Debug for RecvBatch {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RecvBatch")
+            .field("width", &self.width)
+            .field("received", &self.received.len())
+            .finish_non_exhaustive()
+    }
+}
+
+impl RecvBatch {
+    /// A batch receiving at most `width` datagrams per call (1 to [`RECV_BATCH`]; other
+    /// values are brought into that range).
+    pub fn new(width: usize) -> RecvBatch {
+        let width = width.clamp(1, RECV_BATCH);
+        RecvBatch {
+            buf: vec![0; width * STRIDE],
+            width,
+            received: Vec::with_capacity(width),
+            deferred: None,
+            #[cfg(target_os = "linux")]
+            family: None,
+        }
+    }
+
+    /// The most datagrams one call receives.
+    pub fn width(&self) -> usize {
+        self.width
+    }
+
+    /// Receives what the socket holds, up to [`width`](RecvBatch::width) datagrams, with one
+    /// `recvmmsg` that does not wait. Returns how many arrived (read them with
+    /// [`get`](RecvBatch::get) or [`iter`](RecvBatch::iter)), or the socket's error:
+    /// `WouldBlock` when nothing is there. An error met after some datagrams is reported by
+    /// the next call (the system keeps it).
+    #[cfg(target_os = "linux")]
+    pub fn recv(&mut self, socket: &impl AsFd) -> io::Result<usize> {
+        self.received.clear();
+        if let Some(e) = self.deferred.take() {
+            return Err(e);
+        }
+        let fd = std::os::fd::AsRawFd::as_raw_fd(&socket.as_fd());
+        let v6 = match self.family {
+            Some((known, v6)) if known == fd => v6,
+            _ => {
+                let local = rustix::net::getsockname(socket)?;
+                let v6 = local.address_family() == rustix::net::AddressFamily::INET6;
+                self.family = Some((fd, v6));
+                v6
+            }
+        };
+        let (buf, width, received) = (&mut self.buf, self.width, &mut self.received);
+        let mut call = |headers: &mut Headers| recv_into(headers, socket, buf, width, received);
+        let headers = if v6 { &V6_HEADERS } else { &V4_HEADERS };
+        headers
+            .try_with(|cell| match cell.try_borrow_mut() {
+                Ok(mut kept) => call(kept.get_or_insert_with(new_headers)),
+                Err(_) => call(&mut new_headers()),
+            })
+            // The thread is ending and its headers are gone: use fresh ones this once.
+            .unwrap_or_else(|_| call(&mut new_headers()))
+    }
+
+    /// Receives up to [`width`](RecvBatch::width) datagrams by calling `recv_from` (a
+    /// non-blocking `recv_from` of the runtime's socket) once per datagram until it fails.
+    /// Returns how many arrived; fails only if the first call fails (`WouldBlock` when
+    /// nothing is there). Any error other than `WouldBlock` after some datagrams is returned
+    /// by the next call.
+    pub fn recv_with(
+        &mut self,
+        mut recv_from: impl FnMut(&mut [u8]) -> io::Result<(usize, SocketAddr)>,
+    ) -> io::Result<usize> {
+        self.received.clear();
+        if let Some(e) = self.deferred.take() {
+            return Err(e);
+        }
+        for (slot, buf) in self.buf.chunks_exact_mut(STRIDE).enumerate() {
+            let Some(buf) = buf.get_mut(..SLOT) else {
+                break;
+            };
+            match recv_from(buf) {
+                Ok((len, from)) => self.received.push((slot, len.min(SLOT), from)),
+                Err(e) if self.received.is_empty() => return Err(e),
+                Err(e) => {
+                    if e.kind() != io::ErrorKind::WouldBlock {
+                        self.deferred = Some(e);
+                    }
+                    break;
+                }
+            }
+        }
+        Ok(self.received.len())
+    }
+
+    /// How many datagrams the last call received.
+    pub fn len(&self) -> usize {
+        self.received.len()
+    }
+
+    /// Whether the last call received nothing.
+    pub fn is_empty(&self) -> bool {
+        self.received.is_empty()
+    }
+
+    /// Datagram `i` of the last call and its source.
+    pub fn get(&self, i: usize) -> Option<(SocketAddr, &[u8])> {
+        let &(slot, len, from) = self.received.get(i)?;
+        let start = slot * STRIDE;
+        Some((from, self.buf.get(start..start + len)?))
+    }
+
+    /// The datagrams of the last call, in arrival order, with their sources.
+    pub fn iter(&self) -> impl Iterator<Item = (SocketAddr, &[u8])> + '_ {
+        (0..self.received.len()).filter_map(|i| self.get(i))
+    }
+}
+
+/// One datagram waiting in a [`SendBatch`].
+#[derive(Clone, Copy, Debug)]
+struct Queued {
+    start: usize,
+    len: usize,
+    remote: SocketAddr,
+}
+
+/// Datagrams taken from an engine and not sent yet, packed back to back in one buffer.
+///
+/// [`fill`](SendBatch::fill) takes up to [`SEND_BATCH`] datagrams from
+/// [`Endpoint::poll_transmit`] when the batch is empty; [`send`](SendBatch::send) (Linux) or
+/// [`send_with`](SendBatch::send_with) hands the unsent ones to the socket, keeping those it
+/// would not take for the next call.
+pub struct SendBatch {
+    buf: Vec<u8>,
+    queued: Vec<Queued>,
+    /// The first datagram of `queued` not sent yet.
+    head: usize,
+    #[cfg(target_os = "linux")]
+    addrs: Vec<rustix::net::SocketAddrAny>,
+}
+
+impl std::fmt::Debug for SendBatch {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SendBatch")
+            .field("unsent", &self.len())
+            .field("buffer", &self.buf.len())
+            .finish_non_exhaustive()
+    }
+}
+
+impl SendBatch {
+    /// An empty batch whose buffer holds at least one datagram of `max_datagram` bytes
+    /// ([`Config::max_message_size`](coap_proto::Config::max_message_size)); it grows if
+    /// the engine ever hands out a larger one.
+    pub fn new(max_datagram: usize) -> SendBatch {
+        SendBatch {
+            buf: vec![0; max_datagram.max(SEND_BUFFER)],
+            queued: Vec::with_capacity(SEND_BATCH),
+            head: 0,
+            #[cfg(target_os = "linux")]
+            addrs: Vec::with_capacity(SEND_BATCH),
+        }
+    }
+
+    /// Takes datagrams from `ep` until [`SEND_BATCH`] are queued, the buffer is full or the
+    /// engine has none left, but only when every datagram taken before has been sent (or
+    /// dropped): a batch the socket would not take stays as it is. Returns how many were
+    /// taken.
+    pub fn fill(&mut self, ep: &mut Endpoint, now: Instant) -> usize {
+        if !self.is_empty() {
+            return 0;
+        }
+        self.queued.clear();
+        self.head = 0;
+        let mut used = 0;
+        while self.queued.len() < SEND_BATCH {
+            let Some(room) = self.buf.get_mut(used..) else {
+                break;
+            };
+            match ep.poll_transmit(now, room) {
+                Ok(Some(t)) => {
+                    self.queued.push(Queued {
+                        start: used,
+                        len: t.len,
+                        remote: t.remote,
+                    });
+                    used += t.len;
+                }
+                Ok(None) => break,
+                // Larger than the whole buffer: grow it, once, for this datagram.
+                Err(small) if self.queued.is_empty() => self.buf.resize(small.needed, 0),
+                // It waits in the engine for the next batch.
+                Err(_) => break,
+            }
+        }
+        self.queued.len()
+    }
+
+    /// How many datagrams wait to be sent.
+    pub fn len(&self) -> usize {
+        self.queued.len().saturating_sub(self.head)
+    }
+
+    /// Whether every datagram taken has been sent (or dropped).
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// The next datagram to send and its destination.
+    pub fn front(&self) -> Option<(SocketAddr, &[u8])> {
+        let q = self.queued.get(self.head)?;
+        Some((q.remote, self.buf.get(q.start..q.start + q.len)?))
+    }
+
+    /// Drops the next datagram (after the socket refused it for good) and returns its
+    /// destination.
+    pub fn pop_front(&mut self) -> Option<SocketAddr> {
+        let q = self.queued.get(self.head)?;
+        self.head += 1;
+        Some(q.remote)
+    }
+
+    /// The unsent datagrams, in order, with their destinations.
+    pub fn iter(&self) -> impl Iterator<Item = (SocketAddr, &[u8])> + '_ {
+        self.queued
+            .get(self.head..)
+            .unwrap_or_default()
+            .iter()
+            .filter_map(|q| Some((q.remote, self.buf.get(q.start..q.start + q.len)?)))
+    }
+
+    /// Sends the unsent datagrams with one `sendmmsg` that does not wait. Returns how many
+    /// the socket took (they leave the batch); the others stay for the next call. Fails,
+    /// leaving the batch as it was, when the first cannot be sent: `WouldBlock` when the
+    /// socket buffer is full, or the error about that datagram (drop it with
+    /// [`pop_front`](SendBatch::pop_front) if it is final).
+    #[cfg(target_os = "linux")]
+    pub fn send(&mut self, socket: &impl AsFd) -> io::Result<usize> {
+        use rustix::net::{sendmmsg, MMsgHdr, SendAncillaryBuffer, SendFlags, SocketAddrAny};
+        use smallvec::SmallVec;
+        use std::io::IoSlice;
+
+        let pending = self.queued.get(self.head..).unwrap_or_default();
+        if pending.is_empty() {
+            return Ok(0);
+        }
+        self.addrs.clear();
+        self.addrs
+            .extend(pending.iter().map(|q| SocketAddrAny::from(q.remote)));
+        let iovs: SmallVec<[[IoSlice<'_>; 1]; SEND_BATCH]> = pending
+            .iter()
+            .map(|q| {
+                let bytes = self.buf.get(q.start..q.start + q.len).unwrap_or_default();
+                [IoSlice::new(bytes)]
+            })
+            .collect();
+        let mut controls: SmallVec<[SendAncillaryBuffer<'_, '_, '_>; SEND_BATCH]> = pending
+            .iter()
+            .map(|_| SendAncillaryBuffer::default())
+            .collect();
+        let mut msgs: SmallVec<[MMsgHdr<'_>; SEND_BATCH]> = self
+            .addrs
+            .iter()
+            .zip(iovs.iter())
+            .zip(controls.iter_mut())
+            .map(|((addr, iov), control)| MMsgHdr::new_with_addr(addr, iov, control))
+            .collect();
+        let sent = sendmmsg(socket, &mut msgs, SendFlags::DONTWAIT)?;
+        self.head += sent.min(pending.len());
+        Ok(sent)
+    }
+
+    /// Sends the unsent datagrams one at a time with `send_to` (a non-blocking `send_to` of
+    /// the runtime's socket) until it fails. Returns how many were sent; fails, leaving the
+    /// batch as it was, only if the first one fails.
+    pub fn send_with(
+        &mut self,
+        mut send_to: impl FnMut(&[u8], SocketAddr) -> io::Result<usize>,
+    ) -> io::Result<usize> {
+        let mut sent = 0;
+        while let Some((remote, bytes)) = self.front() {
+            match send_to(bytes, remote) {
+                Ok(_) => {
+                    self.head += 1;
+                    sent += 1;
+                }
+                Err(e) if sent == 0 => return Err(e),
+                Err(_) => break,
+            }
+        }
+        Ok(sent)
+    }
+}
+
+/// The system calls of one runtime's socket, for [`DatagramIo`]. Each call must not wait:
+/// when the socket is not ready it returns [`io::ErrorKind::WouldBlock`] (and, where the
+/// runtime caches readiness, clears it).
+pub trait DatagramSocket {
+    /// One receive call into `batch`: [`RecvBatch::recv`] on Linux, or
+    /// [`RecvBatch::recv_with`] with the runtime's `recv_from`.
+    fn recv(&self, batch: &mut RecvBatch) -> io::Result<usize>;
+
+    /// One send call from `batch`: [`SendBatch::send`] on Linux, or
+    /// [`SendBatch::send_with`] with the runtime's `send_to`.
+    fn send(&self, batch: &mut SendBatch) -> io::Result<usize>;
+
+    /// The destinations of earlier datagrams that drew an ICMP error, from the socket's
+    /// error queue: [`error_queue_peers`] on Linux, none elsewhere.
+    fn unreachable_peers(&self) -> Vec<SocketAddr>;
+}
+
+/// A non-blocking [`std::net::UdpSocket`] (as a blocking runtime or an async-io reactor holds
+/// it) making its calls directly.
+#[derive(Clone, Copy, Debug)]
+pub struct StdSocket<'a>(pub &'a std::net::UdpSocket);
+
+impl DatagramSocket for StdSocket<'_> {
+    fn recv(&self, batch: &mut RecvBatch) -> io::Result<usize> {
+        #[cfg(target_os = "linux")]
+        let received = batch.recv(self.0);
+        #[cfg(not(target_os = "linux"))]
+        let received = batch.recv_with(|buf| self.0.recv_from(buf));
+        received
+    }
+
+    fn send(&self, batch: &mut SendBatch) -> io::Result<usize> {
+        #[cfg(target_os = "linux")]
+        let sent = batch.send(self.0);
+        #[cfg(not(target_os = "linux"))]
+        let sent = batch.send_with(|bytes, remote| self.0.send_to(bytes, remote));
+        sent
+    }
+
+    fn unreachable_peers(&self) -> Vec<SocketAddr> {
+        #[cfg(target_os = "linux")]
+        let peers = error_queue_peers(self.0);
+        #[cfg(not(target_os = "linux"))]
+        let peers = Vec::new();
+        peers
+    }
+}
+
+/// How a [`DatagramIo::receive`] call ended.
+#[derive(Debug)]
+#[non_exhaustive]
+pub enum RecvEnd {
+    /// The socket holds nothing more.
+    Drained,
+    /// The limit was reached; more may wait.
+    Limit,
+    /// The socket failed with this error (the driver decides whether to retry).
+    Failed(io::Error),
+}
+
+/// What one [`DatagramIo::receive`] call did.
+#[derive(Debug)]
+pub struct Received {
+    /// Datagrams handed to the engine.
+    pub datagrams: usize,
+    /// Why the call stopped.
+    pub end: RecvEnd,
+}
+
+/// The datagram I/O of one driver: a [`RecvBatch`], a [`SendBatch`] and the socket's local
+/// address (which gives peer addresses the form the socket uses, see
+/// [`coap_proto::addr::for_socket`]).
+#[derive(Debug)]
+pub struct DatagramIo {
+    rx: RecvBatch,
+    tx: SendBatch,
+    local: SocketAddr,
+}
+
+impl DatagramIo {
+    /// The I/O of a socket bound to `local` for an engine whose datagrams are at most
+    /// `max_datagram` bytes ([`Config::max_message_size`](coap_proto::Config::max_message_size)).
+    pub fn new(local: SocketAddr, max_datagram: usize) -> DatagramIo {
+        DatagramIo {
+            rx: RecvBatch::new(RECV_BATCH),
+            tx: SendBatch::new(max_datagram),
+            local,
+        }
+    }
+
+    /// Whether datagrams taken from the engine wait for the socket to take them (the driver
+    /// then waits for the socket to become writable, and does not stop before they leave).
+    pub fn has_unsent(&self) -> bool {
+        !self.tx.is_empty()
+    }
+
+    /// Receives up to `limit` datagrams (rounded up to whole batches) and hands each to
+    /// `ep`. An ICMP error the socket reports on the way is looked up in the error queue and
+    /// its peer reported unreachable to `ep`.
+    pub fn receive(
+        &mut self,
+        socket: &impl DatagramSocket,
+        ep: &mut Endpoint,
+        now: Instant,
+        limit: usize,
+    ) -> Received {
+        let mut datagrams = 0;
+        for _ in 0..limit {
+            match socket.recv(&mut self.rx) {
+                Ok(n) => {
+                    for (from, datagram) in self.rx.iter() {
+                        let Some(from) = for_socket(self.local, from) else {
+                            continue;
+                        };
+                        trace!(peer = %from, len = datagram.len(), "datagram received");
+                        ep.handle_datagram(now, from, datagram);
+                    }
+                    datagrams += n;
+                    if datagrams >= limit {
+                        return Received {
+                            datagrams,
+                            end: RecvEnd::Limit,
+                        };
+                    }
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    return Received {
+                        datagrams,
+                        end: RecvEnd::Drained,
+                    }
+                }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) if is_unreachable(&e) => {
+                    // An ICMP error for some earlier datagram; the queue says which peer.
+                    self.report_unreachable(socket, ep, now);
+                }
+                Err(e) => {
+                    return Received {
+                        datagrams,
+                        end: RecvEnd::Failed(e),
+                    }
+                }
+            }
+        }
+        Received {
+            datagrams,
+            end: RecvEnd::Limit,
+        }
+    }
+
+    /// Sends up to `limit` datagrams from `ep`, many per call, keeping back those the socket
+    /// would not take. A datagram the socket refuses for good is dropped, as if lost on the
+    /// way (retransmission covers it); when the refusal says its peer cannot be reached, the
+    /// peer is reported to `ep`. Returns true if datagrams still wait (in the batch or in the
+    /// engine) and the socket may take more.
+    pub fn flush(
+        &mut self,
+        socket: &impl DatagramSocket,
+        ep: &mut Endpoint,
+        now: Instant,
+        limit: usize,
+    ) -> bool {
+        // Counts datagrams sent or dropped; the loop count bounds the calls.
+        let mut handled = 0;
+        for _ in 0..limit {
+            if handled >= limit {
+                break;
+            }
+            if self.tx.is_empty() && self.tx.fill(ep, now) == 0 {
+                return false;
+            }
+            match socket.send(&mut self.tx) {
+                Ok(n) => {
+                    trace!(datagrams = n, "datagrams sent");
+                    handled += n;
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return false,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) if is_unreachable(&e) => {
+                    // On Linux a pending ICMP error of an earlier datagram can surface here;
+                    // the error queue says whom it concerns. Either way the datagram at the
+                    // head is dropped.
+                    handled += 1;
+                    let Some(remote) = self.tx.pop_front() else {
+                        continue;
+                    };
+                    debug!(peer = %unmapped(remote), error = %e, "send reported an unreachable peer");
+                    let queued = self.report_unreachable(socket, ep, now);
+                    let no_route = matches!(
+                        e.kind(),
+                        io::ErrorKind::HostUnreachable | io::ErrorKind::NetworkUnreachable
+                    );
+                    if !queued && no_route {
+                        // No route: the error is about this very datagram.
+                        ep.handle_unreachable(now, remote);
+                    }
+                }
+                Err(e) => {
+                    handled += 1;
+                    let len = self.tx.front().map_or(0, |(_, bytes)| bytes.len());
+                    if let Some(remote) = self.tx.pop_front() {
+                        warn!(peer = %unmapped(remote), len, error = %e, "send failed; datagram dropped");
+                    }
+                }
+            }
+        }
+        self.has_unsent() || ep.table_sizes().transmit_queue > 0
+    }
+
+    /// Reports every peer the socket's error queue names to `ep` as unreachable. Returns
+    /// whether there was any.
+    pub fn report_unreachable(
+        &self,
+        socket: &impl DatagramSocket,
+        ep: &mut Endpoint,
+        now: Instant,
+    ) -> bool {
+        let peers = socket.unreachable_peers();
+        for &dest in &peers {
+            if let Some(dest) = for_socket(self.local, dest) {
+                debug!(peer = %unmapped(dest), "ICMP error: peer unreachable");
+                ep.handle_unreachable(now, dest);
+            }
+        }
+        !peers.is_empty()
+    }
+}
+
+/// Reads up to [`RECV_BATCH`] entries of the socket's error queue (Linux, `MSG_ERRQUEUE` on a
+/// socket with `IP_RECVERR` / `IPV6_RECVERR`, see ip(7)) and returns the original destinations
+/// of the datagrams that drew an ICMP error, except "packet too big", which reports a path
+/// MTU and not an unreachable peer.
+#[cfg(target_os = "linux")]
+pub fn error_queue_peers(socket: &impl AsFd) -> Vec<SocketAddr> {
+    use nix::sys::socket::{recvmsg, ControlMessageOwned, MsgFlags, SockaddrStorage};
+    use std::io::IoSliceMut;
+    use std::os::fd::AsRawFd;
+
+    let fd = socket.as_fd().as_raw_fd();
+    let mut peers = Vec::new();
+    for _ in 0..RECV_BATCH {
+        let mut data = [0u8; 64];
+        let mut iov = [IoSliceMut::new(&mut data)];
+        let mut space = nix::cmsg_space!(nix::libc::sock_extended_err, nix::libc::sockaddr_in6);
+        let flags = MsgFlags::MSG_ERRQUEUE | MsgFlags::MSG_DONTWAIT;
+        let Ok(msg) = recvmsg::<SockaddrStorage>(fd, &mut iov, Some(&mut space), flags) else {
+            break;
+        };
+        let too_big = msg.cmsgs().into_iter().flatten().any(|c| {
+            matches!(c, ControlMessageOwned::Ipv4RecvErr(e, _) | ControlMessageOwned::Ipv6RecvErr(e, _)
+                if e.ee_errno == nix::libc::EMSGSIZE as u32)
+        });
+        if too_big {
+            continue;
+        }
+        // ip(7): the message's address is the original destination.
+        peers.extend(msg.address.as_ref().and_then(storage_to_socket_addr));
+    }
+    peers
+}
+
+/// The message headers `recvmmsg` fills in. They hold raw pointers, so they cannot live in a
+/// [`RecvBatch`] that moves between threads; each thread keeps its own instead, one set per
+/// address family. A set keeps each message's address length from its last call (nix does
+/// not reset it, and the kernel copies no more than that): since every peer of a socket has
+/// the socket's address family (IPv4 peers of a dual-stack socket arrive IPv4-mapped),
+/// sockets of one family never leave a set too short for the next.
+#[cfg(target_os = "linux")]
+type Headers = nix::sys::socket::MultiHeaders<nix::sys::socket::SockaddrStorage>;
+
+#[cfg(target_os = "linux")]
+thread_local! {
+    static V4_HEADERS: std::cell::RefCell<Option<Headers>> = const { std::cell::RefCell::new(None) };
+    static V6_HEADERS: std::cell::RefCell<Option<Headers>> = const { std::cell::RefCell::new(None) };
+}
+
+#[cfg(target_os = "linux")]
+fn new_headers() -> Headers {
+    nix::sys::socket::MultiHeaders::preallocate(RECV_BATCH, None)
+}
+
+/// One `recvmmsg` of up to `width` datagrams into the slots of `buf`.
+#[cfg(target_os = "linux")]
+fn recv_into(
+    headers: &mut Headers,
+    socket: &impl AsFd,
+    buf: &mut [u8],
+    width: usize,
+    received: &mut Vec<(usize, usize, SocketAddr)>,
+) -> io::Result<usize> {
+    use nix::sys::socket::{recvmmsg, MsgFlags};
+    use std::io::IoSliceMut;
+    use std::os::fd::AsRawFd;
+
+    let mut slots = buf.chunks_exact_mut(STRIDE);
+    let mut iovs: [[IoSliceMut<'_>; 1]; RECV_BATCH] = core::array::from_fn(|_| {
+        let slot = slots
+            .next()
+            .and_then(|s| s.get_mut(..SLOT))
+            .unwrap_or_default();
+        [IoSliceMut::new(slot)]
+    });
+    let results = recvmmsg(
+        socket.as_fd().as_raw_fd(),
+        headers,
+        iovs.iter_mut().take(width),
+        MsgFlags::MSG_DONTWAIT,
+        None,
+    )?;
+    for (slot, msg) in results.enumerate() {
+        if let Some(from) = msg.address.as_ref().and_then(storage_to_socket_addr) {
+            received.push((slot, msg.bytes.min(SLOT), from));
+        }
+    }
+    Ok(received.len())
+}
+
+#[cfg(target_os = "linux")]
+fn storage_to_socket_addr(s: &nix::sys::socket::SockaddrStorage) -> Option<SocketAddr> {
+    if let Some(v4) = s.as_sockaddr_in() {
+        return Some(SocketAddr::V4((*v4).into()));
+    }
+    s.as_sockaddr_in6().map(|v6| SocketAddr::V6((*v6).into()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use coap_proto::msg::{Code, Message, MessageType};
+    use coap_proto::{Config, Request};
+    use std::net::UdpSocket;
+    use std::time::Duration;
+
+    fn pair() -> (UdpSocket, UdpSocket) {
+        let a = UdpSocket::bind("127.0.0.1:0").unwrap();
+        let b = UdpSocket::bind("127.0.0.1:0").unwrap();
+        a.set_nonblocking(true).unwrap();
+        b.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        (a, b)
+    }
+
+    /// An endpoint with `n` NON requests to `to` queued, each carrying its index as payload.
+    fn endpoint_with(n: usize, to: SocketAddr, payload: usize) -> Endpoint {
+        let mut config = Config::default();
+        config.nstart = n.max(1);
+        let mut ep = Endpoint::new(config, 7).unwrap();
+        for i in 0..n {
+            let mut req = Request::new(Code::POST);
+            req.message_type = Some(MessageType::Non);
+            let mut body = vec![b'.'; payload];
+            body.extend_from_slice(i.to_string().as_bytes());
+            req.payload = body.into();
+            ep.request(Instant::from_micros(0), to, req).unwrap();
+        }
+        ep
+    }
+
+    fn payload_of(datagram: &[u8]) -> String {
+        let m = Message::parse(datagram).unwrap();
+        String::from_utf8(m.payload.to_vec()).unwrap()
+    }
+
+    /// Sends what the batch holds with the portable path or, on Linux, with sendmmsg.
+    fn send(batch: &mut SendBatch, socket: &UdpSocket, portable: bool) -> io::Result<usize> {
+        #[cfg(target_os = "linux")]
+        if !portable {
+            return batch.send(socket);
+        }
+        let _ = portable;
+        batch.send_with(|bytes, to| socket.send_to(bytes, to))
+    }
+
+    fn recv(batch: &mut RecvBatch, socket: &UdpSocket, portable: bool) -> io::Result<usize> {
+        #[cfg(target_os = "linux")]
+        if !portable {
+            return batch.recv(socket);
+        }
+        let _ = portable;
+        batch.recv_with(|buf| socket.recv_from(buf))
+    }
+
+    fn round_trip(portable: bool) {
+        let (tx, rx) = pair();
+        let to = rx.local_addr().unwrap();
+        let mut ep = endpoint_with(70, to, 0);
+        let mut out = SendBatch::new(1152);
+        // The engine queued 70: the first batch takes SEND_BATCH of them.
+        assert_eq!(out.fill(&mut ep, Instant::from_micros(0)), SEND_BATCH);
+        assert_eq!(out.len(), SEND_BATCH);
+        assert!(out.iter().all(|(remote, _)| remote == to));
+        // Not refilled while datagrams wait.
+        assert_eq!(out.fill(&mut ep, Instant::from_micros(0)), 0);
+        assert_eq!(send(&mut out, &tx, portable).unwrap(), SEND_BATCH);
+        assert!(out.is_empty());
+        while out.fill(&mut ep, Instant::from_micros(0)) > 0 {
+            send(&mut out, &tx, portable).unwrap();
+        }
+        assert!(out.is_empty());
+
+        rx.set_nonblocking(true).unwrap();
+        let mut batch = RecvBatch::new(RECV_BATCH);
+        let mut got = Vec::new();
+        for _ in 0..1000 {
+            match recv(&mut batch, &rx, portable) {
+                Ok(n) => {
+                    assert!((1..=RECV_BATCH).contains(&n));
+                    assert_eq!(batch.len(), n);
+                    for (from, d) in batch.iter() {
+                        assert_eq!(from, tx.local_addr().unwrap());
+                        got.push(payload_of(d));
+                    }
+                    assert!(batch.get(n).is_none());
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    if got.len() == 70 {
+                        break;
+                    }
+                    std::thread::sleep(Duration::from_millis(1));
+                }
+                Err(e) => panic!("{e}"),
+            }
+        }
+        let want: Vec<String> = (0..70).map(|i| i.to_string()).collect();
+        assert_eq!(got, want);
+        assert!(batch.is_empty());
+    }
+
+    #[test]
+    fn datagrams_go_out_and_come_back_in_order_portable() {
+        round_trip(true);
+    }
+
+    #[cfg(target_os = "linux")]
+    #[test]
+    fn datagrams_go_out_and_come_back_in_order_batched() {
+        round_trip(false);
+    }
+
+    #[test]
+    fn a_full_buffer_ends_the_batch() {
+        let (tx, rx) = pair();
+        let to = rx.local_addr().unwrap();
+        // Bodies just under the block size: each request is one datagram of about 1 KiB,
+        // and 64 KiB of buffer hold fewer than SEND_BATCH of them.
+        let mut ep = endpoint_with(70, to, 1020);
+        let mut out = SendBatch::new(1152);
+        let first = out.fill(&mut ep, Instant::from_micros(0));
+        assert!(first < SEND_BATCH, "{first}");
+        let bytes: usize = out.iter().map(|(_, d)| d.len()).sum();
+        assert!(
+            bytes <= SEND_BUFFER && bytes + 1030 > SEND_BUFFER,
+            "{bytes}"
+        );
+        let mut buf = vec![0; 2048];
+        let mut got = Vec::new();
+        let mut read = |count: usize, got: &mut Vec<String>| {
+            for _ in 0..count {
+                let (n, _) = rx.recv_from(&mut buf).unwrap();
+                got.push(payload_of(&buf[..n]));
+            }
+        };
+        assert_eq!(send(&mut out, &tx, false).unwrap(), first);
+        read(first, &mut got);
+        // The rest waited in the engine.
+        assert_eq!(out.fill(&mut ep, Instant::from_micros(0)), 70 - first);
+        assert_eq!(send(&mut out, &tx, false).unwrap(), 70 - first);
+        read(70 - first, &mut got);
+        let want: Vec<String> = (0..70)
+            .map(|i| format!("{}{i}", ".".repeat(1020)))
+            .collect();
+        assert_eq!(got, want);
+    }
+
+    #[test]
+    fn large_datagrams_arrive_whole() {
+        for portable in [true, false] {
+            let (tx, rx) = pair();
+            let to = rx.local_addr().unwrap();
+            tx.send_to(&vec![7; 60_000], to).unwrap();
+            tx.send_to(&[1, 2, 3], to).unwrap();
+            tx.send_to(&vec![9; 30_000], to).unwrap();
+            rx.set_nonblocking(true).unwrap();
+            let mut batch = RecvBatch::new(4);
+            let mut lens = Vec::new();
+            for _ in 0..1000 {
+                if let Ok(n) = recv(&mut batch, &rx, portable) {
+                    assert!(n <= 4);
+                    lens.extend(batch.iter().map(|(_, d)| (d.len(), d[0])));
+                }
+                if lens.len() == 3 {
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(1));
+            }
+            assert_eq!(
+                lens,
+                [(60_000, 7), (3, 1), (30_000, 9)],
+                "portable {portable}"
+            );
+        }
+    }
+
+    /// Sockets of both families take turns on one thread: each receive reports whole
+    /// source addresses (the kept message headers never leave too little room).
+    #[cfg(target_os = "linux")]
+    #[test]
+    fn ipv4_and_ipv6_sockets_share_a_thread() {
+        // A dual-stack socket hears IPv4 peers as ::ffff:a.b.c.d and IPv6 peers as they are.
+        let Ok(dual) = UdpSocket::bind("[::]:0") else {
+            return; // no IPv6 here
+        };
+        let Ok(v6_peer) = UdpSocket::bind("[::1]:0") else {
+            return;
+        };
+        let (v4_peer, v4) = pair();
+        dual.set_nonblocking(true).unwrap();
+        v4.set_nonblocking(true).unwrap();
+        let dual_port = dual.local_addr().unwrap().port();
+        let mapped = |a: SocketAddr| match a {
+            SocketAddr::V4(a) => SocketAddr::from((a.ip().to_ipv6_mapped(), a.port())),
+            other => other,
+        };
+        let mut batch = RecvBatch::new(4);
+        let mut recv_one = |socket: &UdpSocket| {
+            for _ in 0..1000 {
+                if batch.recv(socket).is_ok() {
+                    return batch.get(0).map(|(from, _)| from);
+                }
+                std::thread::sleep(Duration::from_millis(1));
+            }
+            None
+        };
+        for _ in 0..3 {
+            v4_peer.send_to(&[1], ("127.0.0.1", dual_port)).unwrap();
+            assert_eq!(recv_one(&dual), Some(mapped(v4_peer.local_addr().unwrap())));
+            v4_peer.send_to(&[2], v4.local_addr().unwrap()).unwrap();
+            assert_eq!(recv_one(&v4), Some(v4_peer.local_addr().unwrap()));
+            v6_peer.send_to(&[3], ("::1", dual_port)).unwrap();
+            assert_eq!(recv_one(&dual), Some(v6_peer.local_addr().unwrap()));
+        }
+    }
+
+    /// A socket whose calls give scripted results, for the policy of [`DatagramIo`].
+    struct Scripted {
+        recv: std::cell::RefCell<Vec<io::ErrorKind>>,
+        send: std::cell::RefCell<Vec<io::ErrorKind>>,
+        queued: Vec<SocketAddr>,
+    }
+
+    impl DatagramSocket for Scripted {
+        fn recv(&self, _batch: &mut RecvBatch) -> io::Result<usize> {
+            let kind = self.recv.borrow_mut().pop();
+            Err(kind.unwrap_or(io::ErrorKind::WouldBlock).into())
+        }
+
+        fn send(&self, batch: &mut SendBatch) -> io::Result<usize> {
+            match self.send.borrow_mut().pop() {
+                Some(kind) => Err(kind.into()),
+                None => batch.send_with(|bytes, _| Ok(bytes.len())),
+            }
+        }
+
+        fn unreachable_peers(&self) -> Vec<SocketAddr> {
+            self.queued.clone()
+        }
+    }
+
+    fn failures(ep: &mut Endpoint) -> Vec<coap_proto::endpoint::Failure> {
+        let mut out = Vec::new();
+        while let Some(event) = ep.poll_event() {
+            if let coap_proto::endpoint::Event::RequestFailed { reason, .. } = event {
+                out.push(reason);
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn a_send_without_route_fails_the_requests_to_that_peer() {
+        use coap_proto::endpoint::Failure;
+        let peer: SocketAddr = "127.0.0.1:9".parse().unwrap();
+        let now = Instant::from_micros(0);
+        let mut ep = endpoint_with(2, peer, 0);
+        let mut io = DatagramIo::new("127.0.0.1:5683".parse().unwrap(), 1152);
+        let socket = Scripted {
+            recv: Default::default(),
+            send: vec![io::ErrorKind::HostUnreachable].into(),
+            queued: Vec::new(),
+        };
+        // The first datagram is refused and dropped, the second goes out.
+        assert!(!io.flush(&socket, &mut ep, now, 64));
+        assert!(!io.has_unsent());
+        assert_eq!(ep.stats().datagrams_sent, 2);
+        assert_eq!(
+            failures(&mut ep),
+            [Failure::Unreachable, Failure::Unreachable]
+        );
+
+        // A full socket buffer keeps the batch for later.
+        let mut ep = endpoint_with(2, peer, 0);
+        let socket = Scripted {
+            recv: Default::default(),
+            send: vec![io::ErrorKind::WouldBlock].into(),
+            queued: Vec::new(),
+        };
+        assert!(!io.flush(&socket, &mut ep, now, 64));
+        assert!(io.has_unsent());
+        assert!(failures(&mut ep).is_empty());
+        assert!(!io.flush(&socket, &mut ep, now, 64));
+        assert!(!io.has_unsent());
+    }
+
+    #[test]
+    fn icmp_errors_in_the_queue_reach_the_engine() {
+        use coap_proto::endpoint::Failure;
+        let peer: SocketAddr = "127.0.0.1:9".parse().unwrap();
+        let now = Instant::from_micros(0);
+        let mut ep = endpoint_with(1, peer, 0);
+        let mut io = DatagramIo::new("127.0.0.1:5683".parse().unwrap(), 1152);
+        let socket = Scripted {
+            recv: vec![io::ErrorKind::ConnectionRefused].into(),
+            send: Default::default(),
+            queued: vec![peer],
+        };
+        assert!(!io.flush(&socket, &mut ep, now, 64));
+        let received = io.receive(&socket, &mut ep, now, 64);
+        assert!(matches!(received.end, RecvEnd::Drained), "{received:?}");
+        assert_eq!(received.datagrams, 0);
+        assert_eq!(failures(&mut ep), [Failure::Unreachable]);
+    }
+
+    #[test]
+    fn one_receive_stops_at_its_limit() {
+        let (tx, rx) = pair();
+        rx.set_nonblocking(true).unwrap();
+        for i in 0..100u8 {
+            tx.send_to(&[0x50, 0, 0, i], rx.local_addr().unwrap())
+                .unwrap();
+        }
+        let mut ep = Endpoint::new(Config::default(), 3).unwrap();
+        let mut io = DatagramIo::new(rx.local_addr().unwrap(), 1152);
+        let now = Instant::from_micros(0);
+        let mut total = 0;
+        for _ in 0..1000 {
+            let received = io.receive(&StdSocket(&rx), &mut ep, now, 40);
+            assert!(received.datagrams <= 40 + RECV_BATCH);
+            total += received.datagrams;
+            match received.end {
+                RecvEnd::Limit => assert!(received.datagrams >= 40),
+                RecvEnd::Drained if total == 100 => break,
+                RecvEnd::Drained => std::thread::sleep(Duration::from_millis(1)),
+                other => panic!("{other:?}"),
+            }
+        }
+        assert_eq!(total, 100);
+        assert_eq!(ep.stats().datagrams_received, 100);
+    }
+
+    #[test]
+    fn portable_receive_keeps_an_error_for_the_next_call() {
+        let mut batch = RecvBatch::new(8);
+        let mut calls = 0;
+        let from: SocketAddr = "127.0.0.1:9".parse().unwrap();
+        let n = batch
+            .recv_with(|buf| {
+                calls += 1;
+                match calls {
+                    1 | 2 => {
+                        buf[0] = calls;
+                        Ok((1, from))
+                    }
+                    _ => Err(io::ErrorKind::ConnectionRefused.into()),
+                }
+            })
+            .unwrap();
+        assert_eq!(n, 2);
+        assert_eq!(batch.get(1), Some((from, &[2u8][..])));
+        let e = batch.recv_with(|_| panic!("not called")).unwrap_err();
+        assert_eq!(e.kind(), io::ErrorKind::ConnectionRefused);
+        assert!(batch.is_empty());
+        let e = batch
+            .recv_with(|_| Err(io::ErrorKind::WouldBlock.into()))
+            .unwrap_err();
+        assert_eq!(e.kind(), io::ErrorKind::WouldBlock);
+    }
+
+    #[test]
+    fn a_refused_datagram_stays_until_dropped() {
+        let to: SocketAddr = "127.0.0.1:9".parse().unwrap();
+        let mut ep = endpoint_with(3, to, 0);
+        let mut out = SendBatch::new(1152);
+        assert_eq!(out.fill(&mut ep, Instant::from_micros(0)), 3);
+        let mut tries = 0;
+        let e = out
+            .send_with(|_, _| {
+                tries += 1;
+                Err(io::ErrorKind::WouldBlock.into())
+            })
+            .unwrap_err();
+        assert_eq!(e.kind(), io::ErrorKind::WouldBlock);
+        assert_eq!((tries, out.len()), (1, 3));
+        // The second one fails: the first counts as sent, the rest wait.
+        let mut n = 0;
+        let sent = out
+            .send_with(|_, _| {
+                n += 1;
+                if n == 2 {
+                    Err(io::ErrorKind::HostUnreachable.into())
+                } else {
+                    Ok(4)
+                }
+            })
+            .unwrap();
+        assert_eq!((sent, out.len()), (1, 2));
+        assert_eq!(out.pop_front(), Some(to));
+        assert_eq!(out.send_with(|b, _| Ok(b.len())).unwrap(), 1);
+        assert!(out.is_empty());
+        assert_eq!(out.pop_front(), None);
+        assert!(out.front().is_none());
+    }
+}
