@@ -1657,7 +1657,7 @@ impl Endpoint {
                 }),
                 ConOwner::Notification(oid) => self.remove_observer(oid, ObserverRemoval::Reset),
             }
-        } else if let Some(oid) = self.observers.non_owner(&(remote, mid)) {
+        } else if let Some(oid) = self.observers.non_owner(&key) {
             // RFC 7641 §3.6: a Reset to a notification cancels the observation.
             self.remove_observer(oid, ObserverRemoval::Reset);
         } else if let Some(&id) = self.non_requests.get(&key) {
@@ -2305,7 +2305,8 @@ impl Endpoint {
         } else {
             let expires = now + self.lifetimes.non;
             let cap = self.config.max_dedup_entries;
-            self.observers.record_non((peer, mid), oid, expires, cap);
+            self.observers
+                .record_non(MessageKey::new(peer, mid), oid, expires, cap);
         }
         self.queue_transmit(peer, bytes);
         if !success {

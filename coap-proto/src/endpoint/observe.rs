@@ -11,6 +11,7 @@ use core::time::Duration;
 use hashbrown::HashMap;
 use smallvec::SmallVec;
 
+use super::key::MessageKey;
 use crate::cache_key::CacheKey;
 use crate::msg::{Message, Token};
 use crate::request::Response;
@@ -106,8 +107,8 @@ pub(super) struct Registry {
     /// each observer's footprint down.
     per_peer: HashMap<SocketAddr, SmallVec<[(Token, u64); 1]>>,
     /// Message IDs of recent NON notifications, so a Reset to one removes its observer.
-    non_mids: HashMap<(SocketAddr, u16), u64>,
-    non_mid_order: VecDeque<(Instant, (SocketAddr, u16))>,
+    non_mids: HashMap<MessageKey, u64>,
+    non_mid_order: VecDeque<(Instant, MessageKey)>,
 }
 
 /// Bounds on the registry, from the configuration.
@@ -299,13 +300,7 @@ impl Registry {
         }
     }
 
-    pub(super) fn record_non(
-        &mut self,
-        key: (SocketAddr, u16),
-        oid: u64,
-        expires: Instant,
-        max: usize,
-    ) {
+    pub(super) fn record_non(&mut self, key: MessageKey, oid: u64, expires: Instant, max: usize) {
         while self.non_mids.len() >= max {
             let Some((_, k)) = self.non_mid_order.pop_front() else {
                 break;
@@ -316,7 +311,7 @@ impl Registry {
         self.non_mid_order.push_back((expires, key));
     }
 
-    pub(super) fn non_owner(&self, key: &(SocketAddr, u16)) -> Option<u64> {
+    pub(super) fn non_owner(&self, key: &MessageKey) -> Option<u64> {
         self.non_mids.get(key).copied()
     }
 
