@@ -23,41 +23,48 @@ const fn nibble(v: usize) -> (u8, usize) {
     }
 }
 
-/// Writes into a slice front to back; running out of room is an error, never a panic.
-/// Appends the extended delta or length bytes of `v`, if it needs any (RFC 7252 §3.1).
-#[inline(always)]
-fn push_extension(out: &mut Vec<u8>, v: usize) {
-    match nibble(v).1 {
-        0 => {}
-        1 => out.push((v - 13) as u8),
-        _ => out.extend_from_slice(&((v - 269) as u16).to_be_bytes()),
+/// Where an encoded message goes: a caller's slice or a growing `Vec`.
+trait Out {
+    fn put(&mut self, bytes: &[u8]) -> Result<(), EncodeError>;
+
+    /// Writes the extension bytes for a field whose nibble was chosen by [`nibble`].
+    #[inline(always)]
+    fn put_extension(&mut self, v: usize) -> Result<(), EncodeError> {
+        match nibble(v).1 {
+            0 => Ok(()),
+            1 => self.put(&[(v - 13) as u8]),
+            _ => self.put(&((v - 269) as u16).to_be_bytes()),
+        }
     }
 }
 
+/// Writes into a slice front to back; running out of room is an error, never a panic.
 struct Writer<'b> {
     rest: &'b mut [u8],
+    /// The whole message's length, for the error.
+    needed: usize,
 }
 
-impl Writer<'_> {
+impl Out for Writer<'_> {
     #[inline(always)]
-    fn put(&mut self, bytes: &[u8], needed: usize) -> Result<(), EncodeError> {
+    fn put(&mut self, bytes: &[u8]) -> Result<(), EncodeError> {
         let rest = core::mem::take(&mut self.rest);
-        let (head, tail) = rest
-            .split_at_mut_checked(bytes.len())
-            .ok_or(EncodeError::BufferTooSmall { needed })?;
+        let (head, tail) =
+            rest.split_at_mut_checked(bytes.len())
+                .ok_or(EncodeError::BufferTooSmall {
+                    needed: self.needed,
+                })?;
         head.copy_from_slice(bytes);
         self.rest = tail;
         Ok(())
     }
+}
 
-    /// Writes the extension bytes for a field whose nibble was chosen by [`nibble`].
+impl Out for Vec<u8> {
     #[inline(always)]
-    fn put_extension(&mut self, v: usize, needed: usize) -> Result<(), EncodeError> {
-        match nibble(v).1 {
-            0 => Ok(()),
-            1 => self.put(&[(v - 13) as u8], needed),
-            _ => self.put(&((v - 269) as u16).to_be_bytes(), needed),
-        }
+    fn put(&mut self, bytes: &[u8]) -> Result<(), EncodeError> {
+        self.extend_from_slice(bytes);
+        Ok(())
     }
 }
 
@@ -123,36 +130,7 @@ impl Message {
         if buf.len() < needed {
             return Err(EncodeError::BufferTooSmall { needed });
         }
-        let mut w = Writer { rest: buf };
-        let token = self.token.as_bytes();
-        let (tkl, _) = nibble(token.len());
-        let [id_hi, id_lo] = self.message_id.to_be_bytes();
-        w.put(
-            &[
-                0x40 | (self.mtype.to_bits() << 4) | tkl,
-                self.code.to_u8(),
-                id_hi,
-                id_lo,
-            ],
-            needed,
-        )?;
-        w.put_extension(token.len(), needed)?;
-        w.put(token, needed)?;
-        let mut previous = 0u16;
-        for (number, value) in self.options.iter() {
-            let delta = usize::from(number.0 - previous);
-            previous = number.0;
-            let (dn, _) = nibble(delta);
-            let (ln, _) = nibble(value.len());
-            w.put(&[(dn << 4) | ln], needed)?;
-            w.put_extension(delta, needed)?;
-            w.put_extension(value.len(), needed)?;
-            w.put(value, needed)?;
-        }
-        if !self.payload.is_empty() {
-            w.put(&[0xff], needed)?;
-            w.put(&self.payload, needed)?;
-        }
+        self.write_to(&mut Writer { rest: buf, needed })?;
         Ok(needed)
     }
 
@@ -163,7 +141,7 @@ impl Message {
     /// it needs no length computed first.
     pub fn encode_to_vec(&self, out: &mut Vec<u8>) -> Result<usize, EncodeError> {
         let start = out.len();
-        match self.append_to(out) {
+        match self.write_to(out) {
             Ok(()) => Ok(out.len() - start),
             Err(e) => {
                 out.truncate(start);
@@ -172,7 +150,8 @@ impl Message {
         }
     }
 
-    fn append_to(&self, out: &mut Vec<u8>) -> Result<(), EncodeError> {
+    /// Writes the message, checking what [`Message::checked_encoded_len`] checks as it goes.
+    fn write_to(&self, out: &mut impl Out) -> Result<(), EncodeError> {
         let token = self.token.as_bytes();
         if token.len() > Token::MAX_LEN {
             return Err(EncodeError::TokenTooLong { len: token.len() });
@@ -184,14 +163,14 @@ impl Message {
         }
         let (tkl, _) = nibble(token.len());
         let [id_hi, id_lo] = self.message_id.to_be_bytes();
-        out.extend_from_slice(&[
+        out.put(&[
             0x40 | (self.mtype.to_bits() << 4) | tkl,
             self.code.to_u8(),
             id_hi,
             id_lo,
-        ]);
-        push_extension(out, token.len());
-        out.extend_from_slice(token);
+        ])?;
+        out.put_extension(token.len())?;
+        out.put(token)?;
         let mut previous = 0u16;
         for (number, value) in self.options.iter() {
             if value.len() > MAX_EXTENDED {
@@ -202,14 +181,14 @@ impl Message {
             }
             let delta = usize::from(number.0 - previous);
             previous = number.0;
-            out.push((nibble(delta).0 << 4) | nibble(value.len()).0);
-            push_extension(out, delta);
-            push_extension(out, value.len());
-            out.extend_from_slice(value);
+            out.put(&[(nibble(delta).0 << 4) | nibble(value.len()).0])?;
+            out.put_extension(delta)?;
+            out.put_extension(value.len())?;
+            out.put(value)?;
         }
         if !self.payload.is_empty() {
-            out.push(0xff);
-            out.extend_from_slice(&self.payload);
+            out.put(&[0xff])?;
+            out.put(&self.payload)?;
         }
         Ok(())
     }
