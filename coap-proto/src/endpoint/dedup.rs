@@ -6,6 +6,7 @@ use alloc::sync::Arc;
 
 use hashbrown::hash_map;
 use hashbrown::HashMap;
+use smallvec::SmallVec;
 
 use super::key::MessageKey;
 use super::IncomingId;
@@ -109,13 +110,32 @@ impl Dedup {
         evicted
     }
 
-    /// Replaces the state of an entry, if it is still there.
-    pub(super) fn update(&mut self, key: DedupKey, state: DedupState) {
-        if let Some(entry) = self.map.get_mut(&key) {
-            self.bytes -= state_bytes(&entry.state);
-            self.bytes += state_bytes(&state);
-            entry.state = state;
+    /// Replaces the state of an entry, if it is still there. A larger reply can push the cache
+    /// over `max_bytes`: older entries are evicted then, never the one just updated. Returns
+    /// how many were evicted.
+    pub(super) fn update(&mut self, key: DedupKey, state: DedupState, max_bytes: usize) -> u64 {
+        let Some(entry) = self.map.get_mut(&key) else {
+            return 0;
+        };
+        self.bytes -= state_bytes(&entry.state);
+        self.bytes += state_bytes(&state);
+        entry.state = state;
+        let mut evicted = 0;
+        let mut kept: SmallVec<[(Instant, DedupKey); 2]> = SmallVec::new();
+        while self.bytes > max_bytes && self.map.len() > 1 {
+            let Some((expiry, old)) = self.order.pop_front() else {
+                break;
+            };
+            if old == key {
+                kept.push((expiry, old));
+            } else if self.remove_if(&old, expiry) {
+                evicted += 1;
+            }
         }
+        for item in kept.into_iter().rev() {
+            self.order.push_front(item);
+        }
+        evicted
     }
 
     /// Drops the entries whose lifetime ended by `now`, and gives memory back once the cache
@@ -190,6 +210,13 @@ mod tests {
         }
         assert_eq!(d.len(), 3);
         assert_eq!(d.bytes(), 3 * ENTRY_BYTES);
+        // A reply stored later counts too: older entries make room, the updated one stays.
+        let reply: Arc<[u8]> = Arc::from(&[0u8; 100][..]);
+        let evicted = d.update(key(9), DedupState::Reply(reply), 3 * ENTRY_BYTES);
+        assert_eq!(evicted, 1);
+        assert_eq!(d.len(), 2);
+        assert!(d.get(&key(9)).is_some());
+        assert!(d.bytes() <= 3 * ENTRY_BYTES);
     }
 
     #[test]

@@ -1138,14 +1138,13 @@ impl Endpoint {
                 let bytes = self.encode_empty(MessageType::Ack, ex.mid);
                 self.queue_transmit(ex.peer, bytes);
             }
-            self.dedup.update(key, DedupState::AckOnly);
+            self.update_dedup(key, DedupState::AckOnly);
             return Ok(());
         }
         if ex.message_type == MessageType::Con && !ex.ack_sent {
             // Piggybacked on the ACK (§5.2.1).
             let bytes = self.encode_owned(MessageType::Ack, ex.mid, ex.token.clone(), response);
-            self.dedup
-                .update(key, DedupState::Reply(Arc::clone(&bytes)));
+            self.update_dedup(key, DedupState::Reply(Arc::clone(&bytes)));
             self.queue_transmit(ex.peer, bytes);
             return Ok(());
         }
@@ -1164,7 +1163,7 @@ impl Endpoint {
         } else {
             message_type
         };
-        self.dedup.update(key, DedupState::AckOnly);
+        self.update_dedup(key, DedupState::AckOnly);
         self.send_separate(now, id, ex, message_type, response);
         Ok(())
     }
@@ -2827,7 +2826,7 @@ impl Endpoint {
         let bytes = self.encode(&message);
         if message_type == MessageType::Non {
             // A duplicate of the NON request gets this response again (§4.5).
-            self.dedup.update(
+            self.update_dedup(
                 MessageKey::new(remote, request_mid),
                 DedupState::Reply(Arc::clone(&bytes)),
             );
@@ -3082,6 +3081,11 @@ impl Endpoint {
             self.config.max_dedup_entries,
             self.config.max_dedup_bytes,
         );
+        self.stats.dedup_evictions += evicted;
+    }
+
+    fn update_dedup(&mut self, key: MessageKey, state: DedupState) {
+        let evicted = self.dedup.update(key, state, self.config.max_dedup_bytes);
         self.stats.dedup_evictions += evicted;
     }
 
