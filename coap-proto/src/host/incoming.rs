@@ -4,10 +4,8 @@ use alloc::string::String;
 use core::fmt;
 use core::net::SocketAddr;
 
-use bytes::Bytes;
-
 use crate::endpoint::IncomingId;
-use crate::msg::{Code, ContentFormat, Message, MessageType, Options, Token};
+use crate::msg::{Code, ContentFormat, Message, MessageType, Token};
 use crate::request::Response;
 
 /// A request received from a peer, as a [`Host`](super::Host) hands it to its
@@ -74,25 +72,7 @@ impl Incoming {
         })
     }
 
-    /// The options.
-    pub fn options(&self) -> &Options {
-        &self.message.options
-    }
-
-    /// The body, whole even when it travelled in blocks.
-    pub fn payload(&self) -> &Bytes {
-        &self.message.payload
-    }
-
-    /// The body as UTF-8 text, if it is.
-    pub fn payload_str(&self) -> Option<&str> {
-        core::str::from_utf8(&self.message.payload).ok()
-    }
-
-    /// The Content-Format option, if present.
-    pub fn content_format(&self) -> Option<ContentFormat> {
-        self.message.options.content_format()
-    }
+    message_accessors!();
 
     /// The Accept option, if present.
     pub fn accept(&self) -> Option<ContentFormat> {

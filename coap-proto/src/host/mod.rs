@@ -131,6 +131,32 @@
 //! # Ok(()) }
 //! ```
 
+/// The accessors every type that wraps a received `message` offers: options, body and
+/// Content-Format, written once for requests and responses.
+macro_rules! message_accessors {
+    () => {
+        /// The options.
+        pub fn options(&self) -> &$crate::msg::Options {
+            &self.message.options
+        }
+
+        /// The body, whole even when it travelled in blocks.
+        pub fn payload(&self) -> &bytes::Bytes {
+            &self.message.payload
+        }
+
+        /// The body as UTF-8 text, if it is.
+        pub fn payload_str(&self) -> Option<&str> {
+            core::str::from_utf8(&self.message.payload).ok()
+        }
+
+        /// The Content-Format option, if present.
+        pub fn content_format(&self) -> Option<$crate::msg::ContentFormat> {
+            self.message.options.content_format()
+        }
+    };
+}
+
 mod client;
 mod error;
 mod guards;

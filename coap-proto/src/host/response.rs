@@ -5,9 +5,7 @@ use core::fmt;
 use core::net::SocketAddr;
 use core::ops::Deref;
 
-use bytes::Bytes;
-
-use crate::msg::{Code, ContentFormat, Message, MessageType, Options, Token};
+use crate::msg::{Code, Message, MessageType, Token};
 use crate::uri::CoapUri;
 
 /// A response a client received.
@@ -32,25 +30,7 @@ impl IncomingResponse {
         self.message.code.is_success()
     }
 
-    /// The options.
-    pub fn options(&self) -> &Options {
-        &self.message.options
-    }
-
-    /// The body, whole even when it travelled in blocks.
-    pub fn payload(&self) -> &Bytes {
-        &self.message.payload
-    }
-
-    /// The body as UTF-8 text, if it is.
-    pub fn payload_str(&self) -> Option<&str> {
-        core::str::from_utf8(&self.message.payload).ok()
-    }
-
-    /// The Content-Format option, if present.
-    pub fn content_format(&self) -> Option<ContentFormat> {
-        self.message.options.content_format()
-    }
+    message_accessors!();
 
     /// The ETag option, if present.
     pub fn etag(&self) -> Option<&[u8]> {
