@@ -3,10 +3,9 @@
 
 use alloc::collections::VecDeque;
 use alloc::sync::Arc;
+use core::hash::BuildHasher;
 
-use hashbrown::hash_map;
-use hashbrown::HashMap;
-use smallvec::SmallVec;
+use hashbrown::{DefaultHashBuilder, HashTable};
 
 use super::key::MessageKey;
 use super::IncomingId;
@@ -28,30 +27,38 @@ pub(super) enum DedupState {
     Silent,
 }
 
+/// One remembered message. `state` is `None` once the entry was replaced or evicted ahead of
+/// its turn; the empty slot leaves when it reaches the front of the queue.
 #[derive(Debug)]
-struct Entry {
+struct Slot {
+    key: DedupKey,
     expires: Instant,
-    state: DedupState,
+    state: Option<DedupState>,
 }
 
-/// The cache, bounded in entries and bytes. Entries expire in insertion order, since every
-/// entry of one message type lives equally long; when a bound is hit the oldest entry goes
-/// first.
+/// The cache, bounded in entries and bytes.
+///
+/// Entries live in a queue in insertion order, and a hash table maps each live key to its
+/// place in the queue. Expiry and eviction work at the front of the queue (every entry of one
+/// message type lives equally long, so the oldest is the first to go), insertion at the
+/// back: both touch memory the last call touched, and the random access of a lookup goes to
+/// a table of 8-byte positions, small enough to stay in cache at tens of thousands of entries.
 #[derive(Debug, Default)]
 pub(super) struct Dedup {
-    map: HashMap<DedupKey, Entry>,
-    /// (expiry, key) in insertion order. An item whose key now maps to an entry with another
-    /// expiry is stale and skipped.
-    order: VecDeque<(Instant, DedupKey)>,
+    /// Slot `i` has the sequence number `head + i`.
+    slots: VecDeque<Slot>,
+    head: u64,
+    /// Sequence numbers of the slots whose `state` is `Some`, hashed by their key.
+    index: HashTable<u64>,
+    hasher: DefaultHashBuilder,
     bytes: usize,
 }
 
-/// What one entry costs besides its cached reply: its slot in the hash table (key, entry and
-/// control byte, with the table's one-in-eight spare slots), and its item in the expiry queue.
-/// Counting this, not only the replies, is what lets the byte bound stand for the memory the
-/// cache really holds.
-pub(super) const ENTRY_BYTES: usize =
-    (size_of::<(DedupKey, Entry)>() + 1) * 8 / 7 + size_of::<(Instant, DedupKey)>();
+/// What one entry costs besides its cached reply: its slot in the queue and its place in the
+/// hash table (with the control byte and the table's one-in-eight spare slots). Counting
+/// this, not only the replies, is what lets the byte bound stand for the memory the cache
+/// really holds.
+pub(super) const ENTRY_BYTES: usize = size_of::<Slot>() + (size_of::<u64>() + 1) * 8 / 7;
 
 /// What a cached reply adds: its bytes and the shared allocation's header (two counters).
 const REPLY_OVERHEAD: usize = 2 * size_of::<usize>();
@@ -63,22 +70,35 @@ fn state_bytes(state: &DedupState) -> usize {
     }
 }
 
-fn entry_bytes(state: &DedupState) -> usize {
-    ENTRY_BYTES + state_bytes(state)
-}
-
 impl Dedup {
+    /// Live entries.
     pub(super) fn len(&self) -> usize {
-        self.map.len()
+        self.index.len()
     }
 
-    /// The bytes charged against the bound: every entry's bookkeeping and cached reply.
+    /// The bytes charged against the bound: every live entry's bookkeeping and cached reply.
     pub(super) fn bytes(&self) -> usize {
         self.bytes
     }
 
+    fn hash(&self, key: &DedupKey) -> u64 {
+        self.hasher.hash_one(key)
+    }
+
+    /// The queue position of the live entry for `key`.
+    fn position(&self, key: &DedupKey) -> Option<usize> {
+        let (slots, head) = (&self.slots, self.head);
+        let seq = self.index.find(self.hash(key), |&seq| {
+            slots
+                .get((seq - head) as usize)
+                .is_some_and(|s| s.key == *key)
+        })?;
+        Some((seq - head) as usize)
+    }
+
     pub(super) fn get(&self, key: &DedupKey) -> Option<&DedupState> {
-        self.map.get(key).map(|e| &e.state)
+        let at = self.position(key)?;
+        self.slots.get(at)?.state.as_ref()
     }
 
     /// Records a message; returns how many older entries were evicted to make room.
@@ -91,22 +111,35 @@ impl Dedup {
         max_bytes: usize,
     ) -> u64 {
         let mut evicted = 0;
-        let size = entry_bytes(&state);
-        while self.map.len() >= max_entries
-            || (self.bytes + size > max_bytes && !self.map.is_empty())
+        // The entry bound counts slots, emptied ones included, so the queue never outgrows it.
+        // (Slots are emptied ahead of their turn only when an entry is replaced or evicted to
+        // make room for a larger reply; their bytes are released then.)
+        let size = ENTRY_BYTES + state_bytes(&state);
+        while !self.slots.is_empty()
+            && (self.slots.len() >= max_entries || self.bytes + size > max_bytes)
         {
-            let Some((expiry, old)) = self.order.pop_front() else {
-                break;
-            };
-            if self.remove_if(&old, expiry) {
+            if self.pop_front() {
                 evicted += 1;
             }
         }
-        if let Some(previous) = self.map.insert(key, Entry { expires, state }) {
-            self.bytes -= entry_bytes(&previous.state);
+        let hash = self.hash(&key);
+        if let Some(at) = self.position(&key) {
+            // The same message again after all (its entry is replaced, not doubled).
+            self.forget(at);
         }
+        let seq = self.head + self.slots.len() as u64;
+        self.slots.push_back(Slot {
+            key,
+            expires,
+            state: Some(state),
+        });
         self.bytes += size;
-        self.order.push_back((expires, key));
+        let (slots, head, hasher) = (&self.slots, self.head, &self.hasher);
+        self.index.insert_unique(hash, seq, |&s| {
+            slots
+                .get((s - head) as usize)
+                .map_or(0, |slot| hasher.hash_one(slot.key))
+        });
         evicted
     }
 
@@ -114,61 +147,94 @@ impl Dedup {
     /// over `max_bytes`: older entries are evicted then, never the one just updated. Returns
     /// how many were evicted.
     pub(super) fn update(&mut self, key: DedupKey, state: DedupState, max_bytes: usize) -> u64 {
-        let Some(entry) = self.map.get_mut(&key) else {
+        let Some(at) = self.position(&key) else {
             return 0;
         };
-        self.bytes -= state_bytes(&entry.state);
+        let Some(slot) = self.slots.get_mut(at) else {
+            return 0;
+        };
         self.bytes += state_bytes(&state);
-        entry.state = state;
-        let mut evicted = 0;
-        let mut kept: SmallVec<[(Instant, DedupKey); 2]> = SmallVec::new();
-        while self.bytes > max_bytes && self.map.len() > 1 {
-            let Some((expiry, old)) = self.order.pop_front() else {
-                break;
-            };
-            if old == key {
-                kept.push((expiry, old));
-            } else if self.remove_if(&old, expiry) {
-                evicted += 1;
-            }
+        if let Some(old) = slot.state.replace(state) {
+            self.bytes -= state_bytes(&old);
         }
-        for item in kept.into_iter().rev() {
-            self.order.push_front(item);
+        let mut evicted = 0;
+        // Oldest first, skipping the updated entry: slots ahead of it leave the queue, those
+        // behind it (newer ones, when it was itself among the oldest) are emptied in place.
+        let mut at = at;
+        let mut next = 0;
+        while self.bytes > max_bytes && next < self.slots.len() {
+            if next == at {
+                next += 1;
+                continue;
+            }
+            if next == 0 {
+                let before = self.slots.len();
+                if self.pop_front() {
+                    evicted += 1;
+                }
+                at -= before - self.slots.len();
+            } else {
+                if self.forget(next) {
+                    evicted += 1;
+                }
+                next += 1;
+            }
         }
         evicted
     }
 
-    /// Drops the entries whose lifetime ended by `now`, and gives memory back once the cache
-    /// has shrunk well below its peak, so a burst does not pin its high-water mark.
+    /// Removes every entry that has expired by `now`.
     pub(super) fn expire(&mut self, now: Instant) {
-        while let Some(&(expiry, key)) = self.order.front() {
-            if expiry > now {
-                break;
-            }
-            self.order.pop_front();
-            self.remove_if(&key, expiry);
+        while self.slots.front().is_some_and(|s| s.expires <= now) {
+            self.pop_front();
         }
-        if self.map.capacity() > 4 * self.map.len() + 64 {
-            self.map.shrink_to(2 * self.map.len());
+        if self.index.capacity() > 4 * self.index.len() + 64 {
+            let (slots, head, hasher) = (&self.slots, self.head, &self.hasher);
+            self.index.shrink_to(2 * self.index.len(), |&s| {
+                slots
+                    .get((s - head) as usize)
+                    .map_or(0, |slot| hasher.hash_one(slot.key))
+            });
         }
-        if self.order.capacity() > 4 * self.order.len() + 64 {
-            self.order.shrink_to(2 * self.order.len());
+        if self.slots.capacity() > 4 * self.slots.len() + 64 {
+            self.slots.shrink_to(2 * self.slots.len());
         }
     }
 
     /// The earliest instant an entry may expire.
     pub(super) fn next_expiry(&self) -> Option<Instant> {
-        self.order.front().map(|(t, _)| *t)
+        self.slots.front().map(|s| s.expires)
     }
 
-    fn remove_if(&mut self, key: &DedupKey, expiry: Instant) -> bool {
-        match self.map.entry(*key) {
-            hash_map::Entry::Occupied(entry) if entry.get().expires == expiry => {
-                self.bytes -= entry_bytes(&entry.remove().state);
-                true
-            }
-            _ => false,
+    /// Drops the oldest slot, and the emptied slots right behind it; returns whether it still
+    /// held an entry.
+    fn pop_front(&mut self) -> bool {
+        let live = self.forget(0);
+        self.slots.pop_front();
+        self.head += 1;
+        while self.slots.front().is_some_and(|s| s.state.is_none()) {
+            self.slots.pop_front();
+            self.head += 1;
         }
+        live
+    }
+
+    /// Ends the entry in the slot at queue position `at` and releases its bytes; the empty
+    /// slot stays in the queue until it reaches the front. Returns whether it held an entry.
+    fn forget(&mut self, at: usize) -> bool {
+        let Some(slot) = self.slots.get_mut(at) else {
+            return false;
+        };
+        let Some(state) = slot.state.take() else {
+            return false;
+        };
+        self.bytes -= ENTRY_BYTES + state_bytes(&state);
+        let seq = self.head + at as u64;
+        let hash = self.hasher.hash_one(slot.key);
+        if let Ok(entry) = self.index.find_entry(hash, |&s| s == seq) {
+            entry.remove();
+        }
+        true
     }
 }
 
@@ -211,12 +277,80 @@ mod tests {
         assert_eq!(d.len(), 3);
         assert_eq!(d.bytes(), 3 * ENTRY_BYTES);
         // A reply stored later counts too: older entries make room, the updated one stays.
-        let reply: Arc<[u8]> = Arc::from(&[0u8; 100][..]);
+        // (A reply smaller than one entry's bookkeeping: evicting one entry makes room.)
+        let reply: Arc<[u8]> = Arc::from(alloc::vec![0u8; ENTRY_BYTES / 2]);
         let evicted = d.update(key(9), DedupState::Reply(reply), 3 * ENTRY_BYTES);
         assert_eq!(evicted, 1);
         assert_eq!(d.len(), 2);
         assert!(d.get(&key(9)).is_some());
         assert!(d.bytes() <= 3 * ENTRY_BYTES);
+    }
+
+    #[test]
+    fn an_update_among_the_oldest_evicts_newer_entries_in_place() {
+        let t = Instant::from_secs(1);
+        let mut d = Dedup::default();
+        for mid in 0..4 {
+            d.insert(key(mid), t, DedupState::AckOnly, 100, 4 * ENTRY_BYTES);
+        }
+        // The oldest entry grows: every other entry goes, newer ones emptied in place.
+        let reply: Arc<[u8]> = Arc::from(alloc::vec![0u8; 2 * ENTRY_BYTES]);
+        assert_eq!(
+            d.update(key(0), DedupState::Reply(reply), 4 * ENTRY_BYTES),
+            3
+        );
+        assert_eq!(d.len(), 1);
+        assert!(matches!(d.get(&key(0)), Some(DedupState::Reply(_))));
+        assert!(d.bytes() <= 4 * ENTRY_BYTES);
+        // The emptied slots count against the entry bound until they leave the queue, which
+        // they do as new entries need the room.
+        for mid in 10..14 {
+            d.insert(key(mid), t, DedupState::AckOnly, 4, usize::MAX);
+        }
+        assert!(d.get(&key(0)).is_none());
+        assert_eq!(d.len(), 4);
+        assert!(d.get(&key(10)).is_some() && d.get(&key(13)).is_some());
+        d.expire(t);
+        assert_eq!((d.len(), d.bytes()), (0, 0));
+    }
+
+    #[test]
+    fn the_same_message_again_replaces_its_entry() {
+        let t = Instant::from_secs(1);
+        let mut d = Dedup::default();
+        d.insert(key(1), t, DedupState::AckOnly, 100, usize::MAX);
+        d.insert(key(1), t, DedupState::Silent, 100, usize::MAX);
+        assert_eq!(d.len(), 1);
+        assert!(matches!(d.get(&key(1)), Some(DedupState::Silent)));
+        d.expire(t);
+        assert_eq!((d.len(), d.bytes()), (0, 0));
+    }
+
+    #[test]
+    fn lookups_survive_growth_and_shrinking() {
+        let mut d = Dedup::default();
+        for mid in 0..5000u16 {
+            let expires = Instant::from_secs(1 + u64::from(mid));
+            d.insert(
+                key(mid),
+                expires,
+                DedupState::Pending(IncomingId(u64::from(mid))),
+                100_000,
+                usize::MAX,
+            );
+        }
+        d.expire(Instant::from_secs(4900));
+        assert_eq!(d.len(), 100);
+        for mid in 0..5000u16 {
+            let found = d.get(&key(mid));
+            if mid < 4900 {
+                assert!(found.is_none(), "{mid}");
+            } else {
+                assert!(
+                    matches!(found, Some(DedupState::Pending(IncomingId(id))) if *id == u64::from(mid))
+                );
+            }
+        }
     }
 
     #[test]
