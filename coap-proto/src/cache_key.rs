@@ -28,7 +28,7 @@
 
 use smallvec::SmallVec;
 
-use crate::msg::{Code, OptionNumber, Options};
+use crate::msg::{option_header as header, Code, OptionNumber, Options};
 
 /// Options to exclude when identifying a block-wise operation: Block1 and Block2 change from
 /// block to block (RFC 9175 §3.3). Size1 and Size2 are NoCacheKey and left out anyway.
@@ -60,8 +60,8 @@ pub const BLOCKWISE_OBSERVE_EXCLUDED: &[OptionNumber] = &[
 /// does. Stored in one small buffer: keys of typical requests need no heap allocation.
 #[derive(Debug, PartialEq, Eq, Hash)]
 pub struct CacheKey {
-    /// The code byte, then for each included option: the number as the difference from the
-    /// previous included number, the value length (both LEB128) and the value.
+    /// The code byte, then the included options in CoAP's wire encoding (RFC 7252 §3.1), deltas
+    /// counted between included options.
     bytes: SmallVec<[u8; 32]>,
 }
 
@@ -78,6 +78,13 @@ impl CacheKey {
     /// The key of a request with `code` and `options`, leaving out NoCacheKey options and
     /// the numbers in `exclude` (such as [`BLOCKWISE_EXCLUDED`]).
     pub fn new(code: Code, options: &Options, exclude: &[OptionNumber]) -> CacheKey {
+        if options.numbers().all(|n| is_included(n, exclude)) {
+            // `Options` keeps its options in wire encoding: the key is a copy of it.
+            let mut bytes = SmallVec::with_capacity(1 + options.wire().len());
+            bytes.push(code.to_u8());
+            bytes.extend_from_slice(options.wire());
+            return CacheKey { bytes };
+        }
         // `Options` iterates in wire order already.
         CacheKey::from_sorted(code, options.iter(), exclude)
     }
@@ -113,10 +120,10 @@ impl CacheKey {
             if !is_included(number, exclude) {
                 continue;
             }
-            push_varint(&mut bytes, u32::from(number.0.wrapping_sub(previous)));
+            let (head, len) = header(number.0.wrapping_sub(previous), value.len());
             previous = number.0;
-            push_varint(&mut bytes, u32::try_from(value.len()).unwrap_or(u32::MAX));
-            extend_short(&mut bytes, value);
+            bytes.extend_from_slice(head.get(..len).unwrap_or(&[]));
+            bytes.extend_from_slice(value);
         }
         CacheKey { bytes }
     }
@@ -135,36 +142,6 @@ impl CacheKey {
 
 fn is_included(number: OptionNumber, exclude: &[OptionNumber]) -> bool {
     !number.is_no_cache_key() && !exclude.contains(&number)
-}
-
-/// Appends `value`: byte by byte when short (cheaper than a general copy for the few bytes of
-/// a typical option), as one copy otherwise.
-#[inline]
-fn extend_short(out: &mut SmallVec<[u8; 32]>, value: &[u8]) {
-    if value.len() <= 16 {
-        out.extend(value.iter().copied());
-    } else {
-        out.extend_from_slice(value);
-    }
-}
-
-/// Appends `v` in LEB128: seven bits a byte, low bits first, high bit set on all but the last.
-#[inline]
-fn push_varint(out: &mut SmallVec<[u8; 32]>, mut v: u32) {
-    if v < 0x80 {
-        // Option deltas and lengths of a typical request fit one byte.
-        out.push(v as u8);
-        return;
-    }
-    loop {
-        let low = (v & 0x7f) as u8;
-        v >>= 7;
-        if v == 0 {
-            out.push(low);
-            return;
-        }
-        out.push(low | 0x80);
-    }
 }
 
 #[cfg(test)]
@@ -280,9 +257,10 @@ mod tests {
     fn small_keys_stay_inline() {
         let k = key(&get(&["sensors", "temp"]));
         assert!(!k.bytes.spilled());
-        assert_eq!(k.as_bytes().len(), 1 + (2 + 7) + (2 + 4));
+        // The code, then each option as on the wire: a one-byte header and the value.
+        assert_eq!(k.as_bytes().len(), 1 + (1 + 7) + (1 + 4));
         let long = key(&get(&[&"x".repeat(300)]));
-        assert_eq!(long.as_bytes().len(), 1 + 1 + 2 + 300);
+        assert_eq!(long.as_bytes().len(), 1 + 3 + 300);
     }
 
     fn arb_options() -> impl Strategy<Value = Vec<(u16, Vec<u8>)>> {

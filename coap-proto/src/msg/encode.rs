@@ -7,9 +7,6 @@ use super::message::Message;
 use super::options::Options;
 use super::token::Token;
 
-/// The largest value the 4-bit field plus two extension bytes can carry: 65535 + 269.
-const MAX_EXTENDED: usize = 65535 + 269;
-
 /// The nibble and the number of extension bytes for an option delta, option length or token
 /// length of `v` (at most [`MAX_EXTENDED`]).
 #[inline(always)]
@@ -80,23 +77,10 @@ impl Message {
         {
             return Err(EncodeError::EmptyMessageHasContent);
         }
-        let mut len = 4 + nibble(token_len).1 + token_len;
-        let mut previous = 0u16;
-        for (number, value) in self.options.iter() {
-            if value.len() > MAX_EXTENDED {
-                return Err(EncodeError::OptionValueTooLong {
-                    number,
-                    len: value.len(),
-                });
-            }
-            let delta = usize::from(number.0 - previous);
-            previous = number.0;
-            len += 1 + nibble(delta).1 + nibble(value.len()).1 + value.len();
+        if let Some((number, len)) = self.options.long_value() {
+            return Err(EncodeError::OptionValueTooLong { number, len });
         }
-        if !self.payload.is_empty() {
-            len += 1 + self.payload.len();
-        }
-        Ok(len)
+        Ok(self.encoded_len())
     }
 
     /// The encoded length in bytes. For a message that cannot be encoded (see
@@ -108,13 +92,9 @@ impl Message {
     /// The encoded length of a message with a token of `token_len` bytes, these options and
     /// a payload of `payload_len` bytes, without building the message.
     pub fn encoded_len_of(token_len: usize, options: &Options, payload_len: usize) -> usize {
-        let mut len = 4 + nibble(token_len).1 + token_len;
-        let mut previous = 0u16;
-        for (number, value) in options.iter() {
-            let delta = usize::from(number.0 - previous);
-            previous = number.0;
-            len += 1 + nibble(delta).1 + nibble(value.len()).1 + value.len();
-        }
+        // Options are kept in their wire encoding. (For a value too long to encode, the count
+        // uses the buffer's own header for it.)
+        let mut len = 4 + nibble(token_len).1 + token_len + options.wire().len();
         if payload_len != 0 {
             len += 1 + payload_len;
         }
@@ -169,23 +149,13 @@ impl Message {
             id_hi,
             id_lo,
         ])?;
+        if let Some((number, len)) = self.options.long_value() {
+            return Err(EncodeError::OptionValueTooLong { number, len });
+        }
         out.put_extension(token.len())?;
         out.put(token)?;
-        let mut previous = 0u16;
-        for (number, value) in self.options.iter() {
-            if value.len() > MAX_EXTENDED {
-                return Err(EncodeError::OptionValueTooLong {
-                    number,
-                    len: value.len(),
-                });
-            }
-            let delta = usize::from(number.0 - previous);
-            previous = number.0;
-            out.put(&[(nibble(delta).0 << 4) | nibble(value.len()).0])?;
-            out.put_extension(delta)?;
-            out.put_extension(value.len())?;
-            out.put(value)?;
-        }
+        // Options are kept in their wire encoding: one copy.
+        out.put(self.options.wire())?;
         if !self.payload.is_empty() {
             out.put(&[0xff])?;
             out.put(&self.payload)?;

@@ -26,6 +26,7 @@ pub use content_format::ContentFormat;
 pub use error::{EncodeError, ParseError};
 pub use message::Message;
 pub use option::{OptionDefinition, OptionFormat, OptionNumber};
+pub(crate) use options::header as option_header;
 pub use options::{decode_uint, OptionError, OptionErrorKind, OptionValue, Options};
 pub use parse::{parse_header, Header, MessageView, OptionsIter};
 pub use token::Token;

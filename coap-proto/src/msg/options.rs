@@ -15,60 +15,183 @@ use super::option::{OptionFormat, OptionNumber};
 /// Values of up to 8 bytes are stored inline.
 pub type OptionValue = SmallVec<[u8; 8]>;
 
-/// One option in [`Options`]: its number and the length of its value in the shared buffer.
-///
-/// The length is a `u32` so that an entry takes 8 bytes and the inline entries of an
-/// `Options` stay small (every `Message` and every event carrying one moves them). No CoAP
-/// option value can exceed 65 804 bytes (RFC 7252 §3.1), so nothing encodable is lost.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-struct Entry {
-    number: OptionNumber,
-    len: u32,
+/// The largest option delta or value length the wire format can carry: a 4-bit field plus
+/// two extension bytes, 65 535 + 269 (RFC 7252 §3.1).
+pub(crate) const MAX_EXTENDED: usize = 65535 + 269;
+
+/// The length nibble [`Options`] uses, inside its own buffer only, for a value longer than
+/// [`MAX_EXTENDED`]: 15 (reserved on the wire) followed by the length as 4 bytes. Encoding a
+/// message refuses such a value, so the marker never leaves the buffer.
+const LONG_NIBBLE: u8 = 15;
+
+/// The nibble and extension bytes for a delta or length `v`. Returns the header field's
+/// nibble, the extension bytes and how many of them are used.
+#[inline(always)]
+fn field(v: usize) -> (u8, [u8; 4], usize) {
+    if v < 13 {
+        (v as u8, [0; 4], 0)
+    } else if v < 269 {
+        (13, [(v - 13) as u8, 0, 0, 0], 1)
+    } else if v <= MAX_EXTENDED {
+        let [hi, lo] = ((v - 269) as u16).to_be_bytes();
+        (14, [hi, lo, 0, 0], 2)
+    } else {
+        (LONG_NIBBLE, (v as u32).to_be_bytes(), 4)
+    }
 }
 
-impl Entry {
-    fn new(number: OptionNumber, value: &[u8]) -> Entry {
-        Entry {
-            number,
-            len: stored_len(value),
+/// One option header (RFC 7252 §3.1) for a delta and a value length: the bytes and how many
+/// are used (at most 1 + 2 + 4).
+#[inline(always)]
+pub(crate) fn header(delta: u16, len: usize) -> ([u8; 7], usize) {
+    let (dn, dx, dl) = field(usize::from(delta));
+    let (ln, lx, ll) = field(len);
+    let mut out = [0u8; 7];
+    out[0] = (dn << 4) | ln;
+    let mut n = 1;
+    for &b in dx.iter().take(dl) {
+        out[n] = b;
+        n += 1;
+    }
+    for &b in lx.iter().take(ll) {
+        if let Some(slot) = out.get_mut(n) {
+            *slot = b;
+        }
+        n += 1;
+    }
+    (out, n.min(7))
+}
+
+/// Reads an extended field whose nibble is `nibble` at `*pos`. The buffer was written by
+/// [`header`] (or checked by the parser), so a short read only ends iteration early.
+#[inline(always)]
+fn read_field(wire: &[u8], pos: &mut usize, nibble: u8) -> usize {
+    match nibble {
+        0..=12 => usize::from(nibble),
+        13 => {
+            let v = wire.get(*pos).map_or(0, |&b| usize::from(b) + 13);
+            *pos += 1;
+            v
+        }
+        14 => {
+            let v = match wire.get(*pos..*pos + 2) {
+                Some(&[hi, lo]) => usize::from(u16::from_be_bytes([hi, lo])) + 269,
+                _ => 0,
+            };
+            *pos += 2;
+            v
+        }
+        _ => {
+            let v = match wire.get(*pos..*pos + 4) {
+                Some(&[a, b, c, d]) => u32::from_be_bytes([a, b, c, d]) as usize,
+                _ => 0,
+            };
+            *pos += 4;
+            v
         }
     }
+}
 
-    fn len(self) -> usize {
-        self.len as usize
+/// The bit of [`Options::present`] for option number `n`.
+#[inline(always)]
+pub(crate) fn presence_bit(n: u16) -> u64 {
+    1 << (n % 64)
+}
+
+/// One option as found in the buffer.
+#[derive(Clone, Copy)]
+struct Item {
+    number: u16,
+    /// Where its header starts.
+    start: usize,
+    /// Where its value starts (so the header is `start..value`).
+    value: usize,
+    /// Where the option ends.
+    end: usize,
+}
+
+/// Walks the buffer of an [`Options`] option by option.
+#[derive(Clone)]
+struct Cursor<'a> {
+    wire: &'a [u8],
+    pos: usize,
+    number: u16,
+}
+
+impl Iterator for Cursor<'_> {
+    type Item = Item;
+
+    #[inline]
+    fn next(&mut self) -> Option<Item> {
+        let start = self.pos;
+        let &first = self.wire.get(start)?;
+        let mut pos = start + 1;
+        let delta = read_field(self.wire, &mut pos, first >> 4);
+        let len = read_field(self.wire, &mut pos, first & 0x0f);
+        let end = pos.saturating_add(len);
+        if end > self.wire.len() {
+            // Not written by this module: stop rather than read past the end.
+            self.pos = self.wire.len();
+            return None;
+        }
+        self.number = self.number.wrapping_add(delta as u16);
+        self.pos = end;
+        Some(Item {
+            number: self.number,
+            start,
+            value: pos,
+            end,
+        })
     }
 }
 
-/// The length an entry records for `value`; see [`Options::push`] for values too long to keep.
-fn stored_len(value: &[u8]) -> u32 {
-    u32::try_from(value.len()).unwrap_or(u32::MAX)
-}
-
-/// `value` cut to what an entry can record (only a value over 4 GiB is cut).
-fn storable(value: &[u8]) -> &[u8] {
-    value.get(..stored_len(value) as usize).unwrap_or(value)
+/// Where the options numbered `n` are, or would go, in the buffer.
+struct Span {
+    /// The number of the option before `start` (0 if none).
+    prev: u16,
+    /// The first byte of the first option numbered `n` or higher.
+    start: usize,
+    /// The first byte after the options numbered `n`.
+    end: usize,
+    /// How many options are numbered `n`.
+    run: usize,
+    /// The option starting at `end`, if any.
+    next: Option<Item>,
 }
 
 /// The options of a message, kept sorted by number; repeated options keep their insertion order.
 ///
-/// The values live back to back in one small buffer, in the same order as the entries (wire
-/// order), so a message with a handful of short options needs no heap allocation and two
+/// The options live in one small buffer in CoAP's own wire encoding (RFC 7252 §3.1): a
+/// message parsed from a datagram takes its options with one copy, encoding writes them with
+/// one copy, and a message with a handful of short options needs no heap allocation. Two
 /// `Options` with the same options in the same order are equal.
 ///
 /// String accessors return `None` (or, for the path and query iterators, an empty string) for
 /// values that are not UTF-8; [`Options::validate`] reports such values as errors.
 #[derive(Default, PartialEq, Eq, Hash)]
 pub struct Options {
-    entries: SmallVec<[Entry; 8]>,
-    data: SmallVec<[u8; 64]>,
+    /// The encoded options, deltas counted from 0.
+    wire: SmallVec<[u8; 48]>,
+    /// Bit `n % 64` is set when an option numbered `n` may be present: most lookups are for
+    /// absent options, and this answers them without walking the buffer.
+    present: u64,
+    /// How many options the buffer holds.
+    count: u32,
+    /// The number of the last option (0 if none).
+    last: u16,
+    /// Whether some value is longer than the wire format allows (see [`LONG_NIBBLE`]).
+    has_long: bool,
 }
 
 impl Clone for Options {
     fn clone(&self) -> Options {
-        // Slice copies; the derived clone would push element by element.
+        // A slice copy; the derived clone would push byte by byte.
         Options {
-            entries: SmallVec::from_slice(&self.entries),
-            data: SmallVec::from_slice(&self.data),
+            wire: SmallVec::from_slice(&self.wire),
+            present: self.present,
+            count: self.count,
+            last: self.last,
+            has_long: self.has_long,
         }
     }
 }
@@ -167,72 +290,141 @@ impl Options {
         Self::default()
     }
 
-    /// Room for `bytes` value bytes without reallocating.
-    pub(crate) fn reserve_bytes(&mut self, bytes: usize) {
-        self.data.reserve(bytes);
+    /// Options taken from a message's option region as it was on the wire, already checked
+    /// by the parser: `count` options, the last numbered `last`.
+    pub(crate) fn from_wire(region: &[u8], count: u32, last: u16, present: u64) -> Options {
+        Options {
+            wire: SmallVec::from_slice(region),
+            present,
+            count,
+            last,
+            has_long: false,
+        }
+    }
+
+    /// The options in wire encoding, deltas counted from 0. Meaningful on the wire only when
+    /// [`Options::long_value`] is `None`.
+    #[inline]
+    pub(crate) fn wire(&self) -> &[u8] {
+        &self.wire
+    }
+
+    /// The first option whose value is too long for the wire format, with its length.
+    pub(crate) fn long_value(&self) -> Option<(OptionNumber, usize)> {
+        if !self.has_long {
+            return None;
+        }
+        self.cursor()
+            .find(|i| i.end - i.value > MAX_EXTENDED)
+            .map(|i| (OptionNumber(i.number), i.end - i.value))
     }
 
     /// The number of options (each repetition counts).
     pub fn len(&self) -> usize {
-        self.entries.len()
+        self.count as usize
     }
 
     /// Whether there are no options.
     pub fn is_empty(&self) -> bool {
-        self.entries.is_empty()
+        self.count == 0
     }
 
     /// Removes all options.
     pub fn clear(&mut self) {
-        self.entries.clear();
-        self.data.clear();
+        self.wire.clear();
+        self.present = 0;
+        self.count = 0;
+        self.last = 0;
+        self.has_long = false;
+    }
+
+    fn cursor(&self) -> Cursor<'_> {
+        Cursor {
+            wire: &self.wire,
+            pos: 0,
+            number: 0,
+        }
+    }
+
+    /// The option numbers in wire order, without looking at the values.
+    pub(crate) fn numbers(&self) -> impl Iterator<Item = OptionNumber> + '_ {
+        self.cursor().map(|i| OptionNumber(i.number))
     }
 
     /// All options in wire order: by number, repetitions in insertion order.
     pub fn iter(&self) -> impl Iterator<Item = (OptionNumber, &[u8])> + '_ {
-        let mut rest: &[u8] = &self.data;
-        self.entries.iter().map(move |e| {
-            // The buffer holds exactly the sum of the entry lengths.
-            let (value, tail) = rest.split_at_checked(e.len()).unwrap_or((rest, &[]));
-            rest = tail;
-            (e.number, value)
+        let wire: &[u8] = &self.wire;
+        self.cursor().map(move |i| {
+            (
+                OptionNumber(i.number),
+                wire.get(i.value..i.end).unwrap_or(&[]),
+            )
         })
     }
 
-    /// The entry index range and byte range of the values of `n`.
-    fn find(&self, n: OptionNumber) -> (usize, usize, usize, usize) {
-        let mut offset = 0;
-        let mut lo = self.entries.len();
-        for (i, e) in self.entries.iter().enumerate() {
-            if e.number >= n {
-                lo = i;
+    /// Where the options numbered `n` are, or where they would go.
+    fn find(&self, n: OptionNumber) -> Span {
+        let mut prev = 0;
+        let mut cursor = self.cursor();
+        let mut start = self.wire.len();
+        let mut first = None;
+        for item in cursor.by_ref() {
+            if item.number >= n.0 {
+                start = item.start;
+                first = Some(item);
                 break;
             }
-            offset += e.len();
+            prev = item.number;
         }
-        let start = offset;
-        let mut hi = lo;
-        for e in self.entries.get(lo..).unwrap_or(&[]) {
-            if e.number != n {
+        let mut span = Span {
+            prev,
+            start,
+            end: start,
+            run: 0,
+            next: None,
+        };
+        let mut item = first;
+        while let Some(i) = item {
+            if i.number != n.0 {
+                span.next = Some(i);
                 break;
             }
-            offset += e.len();
-            hi += 1;
+            span.run += 1;
+            span.end = i.end;
+            item = cursor.next();
         }
-        (lo, hi, start, offset)
+        span
+    }
+
+    /// Replaces the bytes `from..to` with `insert`, then the header of the option `next`
+    /// (which started at `to`) with one for its delta from `before` (the number of the last
+    /// option in front of it after the change).
+    fn splice(&mut self, from: usize, to: usize, insert: &[u8], next: Option<Item>, before: u16) {
+        let mut replacement: SmallVec<[u8; 24]> = SmallVec::from_slice(insert);
+        let mut to = to;
+        if let Some(next) = next {
+            let (h, n) = header(next.number - before, next.end - next.value);
+            replacement.extend_from_slice(h.get(..n).unwrap_or(&[]));
+            to = next.value;
+        }
+        let tail: SmallVec<[u8; 56]> = SmallVec::from_slice(self.wire.get(to..).unwrap_or(&[]));
+        self.wire.truncate(from);
+        self.wire.extend_from_slice(&replacement);
+        self.wire.extend_from_slice(&tail);
     }
 
     /// The first value of `n`.
     pub fn get(&self, n: OptionNumber) -> Option<&[u8]> {
-        let mut offset = 0;
-        for e in &self.entries {
-            if e.number == n {
-                return self.data.get(offset..offset + e.len());
+        if !self.may_contain(n) {
+            return None;
+        }
+        for item in self.cursor() {
+            if item.number == n.0 {
+                return self.wire.get(item.value..item.end);
             }
-            if e.number > n {
+            if item.number > n.0 {
                 return None;
             }
-            offset += e.len();
         }
         None
     }
@@ -247,60 +439,96 @@ impl Options {
 
     /// Whether `n` is present.
     pub fn contains(&self, n: OptionNumber) -> bool {
-        self.entries.iter().any(|e| e.number == n)
+        self.get(n).is_some()
+    }
+
+    /// False when no option numbered `n` is present; true when one may be.
+    #[inline(always)]
+    fn may_contain(&self, n: OptionNumber) -> bool {
+        self.present & presence_bit(n.0) != 0 && n.0 <= self.last
     }
 
     /// Adds a value of `n` after any existing values of `n` (a repetition if there are some).
     ///
-    /// A value longer than 4 GiB is cut to that length; no option that long can be encoded
-    /// (RFC 7252 §3.1 allows at most 65 804 bytes), so encoding such a message fails either way.
+    /// A value longer than the wire format allows (65 804 bytes, RFC 7252 §3.1) is kept, but
+    /// a message carrying it cannot be encoded ([`crate::msg::EncodeError::OptionValueTooLong`]).
+    /// A value over 4 GiB is cut to that length.
     pub fn push(&mut self, n: OptionNumber, value: &[u8]) {
-        let value = storable(value);
-        let entry = Entry::new(n, value);
+        let value = value.get(..u32::MAX as usize).unwrap_or(value);
+        if value.len() > MAX_EXTENDED {
+            self.has_long = true;
+        }
+        self.present |= presence_bit(n.0);
+        self.count += 1;
         // Fast path: options usually arrive in order.
-        if self.entries.last().is_none_or(|e| e.number <= n) {
-            self.entries.push(entry);
+        if self.count == 1 || self.last <= n.0 {
+            let (h, len) = header(
+                n.0 - if self.count == 1 { 0 } else { self.last },
+                value.len(),
+            );
+            let head = h.get(..len).unwrap_or(&[]);
+            self.wire.reserve(head.len() + value.len());
+            // Byte by byte is cheaper than a general copy for the few bytes of a header and
+            // of a typical value.
+            self.wire.extend(head.iter().copied());
             if value.len() <= 16 {
-                // Byte by byte is cheaper than a general copy for the few bytes of a
-                // typical option value.
-                self.data.extend(value.iter().copied());
+                self.wire.extend(value.iter().copied());
             } else {
-                self.data.extend_from_slice(value);
+                self.wire.extend_from_slice(value);
             }
+            self.last = n.0;
             return;
         }
-        let (_, hi, _, end) = self.find(n);
-        self.entries.insert(hi, entry);
-        self.data.insert_from_slice(end, value);
+        let span = self.find(n);
+        let before = if span.run > 0 { n.0 } else { span.prev };
+        let (h, len) = header(n.0 - before, value.len());
+        let mut option: SmallVec<[u8; 24]> = SmallVec::from_slice(h.get(..len).unwrap_or(&[]));
+        option.extend_from_slice(value);
+        // `n` is below the last number, so some option follows.
+        self.splice(span.end, span.end, &option, span.next, n.0);
     }
 
     /// Replaces all values of `n` with `value`.
     pub fn set(&mut self, n: OptionNumber, value: &[u8]) {
-        let value = storable(value);
-        let (lo, hi, start, end) = self.find(n);
-        if hi == lo + 1 && end - start == value.len() {
-            if let Some(slot) = self.data.get_mut(start..end) {
-                slot.copy_from_slice(value);
-                return;
+        let span = self.find(n);
+        if span.run == 1 {
+            // The same length in place: no header changes.
+            if let Some(item) = self.cursor().find(|i| i.start == span.start) {
+                if item.end - item.value == value.len() {
+                    if let Some(slot) = self.wire.get_mut(item.value..item.end) {
+                        slot.copy_from_slice(value);
+                        return;
+                    }
+                }
             }
         }
-        self.remove_range(lo, hi, start, end);
-        self.entries.insert(lo, Entry::new(n, value));
-        self.data.insert_from_slice(start, value);
-    }
-
-    fn remove_range(&mut self, lo: usize, hi: usize, start: usize, end: usize) {
-        if hi > lo {
-            self.entries.drain(lo..hi);
-            self.data.drain(start..end);
-        }
+        self.remove_span(span);
+        self.push(n, value);
     }
 
     /// Removes all values of `n`; returns how many there were.
     pub fn remove(&mut self, n: OptionNumber) -> usize {
-        let (lo, hi, start, end) = self.find(n);
-        self.remove_range(lo, hi, start, end);
-        hi - lo
+        let span = self.find(n);
+        self.remove_span(span)
+    }
+
+    fn remove_span(&mut self, span: Span) -> usize {
+        let run = span.run;
+        if run == 0 {
+            return 0;
+        }
+        self.splice(span.start, span.end, &[], span.next, span.prev);
+        self.count -= run as u32;
+        if span.next.is_none() {
+            self.last = span.prev;
+        }
+        self.present = self
+            .cursor()
+            .fold(0, |bits, i| bits | presence_bit(i.number));
+        if self.has_long {
+            self.has_long = self.cursor().any(|i| i.end - i.value > MAX_EXTENDED);
+        }
+        run
     }
 
     /// Adds a uint value of `n` in minimal big-endian form (RFC 7252 §3.2; 0 is empty).
@@ -941,5 +1169,91 @@ mod tests {
             format!("{o:?}"),
             r#"{ETag: 0xab, Uri-Path: "temp", Accept: 50, 1000: 0x01}"#
         );
+    }
+
+    /// An edit of [`Options`] and of a plain model of it.
+    #[derive(Clone, Debug)]
+    enum Op {
+        Push(u16, Vec<u8>),
+        Set(u16, Vec<u8>),
+        Remove(u16),
+    }
+
+    fn number() -> impl proptest::strategy::Strategy<Value = u16> {
+        use proptest::prelude::*;
+        // Small numbers (one-nibble deltas), mid ones (one extension byte), large ones
+        // (two extension bytes) and the extremes.
+        prop_oneof![
+            0u16..=14,
+            250u16..=300,
+            Just(2048),
+            Just(65000),
+            Just(u16::MAX)
+        ]
+    }
+
+    fn value() -> impl proptest::strategy::Strategy<Value = Vec<u8>> {
+        use proptest::prelude::*;
+        prop_oneof![
+            proptest::collection::vec(any::<u8>(), 0..14),
+            proptest::collection::vec(any::<u8>(), 260..280),
+        ]
+    }
+
+    fn op() -> impl proptest::strategy::Strategy<Value = Op> {
+        use proptest::prelude::*;
+        prop_oneof![
+            (number(), value()).prop_map(|(n, v)| Op::Push(n, v)),
+            (number(), value()).prop_map(|(n, v)| Op::Set(n, v)),
+            number().prop_map(Op::Remove),
+        ]
+    }
+
+    proptest::proptest! {
+        /// Every edit leaves the options equal to a sorted list edited the plain way, and
+        /// the buffer equal to what a parser makes of the encoded message.
+        #[test]
+        fn edits_match_a_plain_model(ops in proptest::collection::vec(op(), 0..24)) {
+            use crate::msg::{Code, Message, MessageType, MessageView};
+            let mut o = Options::new();
+            let mut model: Vec<(u16, Vec<u8>)> = Vec::new();
+            for op in ops {
+                match op {
+                    Op::Push(n, v) => {
+                        o.push(OptionNumber(n), &v);
+                        let at = model.iter().rposition(|(m, _)| *m <= n).map_or(0, |i| i + 1);
+                        model.insert(at, (n, v));
+                    }
+                    Op::Set(n, v) => {
+                        o.set(OptionNumber(n), &v);
+                        model.retain(|(m, _)| *m != n);
+                        let at = model.iter().rposition(|(m, _)| *m <= n).map_or(0, |i| i + 1);
+                        model.insert(at, (n, v));
+                    }
+                    Op::Remove(n) => {
+                        let removed = o.remove(OptionNumber(n));
+                        let before = model.len();
+                        model.retain(|(m, _)| *m != n);
+                        proptest::prop_assert_eq!(removed, before - model.len());
+                    }
+                }
+                proptest::prop_assert_eq!(list(&o), model.clone());
+                proptest::prop_assert_eq!(o.len(), model.len());
+                for n in [0u16, 1, 13, 14, 250, 269, 300, 2048, 65000, u16::MAX] {
+                    let first = model.iter().find(|(m, _)| *m == n).map(|(_, w)| &w[..]);
+                    proptest::prop_assert_eq!(o.get(OptionNumber(n)), first);
+                    proptest::prop_assert_eq!(o.contains(OptionNumber(n)), first.is_some());
+                }
+                let mut message = Message::new(MessageType::Con, Code::GET, 1);
+                message.options = o.clone();
+                let mut bytes = Vec::new();
+                message.encode_to_vec(&mut bytes).expect("encodable");
+                let parsed = MessageView::parse(&bytes).expect("encodes well-formed");
+                let back = parsed.to_message();
+                proptest::prop_assert_eq!(&back.options, &o);
+                let rebuilt: Options = model.iter().map(|(n, v)| (OptionNumber(*n), &v[..])).collect();
+                proptest::prop_assert_eq!(&rebuilt, &o);
+            }
+        }
     }
 }

@@ -6,7 +6,7 @@ use super::code::{Code, MessageType};
 use super::error::ParseError;
 use super::message::Message;
 use super::option::OptionNumber;
-use super::options::{validate_iter, OptionError, Options};
+use super::options::{presence_bit, validate_iter, OptionError, Options};
 use super::token::Token;
 
 /// The fixed 4-byte header, as read by [`parse_header`].
@@ -77,6 +77,11 @@ pub struct MessageView<'a> {
     message_id: u16,
     token: &'a [u8],
     options: &'a [u8],
+    /// How many options `options` holds, and the number of the last one.
+    option_count: u32,
+    last_option: u16,
+    /// The presence bits of the option numbers (see `Options`).
+    option_bits: u64,
     payload: &'a [u8],
     payload_offset: usize,
 }
@@ -106,6 +111,8 @@ impl<'a> MessageView<'a> {
         let options_start = pos;
 
         let mut number = 0usize;
+        let mut option_count = 0u32;
+        let mut option_bits = 0u64;
         let options_end;
         let payload_offset;
         loop {
@@ -142,6 +149,8 @@ impl<'a> MessageView<'a> {
                 return Err(ParseError::TruncatedOption);
             }
             pos += len;
+            option_count += 1;
+            option_bits |= presence_bit(number as u16);
         }
         Ok(MessageView {
             bytes,
@@ -150,6 +159,10 @@ impl<'a> MessageView<'a> {
             message_id: header.message_id,
             token,
             options: bytes.get(options_start..options_end).unwrap_or(&[]),
+            option_count,
+            // Checked above to fit.
+            last_option: number as u16,
+            option_bits,
             payload: bytes.get(payload_offset..).unwrap_or(&[]),
             payload_offset,
         })
@@ -243,9 +256,13 @@ impl<'a> MessageView<'a> {
     }
 
     fn owned_with_payload(self, payload: Bytes) -> Message {
-        let mut options = Options::new();
-        options.reserve_bytes(self.options.len());
-        options.extend(self.options());
+        // The region was checked by `parse`: it is the options' own encoding.
+        let options = Options::from_wire(
+            self.options,
+            self.option_count,
+            self.last_option,
+            self.option_bits,
+        );
         Message {
             mtype: self.mtype,
             code: self.code,
