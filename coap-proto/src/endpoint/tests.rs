@@ -1016,7 +1016,7 @@ fn a_ping_answered_by_an_ack_with_a_code_is_still_a_pong() {
 /// Events are queued and handed out by value on every exchange; see `messages_stay_small`.
 #[test]
 fn events_stay_small() {
-    assert!(size_of::<Event>() <= 256);
+    assert!(size_of::<Event>() <= 184);
 }
 
 #[test]

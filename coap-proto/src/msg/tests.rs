@@ -547,7 +547,7 @@ fn check_arbitrary(bytes: &[u8]) -> Result<(), TestCaseError> {
 /// them makes every exchange slower, so a change that does must say so here.
 #[test]
 fn messages_stay_small() {
-    assert!(size_of::<Options>() <= 144);
-    assert!(size_of::<Message>() <= 208);
+    assert!(size_of::<Options>() <= 72);
+    assert!(size_of::<Message>() <= 136);
     assert!(size_of::<Token>() <= 24);
 }

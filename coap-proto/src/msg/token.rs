@@ -15,8 +15,7 @@ pub struct Token(SmallVec<[u8; 8]>);
 
 impl Clone for Token {
     fn clone(&self) -> Token {
-        // A slice copy; the derived clone would push the bytes one at a time.
-        Token(SmallVec::from_slice(&self.0))
+        Token::new(&self.0)
     }
 }
 
@@ -25,7 +24,20 @@ impl Token {
     pub const MAX_LEN: usize = 65804;
 
     /// A token holding a copy of `bytes`.
+    #[inline]
     pub fn new(bytes: &[u8]) -> Token {
+        // Tokens are copied several times per exchange. A general slice copy of a few bytes
+        // is a library call; a fixed-size array copy is a register move.
+        if let Ok(&eight) = <&[u8; 8]>::try_from(bytes) {
+            return Token(SmallVec::from_buf(eight));
+        }
+        if bytes.len() < 8 {
+            let mut inline = [0u8; 8];
+            for (slot, &b) in inline.iter_mut().zip(bytes) {
+                *slot = b;
+            }
+            return Token(SmallVec::from_buf_and_len(inline, bytes.len()));
+        }
         Token(SmallVec::from_slice(bytes))
     }
 
