@@ -169,7 +169,7 @@ mod tests;
 
 use alloc::boxed::Box;
 use alloc::format;
-use alloc::string::String;
+use alloc::string::{String, ToString};
 use alloc::sync::Arc;
 use alloc::vec::Vec;
 use core::net::SocketAddr;
@@ -194,7 +194,7 @@ pub use routes::{ObserveHooks, Route, Routes};
 
 use crate::addr::unmapped;
 use crate::endpoint::{Event, Failure, RespondError, Stats};
-use crate::msg::{Code, Message, Token};
+use crate::msg::{Code, Message, Options, Token};
 use crate::uri::CoapUri;
 use crate::{Endpoint, IncomingId, Instant, Request, RequestId, Response};
 
@@ -445,10 +445,11 @@ enum Target {
     Ping(SocketAddr),
 }
 
-/// What introspection shows of an unanswered incoming request.
+/// What introspection shows of an unanswered incoming request. The URI is written from the
+/// options only when someone asks: most requests are answered before anyone could.
 struct Unanswered {
     method: Code,
-    uri: String,
+    options: Options,
     peer: SocketAddr,
     token: Token,
 }
@@ -763,23 +764,9 @@ impl<C: Channels> Host<C> {
         id: IncomingId,
         response: Response,
     ) -> Result<(), Error> {
-        let code = response.code;
-        let result = ep.respond(now, id, response);
-        match &result {
-            Ok(()) => {
-                self.incoming.remove(&id);
-                debug!(%id, %code, "response sent");
-            }
-            Err(RespondError::UnknownRequest(_)) => {
-                self.incoming.remove(&id);
-            }
-            Err(e) => {
-                warn!(%id, %code, error = %e, "response refused by the engine: 5.00 instead");
-                let fallback = Response::new(Code::INTERNAL_SERVER_ERROR);
-                if ep.respond(now, id, fallback).is_ok() {
-                    self.incoming.remove(&id);
-                }
-            }
+        let (result, settled) = answer(ep, now, id, response);
+        if settled {
+            self.incoming.remove(&id);
         }
         result.map_err(Error::from)
     }
@@ -800,7 +787,7 @@ impl<C: Channels> Host<C> {
                 self.incoming.get(&id).map(|m| PendingIncoming {
                     id,
                     method: m.method,
-                    uri: m.uri.clone(),
+                    uri: RequestTarget(&m.options).to_string(),
                     peer: m.peer,
                     token: m.token.clone(),
                 })
@@ -998,23 +985,22 @@ impl<C: Channels> Host<C> {
         render: bool,
     ) {
         let peer = unmapped(peer);
-        let uri = request_target(&message);
         let span = tracing::debug_span!(
             "coap_incoming",
             %id,
             method = %message.code,
-            uri = %uri,
+            uri = %RequestTarget(&message.options),
             %peer
         );
         let _entered = span.enter();
         debug!(mtype = %message.mtype, len = message.payload.len(), "request");
+        // Kept for introspection only if the request is still unanswered after the call.
         let unanswered = Unanswered {
             method: message.code,
-            uri,
+            options: message.options.clone(),
             peer,
             token: message.token.clone(),
         };
-        self.incoming.insert(id, unanswered);
         let request = Incoming {
             id,
             peer,
@@ -1023,21 +1009,30 @@ impl<C: Channels> Host<C> {
             render,
             matched: 0,
         };
-        match catch_unwind(AssertUnwindSafe(|| service.call(request))) {
-            Ok(dispatch) => {
+        // The closure borrows the request rather than taking it, so that it is not copied
+        // into the closure and again into the unwinding frame.
+        let mut request = Some(request);
+        let call = || request.take().map(|request| service.call(request));
+        let settled = match catch_unwind(AssertUnwindSafe(call)) {
+            Ok(None) => false,
+            Ok(Some(dispatch)) => {
                 if dispatch.accept_observer && !render {
                     if let Err(e) = ep.accept_observer(id) {
                         debug!(error = ?e, "registration not accepted");
                     }
                 }
-                if let Some(response) = dispatch.answer {
-                    let _ = self.respond(ep, now, id, response);
+                match dispatch.answer {
+                    Some(response) => answer(ep, now, id, response).1,
+                    None => false,
                 }
             }
             Err(_) => {
                 warn!("handler panicked: 5.00");
-                let _ = self.respond(ep, now, id, Response::new(Code::INTERNAL_SERVER_ERROR));
+                answer(ep, now, id, Response::new(Code::INTERNAL_SERVER_ERROR)).1
             }
+        };
+        if !settled {
+            self.incoming.insert(id, unanswered);
         }
     }
 
@@ -1116,12 +1111,50 @@ fn open<W: Waiter>(waiter: W) -> Result<W, Refused<W>> {
     Ok(waiter)
 }
 
-/// `/path?query` of a request, for traces and introspection.
-fn request_target(message: &Message) -> String {
-    let mut target = crate::resource::path_from_segments(message.options.uri_path());
-    for (i, arg) in message.options.uri_query().enumerate() {
-        target.push(if i == 0 { '?' } else { '&' });
-        target.push_str(arg);
+/// Hands `response` to the engine as the answer to `id`, with a 5.00 in place of one the
+/// engine refuses (too big, not a response code). Returns what the engine said of `response`,
+/// and whether `id` is settled: answered, or unknown to the engine.
+fn answer(
+    ep: &mut Endpoint,
+    now: Instant,
+    id: IncomingId,
+    response: Response,
+) -> (Result<(), RespondError>, bool) {
+    let code = response.code;
+    let result = ep.respond(now, id, response);
+    let settled = match &result {
+        Ok(()) => {
+            debug!(%id, %code, "response sent");
+            true
+        }
+        Err(RespondError::UnknownRequest(_)) => true,
+        Err(e) => {
+            warn!(%id, %code, error = %e, "response refused by the engine: 5.00 instead");
+            let fallback = Response::new(Code::INTERNAL_SERVER_ERROR);
+            ep.respond(now, id, fallback).is_ok()
+        }
+    };
+    (result, settled)
+}
+
+/// `/path?query` of a request, written for traces and introspection when they ask: the path
+/// as [`path_from_segments`](crate::resource::path_from_segments) writes it, then the query
+/// arguments.
+struct RequestTarget<'a>(&'a Options);
+
+impl core::fmt::Display for RequestTarget<'_> {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        let mut empty = true;
+        for segment in self.0.uri_path() {
+            write!(f, "/{segment}")?;
+            empty = false;
+        }
+        if empty {
+            f.write_str("/")?;
+        }
+        for (i, arg) in self.0.uri_query().enumerate() {
+            write!(f, "{}{arg}", if i == 0 { '?' } else { '&' })?;
+        }
+        Ok(())
     }
-    target
 }

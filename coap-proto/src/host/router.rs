@@ -300,13 +300,16 @@ impl<Req: 'static> Router<Req, Async> {
         spawn: impl FnOnce(HandlerFuture, AnswerGuard<C>),
     ) -> Dispatch {
         let id = head.id();
-        let (mut future, accept_observer) = match self.dispatch(head, request) {
-            Routed::Answer(response) => return Dispatch::answer(response),
-            Routed::Handler {
-                handler,
-                request,
-                accept_observer,
-            } => (handler(request), accept_observer),
+        let mut head = head;
+        // Routed here rather than through `dispatch`: the request goes straight into the
+        // handler, without passing through a `Routed` on the way.
+        let (mut future, accept_observer) = match self.routes.route(&mut head) {
+            Route::Answer(response) => return Dispatch::answer(response),
+            Route::Handler { handler, observe } => {
+                let request = request(head);
+                let accept_observer = observe.is_some_and(|hooks| hooks.accepts(&request));
+                (handler(request), accept_observer)
+            }
         };
         let answer = match future
             .as_mut()

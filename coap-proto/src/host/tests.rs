@@ -502,6 +502,18 @@ fn pending_lists_show_uris() {
 }
 
 #[test]
+fn a_request_for_the_root_is_listed_as_slash() {
+    let mut net = Net::new(&[Behaviour::Defer]);
+    let (started, _seen) = net.request("coap://127.0.0.1", SERVER, Kind::Once, None);
+    started.map_err(|r| r.error).unwrap();
+    net.settle();
+    let s = net.server();
+    let received = s.host.pending_incoming(&s.ep);
+    assert_eq!(received.len(), 1);
+    assert_eq!(received[0].uri, "/");
+}
+
+#[test]
 fn an_abandoned_request_is_answered_5_00() {
     let mut net = Net::new(&[Behaviour::Defer]);
     let (started, seen) = net.request("coap://127.0.0.1/later", SERVER, Kind::Once, None);
