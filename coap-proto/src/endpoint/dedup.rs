@@ -41,24 +41,33 @@ struct Slot {
 /// Entries live in a queue in insertion order, and a hash table maps each live key to its
 /// place in the queue. Expiry and eviction work at the front of the queue (every entry of one
 /// message type lives equally long, so the oldest is the first to go), insertion at the
-/// back: both touch memory the last call touched, and the random access of a lookup goes to
-/// a table of 8-byte positions, small enough to stay in cache at tens of thousands of entries.
+/// back: both touch memory the last call touched. The random access of a lookup goes to a
+/// table of 8-byte items (a queue position and 32 bits of the key's hash, so that a lookup
+/// seldom reads a queue slot that is not the one it looks for), small enough to stay in cache
+/// at tens of thousands of entries.
+///
+/// Entries leaving at the front keep their item in the table: it names a position before the
+/// front, which no lookup accepts, and such items are swept out in one pass over the table
+/// once they are as many as the live entries. That saves a random access per expired entry.
 #[derive(Debug, Default)]
 pub(super) struct Dedup {
-    /// Slot `i` has the sequence number `head + i`.
+    /// Slot `i` has the sequence number `head + i` (modulo 2^32).
     slots: VecDeque<Slot>,
-    head: u64,
-    /// Sequence numbers of the slots whose `state` is `Some`, hashed by their key.
-    index: HashTable<u64>,
+    head: u32,
+    /// (sequence number, upper half of the key's hash) of the slots whose `state` is `Some`,
+    /// plus items of slots that have left the queue (see above).
+    index: HashTable<(u32, u32)>,
     hasher: DefaultHashBuilder,
+    /// Entries whose `state` is `Some`.
+    live: usize,
     bytes: usize,
 }
 
 /// What one entry costs besides its cached reply: its slot in the queue and its place in the
-/// hash table (with the control byte and the table's one-in-eight spare slots). Counting
-/// this, not only the replies, is what lets the byte bound stand for the memory the cache
-/// really holds.
-pub(super) const ENTRY_BYTES: usize = size_of::<Slot>() + (size_of::<u64>() + 1) * 8 / 7;
+/// hash table (with the control byte and the table's one-in-eight spare slots), twice, since
+/// items of departed entries stay until they are as many as the live ones. Counting this, not
+/// only the replies, is what lets the byte bound stand for the memory the cache really holds.
+pub(super) const ENTRY_BYTES: usize = size_of::<Slot>() + 2 * (size_of::<(u32, u32)>() + 1) * 8 / 7;
 
 /// What a cached reply adds: its bytes and the shared allocation's header (two counters).
 const REPLY_OVERHEAD: usize = 2 * size_of::<usize>();
@@ -70,10 +79,15 @@ fn state_bytes(state: &DedupState) -> usize {
     }
 }
 
+/// The part of a key's hash kept beside its position.
+fn tag(hash: u64) -> u32 {
+    (hash >> 32) as u32
+}
+
 impl Dedup {
     /// Live entries.
     pub(super) fn len(&self) -> usize {
-        self.index.len()
+        self.live
     }
 
     /// The bytes charged against the bound: every live entry's bookkeeping and cached reply.
@@ -85,15 +99,24 @@ impl Dedup {
         self.hasher.hash_one(key)
     }
 
+    /// The queue position of sequence number `seq`, if that slot is still in the queue.
+    fn offset(&self, seq: u32) -> Option<usize> {
+        let at = seq.wrapping_sub(self.head) as usize;
+        (at < self.slots.len()).then_some(at)
+    }
+
     /// The queue position of the live entry for `key`.
     fn position(&self, key: &DedupKey) -> Option<usize> {
+        let hash = self.hash(key);
+        let want = tag(hash);
         let (slots, head) = (&self.slots, self.head);
-        let seq = self.index.find(self.hash(key), |&seq| {
-            slots
-                .get((seq - head) as usize)
-                .is_some_and(|s| s.key == *key)
+        let &(seq, _) = self.index.find(hash, |&(seq, t)| {
+            t == want
+                && slots
+                    .get(seq.wrapping_sub(head) as usize)
+                    .is_some_and(|s| s.key == *key && s.state.is_some())
         })?;
-        Some((seq - head) as usize)
+        self.offset(seq)
     }
 
     pub(super) fn get(&self, key: &DedupKey) -> Option<&DedupState> {
@@ -122,22 +145,24 @@ impl Dedup {
                 evicted += 1;
             }
         }
-        let hash = self.hash(&key);
         if let Some(at) = self.position(&key) {
             // The same message again after all (its entry is replaced, not doubled).
             self.forget(at);
         }
-        let seq = self.head + self.slots.len() as u64;
+        self.sweep();
+        let hash = self.hash(&key);
+        let seq = self.head.wrapping_add(self.slots.len() as u32);
         self.slots.push_back(Slot {
             key,
             expires,
             state: Some(state),
         });
+        self.live += 1;
         self.bytes += size;
         let (slots, head, hasher) = (&self.slots, self.head, &self.hasher);
-        self.index.insert_unique(hash, seq, |&s| {
+        self.index.insert_unique(hash, (seq, tag(hash)), |&(s, _)| {
             slots
-                .get((s - head) as usize)
+                .get(s.wrapping_sub(head) as usize)
                 .map_or(0, |slot| hasher.hash_one(slot.key))
         });
         evicted
@@ -188,16 +213,28 @@ impl Dedup {
         while self.slots.front().is_some_and(|s| s.expires <= now) {
             self.pop_front();
         }
-        if self.index.capacity() > 4 * self.index.len() + 64 {
-            let (slots, head, hasher) = (&self.slots, self.head, &self.hasher);
-            self.index.shrink_to(2 * self.index.len(), |&s| {
-                slots
-                    .get((s - head) as usize)
-                    .map_or(0, |slot| hasher.hash_one(slot.key))
-            });
-        }
+        self.sweep();
         if self.slots.capacity() > 4 * self.slots.len() + 64 {
             self.slots.shrink_to(2 * self.slots.len());
+        }
+    }
+
+    /// Drops the table items of entries that have left the queue, once they are as many as
+    /// the live entries: one sequential pass over the table, no queue slot read.
+    fn sweep(&mut self) {
+        if self.index.len() <= 2 * self.live + 64 {
+            return;
+        }
+        let (len, head) = (self.slots.len(), self.head);
+        self.index
+            .retain(|&mut (seq, _)| (seq.wrapping_sub(head) as usize) < len);
+        if self.index.capacity() > 4 * self.index.len() + 64 {
+            let (slots, hasher) = (&self.slots, &self.hasher);
+            self.index.shrink_to(2 * self.index.len(), |&(s, _)| {
+                slots
+                    .get(s.wrapping_sub(head) as usize)
+                    .map_or(0, |slot| hasher.hash_one(slot.key))
+            });
         }
     }
 
@@ -207,14 +244,22 @@ impl Dedup {
     }
 
     /// Drops the oldest slot, and the emptied slots right behind it; returns whether it still
-    /// held an entry.
+    /// held an entry. Its table item stays until the next sweep.
     fn pop_front(&mut self) -> bool {
-        let live = self.forget(0);
-        self.slots.pop_front();
-        self.head += 1;
+        let live = match self.slots.pop_front() {
+            Some(Slot {
+                state: Some(state), ..
+            }) => {
+                self.bytes -= ENTRY_BYTES + state_bytes(&state);
+                self.live -= 1;
+                true
+            }
+            _ => false,
+        };
+        self.head = self.head.wrapping_add(1);
         while self.slots.front().is_some_and(|s| s.state.is_none()) {
             self.slots.pop_front();
-            self.head += 1;
+            self.head = self.head.wrapping_add(1);
         }
         live
     }
@@ -229,9 +274,10 @@ impl Dedup {
             return false;
         };
         self.bytes -= ENTRY_BYTES + state_bytes(&state);
-        let seq = self.head + at as u64;
+        self.live -= 1;
+        let seq = self.head.wrapping_add(at as u32);
         let hash = self.hasher.hash_one(slot.key);
-        if let Ok(entry) = self.index.find_entry(hash, |&s| s == seq) {
+        if let Ok(entry) = self.index.find_entry(hash, |&(s, _)| s == seq) {
             entry.remove();
         }
         true
@@ -341,6 +387,8 @@ mod tests {
         }
         d.expire(Instant::from_secs(4900));
         assert_eq!(d.len(), 100);
+        // The items of the departed entries were swept out of the table.
+        assert!(d.index.len() <= 2 * 100 + 64, "{}", d.index.len());
         for mid in 0..5000u16 {
             let found = d.get(&key(mid));
             if mid < 4900 {
