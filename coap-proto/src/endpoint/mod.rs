@@ -1734,10 +1734,13 @@ impl Endpoint {
         remote: SocketAddr,
         response: Message,
     ) {
-        let multicast = self
-            .clients
-            .get(&id)
-            .is_some_and(|ex| ex.kind == ClientKind::Multicast);
+        let Some(ex) = self.clients.get(&id) else {
+            return;
+        };
+        let multicast = ex.kind == ClientKind::Multicast;
+        let observing = ex.observe.is_some();
+        // No block-wise state and no Block2 option: nothing for RFC 7959 to do.
+        let whole = ex.block.is_none() && !response.options.contains(OptionNumber::BLOCK2);
         if let Some(number) = self.unrecognized_critical(&response.options) {
             if !multicast {
                 self.finish_client(
@@ -1759,8 +1762,17 @@ impl Endpoint {
             });
             return;
         }
-        if self.clients.get(&id).is_some_and(|ex| ex.observe.is_some()) {
+        if observing {
             self.observe_step(now, id, remote, response);
+            return;
+        }
+        if whole {
+            let event = Event::Response {
+                id,
+                peer: remote,
+                response,
+            };
+            self.finish_client(now, id, event);
             return;
         }
         match self.client_block_step(id, response) {
