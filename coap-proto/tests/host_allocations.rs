@@ -7,7 +7,7 @@
 //! the engine, [`Host::drive`] (the event, the routing, the handler, the answer) and the
 //! datagram out. Timers are run before, as a driver runs them when their deadline passes.
 //!
-//! Bar: the engine's own two (see `exchange_allocations.rs`) plus one of the host's, the
+//! Bar: the engine's own (none, see `exchange_allocations.rs`) plus one of the host's, the
 //! handler's boxed future. A request answered at once is never listed for introspection, so
 //! its path and query are not written out.
 
@@ -43,7 +43,7 @@ const WARM_UP: u32 = 120_000;
 const MEASURED: u32 = 10_000;
 
 /// The engine's server bar plus the host's one.
-const HOST_SERVER_BAR: usize = 3;
+const HOST_SERVER_BAR: usize = 1;
 
 /// Channels for a server that never waits for a client exchange of its own.
 enum NoChannels {}
@@ -173,9 +173,12 @@ fn steady_state_allocations_per_request_through_the_host() {
     }
     assert!(pair.host.pending_incoming(&pair.server).is_empty());
     let per = server as f64 / f64::from(MEASURED);
-    println!("server side through the host: {per:.3} allocations per request");
+    println!("server side through the host: {per:.3} allocations per request ({server} in all)");
+    // A table of the engine or the host may still grow once during the measurement (when it
+    // does depends on the seeded randomness of tokens and timeouts): a few one-off
+    // allocations pass, one more per request does not.
     assert!(
-        server <= HOST_SERVER_BAR * MEASURED as usize,
+        server <= HOST_SERVER_BAR * MEASURED as usize + MEASURED as usize / 1000,
         "the host path allocates {per:.3} per request (bar {HOST_SERVER_BAR})"
     );
 }

@@ -2,11 +2,11 @@
 //! message, so that a duplicate gets the same answer without reaching the application again.
 
 use alloc::collections::VecDeque;
-use alloc::sync::Arc;
 use core::hash::BuildHasher;
 
 use hashbrown::{DefaultHashBuilder, HashTable};
 
+use super::datagram::Datagram;
 use super::key::MessageKey;
 use super::IncomingId;
 use crate::time::Instant;
@@ -20,7 +20,7 @@ pub(super) enum DedupState {
     /// The request went to the application, which has not answered yet.
     Pending(IncomingId),
     /// Send these bytes again (a piggybacked response, a NON response or an error).
-    Reply(Arc<[u8]>),
+    Reply(Datagram),
     /// Acknowledge again with an empty ACK (the response, if any, travels separately).
     AckOnly,
     /// Ignore it.
@@ -69,12 +69,11 @@ pub(super) struct Dedup {
 /// only the replies, is what lets the byte bound stand for the memory the cache really holds.
 pub(super) const ENTRY_BYTES: usize = size_of::<Slot>() + 2 * (size_of::<(u32, u32)>() + 1) * 8 / 7;
 
-/// What a cached reply adds: its bytes and the shared allocation's header (two counters).
-const REPLY_OVERHEAD: usize = 2 * size_of::<usize>();
-
+/// What a cached reply adds besides its slot: the allocation of one too large to be held
+/// inline.
 fn state_bytes(state: &DedupState) -> usize {
     match state {
-        DedupState::Reply(bytes) => bytes.len() + REPLY_OVERHEAD,
+        DedupState::Reply(bytes) => bytes.heap_bytes(),
         _ => 0,
     }
 }
@@ -306,12 +305,12 @@ mod tests {
         assert_eq!(d.len(), 4);
         assert!(d.get(&key(5)).is_none());
         assert!(d.get(&key(9)).is_some());
-        let big: Arc<[u8]> = Arc::from(&[0u8; 400][..]);
-        let one = ENTRY_BYTES + 400 + REPLY_OVERHEAD;
+        let big = Datagram::new(&[0u8; 400]);
+        let one = ENTRY_BYTES + big.heap_bytes();
         let bound = 2 * one + ENTRY_BYTES;
         let mut d = Dedup::default();
-        d.insert(key(1), t, DedupState::Reply(Arc::clone(&big)), 100, bound);
-        d.insert(key(2), t, DedupState::Reply(Arc::clone(&big)), 100, bound);
+        d.insert(key(1), t, DedupState::Reply(big.clone()), 100, bound);
+        d.insert(key(2), t, DedupState::Reply(big.clone()), 100, bound);
         assert_eq!(d.insert(key(3), t, DedupState::Reply(big), 100, bound), 1);
         assert!(d.get(&key(1)).is_none());
         assert_eq!(d.bytes(), 2 * one);
@@ -324,7 +323,8 @@ mod tests {
         assert_eq!(d.bytes(), 3 * ENTRY_BYTES);
         // A reply stored later counts too: older entries make room, the updated one stays.
         // (A reply smaller than one entry's bookkeeping: evicting one entry makes room.)
-        let reply: Arc<[u8]> = Arc::from(alloc::vec![0u8; ENTRY_BYTES / 2]);
+        let reply = Datagram::new(&[0u8; 64]);
+        assert!(reply.heap_bytes() > 0 && reply.heap_bytes() < ENTRY_BYTES);
         let evicted = d.update(key(9), DedupState::Reply(reply), 3 * ENTRY_BYTES);
         assert_eq!(evicted, 1);
         assert_eq!(d.len(), 2);
@@ -340,7 +340,7 @@ mod tests {
             d.insert(key(mid), t, DedupState::AckOnly, 100, 4 * ENTRY_BYTES);
         }
         // The oldest entry grows: every other entry goes, newer ones emptied in place.
-        let reply: Arc<[u8]> = Arc::from(alloc::vec![0u8; 2 * ENTRY_BYTES]);
+        let reply = Datagram::new(&alloc::vec![0u8; 2 * ENTRY_BYTES]);
         assert_eq!(
             d.update(key(0), DedupState::Reply(reply), 4 * ENTRY_BYTES),
             3

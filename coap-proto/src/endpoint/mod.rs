@@ -36,6 +36,7 @@
 
 mod block;
 mod config;
+mod datagram;
 mod dedup;
 mod event;
 mod key;
@@ -45,11 +46,11 @@ mod timer;
 
 use alloc::boxed::Box;
 use alloc::collections::VecDeque;
-use alloc::sync::Arc;
 use alloc::vec::Vec;
 use core::fmt;
 use core::net::SocketAddr;
 use core::time::Duration;
+use datagram::Datagram;
 
 use bytes::Bytes;
 use hashbrown::hash_map::EntryRef;
@@ -310,7 +311,7 @@ struct ClientExchange {
     outstanding: bool,
     /// The request message as last sent (shared with the retransmission state), from which
     /// follow-up Block2 requests are derived.
-    sent: Option<Arc<[u8]>>,
+    sent: Option<Datagram>,
     /// Block-wise upload or download in progress.
     block: Option<Box<ClientBlock>>,
     /// The application chose the Block2 option itself (random access): deliver that block as
@@ -345,7 +346,7 @@ enum ConOwner {
 #[derive(Debug)]
 struct PendingCon {
     owner: ConOwner,
-    bytes: Arc<[u8]>,
+    bytes: Datagram,
     retransmissions: u32,
     timeout: Duration,
     deadline: Instant,
@@ -422,7 +423,7 @@ struct ServerBlock {
 #[derive(Debug)]
 struct Outgoing {
     remote: SocketAddr,
-    bytes: Arc<[u8]>,
+    bytes: Datagram,
 }
 
 /// Option numbers whose meaning the engine or every application understands. A critical
@@ -1144,7 +1145,7 @@ impl Endpoint {
         if ex.message_type == MessageType::Con && !ex.ack_sent {
             // Piggybacked on the ACK (§5.2.1).
             let bytes = self.encode_owned(MessageType::Ack, ex.mid, ex.token.clone(), response);
-            self.update_dedup(key, DedupState::Reply(Arc::clone(&bytes)));
+            self.update_dedup(key, DedupState::Reply(bytes.clone()));
             self.queue_transmit(ex.peer, bytes);
             return Ok(());
         }
@@ -1561,7 +1562,7 @@ impl Endpoint {
                     &response,
                 );
                 let lifetime = self.lifetimes.of(MessageType::Con);
-                self.insert_dedup(now, key, lifetime, DedupState::Reply(Arc::clone(&bytes)));
+                self.insert_dedup(now, key, lifetime, DedupState::Reply(bytes.clone()));
                 self.queue_transmit(remote, bytes);
             }
             _ => {
@@ -1571,7 +1572,7 @@ impl Endpoint {
                 };
                 let bytes = self.encode_response(MessageType::Non, mid, &request.token, &response);
                 let lifetime = self.lifetimes.of(MessageType::Non);
-                self.insert_dedup(now, key, lifetime, DedupState::Reply(Arc::clone(&bytes)));
+                self.insert_dedup(now, key, lifetime, DedupState::Reply(bytes.clone()));
                 self.queue_transmit(remote, bytes);
             }
         }
@@ -2302,7 +2303,7 @@ impl Endpoint {
                 MessageKey::new(peer, mid),
                 PendingCon {
                     owner: ConOwner::Notification(oid),
-                    bytes: Arc::clone(&bytes),
+                    bytes: bytes.clone(),
                     retransmissions: 0,
                     timeout,
                     deadline,
@@ -2360,7 +2361,7 @@ impl Endpoint {
             MessageKey::new(peer, mid),
             PendingCon {
                 owner: ConOwner::Notification(oid),
-                bytes: Arc::clone(&bytes),
+                bytes: bytes.clone(),
                 retransmissions: old.retransmissions + 1,
                 timeout,
                 deadline,
@@ -2589,7 +2590,7 @@ impl Endpoint {
             payload: request.payload,
         };
         let bytes = encode_with(&mut self.scratch, &message);
-        ex.sent = Some(Arc::clone(&bytes));
+        ex.sent = Some(bytes.clone());
         if message_type == MessageType::Con {
             let timeout = initial_timeout(&self.config, &mut *self.rng);
             let deadline = now + timeout;
@@ -2597,7 +2598,7 @@ impl Endpoint {
                 MessageKey::new(remote, mid),
                 PendingCon {
                     owner: ConOwner::Request(id),
-                    bytes: Arc::clone(&bytes),
+                    bytes: bytes.clone(),
                     retransmissions: 0,
                     timeout,
                     deadline,
@@ -2840,7 +2841,7 @@ impl Endpoint {
             // A duplicate of the NON request gets this response again (§4.5).
             self.update_dedup(
                 MessageKey::new(remote, request_mid),
-                DedupState::Reply(Arc::clone(&bytes)),
+                DedupState::Reply(bytes.clone()),
             );
         }
         if multicast {
@@ -2859,7 +2860,7 @@ impl Endpoint {
                 MessageKey::new(remote, mid),
                 PendingCon {
                     owner: ConOwner::Response(id),
-                    bytes: Arc::clone(&bytes),
+                    bytes: bytes.clone(),
                     retransmissions: 0,
                     timeout,
                     deadline,
@@ -2903,12 +2904,8 @@ impl Endpoint {
                     pc.retransmissions += 1;
                     pc.timeout *= 2;
                     pc.deadline = now + pc.timeout;
-                    let (next, bytes, attempt, owner) = (
-                        pc.deadline,
-                        Arc::clone(&pc.bytes),
-                        pc.retransmissions,
-                        pc.owner,
-                    );
+                    let (next, bytes, attempt, owner) =
+                        (pc.deadline, pc.bytes.clone(), pc.retransmissions, pc.owner);
                     self.timers.push(next, Timer::Retransmit(remote, mid));
                     self.stats.retransmissions += 1;
                     self.queue_transmit(remote, bytes);
@@ -3106,7 +3103,7 @@ impl Endpoint {
         self.queue_transmit(remote, bytes);
     }
 
-    fn queue_transmit(&mut self, remote: SocketAddr, bytes: Arc<[u8]>) {
+    fn queue_transmit(&mut self, remote: SocketAddr, bytes: Datagram) {
         if self.transmits.len() >= self.config.max_transmit_queue {
             self.stats.transmit_queue_drops += 1;
             return;
@@ -3114,9 +3111,9 @@ impl Endpoint {
         self.transmits.push_back(Outgoing { remote, bytes });
     }
 
-    fn encode_empty(&mut self, mtype: MessageType, mid: u16) -> Arc<[u8]> {
+    fn encode_empty(&mut self, mtype: MessageType, mid: u16) -> Datagram {
         let [hi, lo] = mid.to_be_bytes();
-        Arc::from(&[0x40 | (mtype.to_bits() << 4), 0, hi, lo][..])
+        Datagram::new(&[0x40 | (mtype.to_bits() << 4), 0, hi, lo])
     }
 
     /// Encodes a response it owns, without copying its options or payload.
@@ -3126,7 +3123,7 @@ impl Endpoint {
         mid: u16,
         token: Token,
         response: Response,
-    ) -> Arc<[u8]> {
+    ) -> Datagram {
         let message = Message {
             mtype,
             code: response.code,
@@ -3144,7 +3141,7 @@ impl Endpoint {
         mid: u16,
         token: &Token,
         response: &Response,
-    ) -> Arc<[u8]> {
+    ) -> Datagram {
         let message = Message {
             mtype,
             code: response.code,
@@ -3156,7 +3153,7 @@ impl Endpoint {
         self.encode(&message)
     }
 
-    fn encode(&mut self, message: &Message) -> Arc<[u8]> {
+    fn encode(&mut self, message: &Message) -> Datagram {
         encode_with(&mut self.scratch, message)
     }
 }
@@ -3185,14 +3182,14 @@ fn take_mid(
 }
 
 /// Encodes `message` through the reusable `scratch` buffer into a shared datagram.
-fn encode_with(scratch: &mut Vec<u8>, message: &Message) -> Arc<[u8]> {
+fn encode_with(scratch: &mut Vec<u8>, message: &Message) -> Datagram {
     scratch.clear();
     match message.encode_to_vec(scratch) {
-        Ok(_) => Arc::from(&scratch[..]),
+        Ok(_) => Datagram::new(scratch),
         // Tokens and option values were checked against their limits before a message got
         // here (the token length by the configuration, option values by the size checks):
         // this cannot fail.
-        Err(_) => Arc::from(&[][..]),
+        Err(_) => Datagram::new(&[]),
     }
 }
 
@@ -3278,7 +3275,7 @@ fn stamp(
     mtype: MessageType,
     mid: u16,
     token: &Token,
-) -> Option<Arc<[u8]>> {
+) -> Option<Datagram> {
     let tkl = token.len();
     let (&code, rest) = template.get(1..)?.split_first()?;
     let rest = rest.get(2..)?;
@@ -3291,7 +3288,7 @@ fn stamp(
     scratch.extend_from_slice(&mid.to_be_bytes());
     scratch.extend_from_slice(token.as_bytes());
     scratch.extend_from_slice(rest);
-    Some(Arc::from(&scratch[..]))
+    Some(Datagram::new(scratch))
 }
 
 /// How long a Message ID stays in use, and a deduplication entry lives (§4.4, §4.5):
