@@ -2783,45 +2783,60 @@ impl Endpoint {
             },
         };
         let lifetime = self.lifetimes.of(message_type);
-        if !self.peers.contains_key(&PeerKey(held.peer))
-            && self.peers.len() >= self.config.max_peers
-        {
-            // No room for the Message ID state this response needs.
-            if message_type == MessageType::Con {
-                self.events.push_back(Event::ResponseNotConfirmed {
-                    id,
-                    reason: Failure::TooManyPeers,
-                });
+        // One lookup of the peer for the whole step (this runs for every NON response).
+        let room = self.peers.len() < self.config.max_peers;
+        let rng = &mut self.rng;
+        let peer = match self.peers.entry(PeerKey(held.peer)) {
+            hashbrown::hash_map::Entry::Occupied(entry) => entry.into_mut(),
+            hashbrown::hash_map::Entry::Vacant(entry) if room => {
+                entry.insert(Peer::new(rng.next_u32() as u16))
             }
-            return;
-        }
-        let peer = self.peer_entry(held.peer);
+            hashbrown::hash_map::Entry::Vacant(_) => {
+                // No room for the Message ID state this response needs.
+                if message_type == MessageType::Con {
+                    self.events.push_back(Event::ResponseNotConfirmed {
+                        id,
+                        reason: Failure::TooManyPeers,
+                    });
+                }
+                return;
+            }
+        };
         if !peer.held.is_empty() {
             // Keep order behind responses already waiting for a Message ID.
             peer.held.push_back(held);
             return;
         }
-        match peer.allocate(now, lifetime) {
-            Some(mid) => {
-                let remote = held.peer;
-                self.transmit_held(now, held, mid);
-                self.arm_peer_timer(remote);
-            }
-            None => {
-                let until = peer.next_free();
-                let remote = held.peer;
-                peer.held.push_back(held);
-                if let Some(until) = until {
-                    if !peer.exhaustion_reported {
-                        peer.exhaustion_reported = true;
-                        self.events.push_back(Event::MessageIdsExhausted {
-                            peer: remote,
-                            until,
-                        });
-                    }
+        let remote = held.peer;
+        let allocated = peer.allocate(now, lifetime);
+        if allocated.is_none() {
+            let until = peer.next_free();
+            peer.held.push_back(held);
+            if let Some(until) = until {
+                if !peer.exhaustion_reported {
+                    peer.exhaustion_reported = true;
+                    self.events.push_back(Event::MessageIdsExhausted {
+                        peer: remote,
+                        until,
+                    });
                 }
-                self.arm_peer_timer(remote);
             }
+            self.arm_peer_timer(remote);
+            return;
+        }
+        // Arm the peer's timer now, while the peer is at hand (as `arm_peer_timer` would).
+        let arm = match peer.armed {
+            Some(_) => None,
+            None => peer.next_free(),
+        };
+        if arm.is_some() {
+            peer.armed = arm;
+        }
+        if let Some(mid) = allocated {
+            self.transmit_held(now, held, mid);
+        }
+        if let Some(at) = arm {
+            self.timers.push(at, Timer::Peer(remote));
         }
     }
 
