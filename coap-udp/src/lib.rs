@@ -369,7 +369,10 @@ impl SendBatch {
 /// runtime caches readiness, clears it).
 pub trait DatagramSocket {
     /// One receive call into `batch`: [`RecvBatch::recv`] on Linux, or
-    /// [`RecvBatch::recv_with`] with the runtime's `recv_from`.
+    /// [`RecvBatch::recv_with`] with the runtime's `recv_from`. A call that receives fewer
+    /// than [`RecvBatch::width`] datagrams has emptied the socket: a runtime that caches
+    /// readiness clears it then, as after `WouldBlock` ([`DatagramIo::receive`] does not call
+    /// again to be told so).
     fn recv(&self, batch: &mut RecvBatch) -> io::Result<usize>;
 
     /// One send call from `batch`: [`SendBatch::send`] on Linux, or
@@ -463,6 +466,10 @@ impl DatagramIo {
     /// Receives up to `limit` datagrams (rounded up to whole batches) and hands each to
     /// `ep`. An ICMP error the socket reports on the way is looked up in the error queue and
     /// its peer reported unreachable to `ep`.
+    ///
+    /// A call that fills its batch only partly took everything the socket held, so it ends
+    /// [`RecvEnd::Drained`] without asking the socket again. A runtime that caches readiness
+    /// must then have cleared it in [`DatagramSocket::recv`] (as it does on `WouldBlock`).
     pub fn receive(
         &mut self,
         socket: &impl DatagramSocket,
@@ -482,6 +489,16 @@ impl DatagramIo {
                         ep.handle_datagram(now, from, datagram);
                     }
                     datagrams += n;
+                    if n < self.rx.width() && self.rx.deferred.is_none() {
+                        // A short batch: the call stopped because the socket had no more
+                        // (a non-blocking receive takes all it can), so another call would
+                        // only be told `WouldBlock`. The socket signals readiness again for
+                        // anything that arrives after it.
+                        return Received {
+                            datagrams,
+                            end: RecvEnd::Drained,
+                        };
+                    }
                     if datagrams >= limit {
                         return Received {
                             datagrams,
@@ -993,6 +1010,47 @@ mod tests {
         assert!(matches!(received.end, RecvEnd::Drained), "{received:?}");
         assert_eq!(received.datagrams, 0);
         assert_eq!(failures(&mut ep), [Failure::Unreachable]);
+    }
+
+    /// A socket that counts its receive calls.
+    struct Counting<'a>(StdSocket<'a>, std::cell::Cell<usize>);
+
+    impl DatagramSocket for Counting<'_> {
+        fn recv(&self, batch: &mut RecvBatch) -> io::Result<usize> {
+            self.1.set(self.1.get() + 1);
+            self.0.recv(batch)
+        }
+
+        fn send(&self, batch: &mut SendBatch) -> io::Result<usize> {
+            self.0.send(batch)
+        }
+
+        fn unreachable_peers(&self) -> Vec<SocketAddr> {
+            self.0.unreachable_peers()
+        }
+    }
+
+    #[test]
+    fn a_short_batch_ends_the_receive_without_another_call() {
+        let (tx, rx) = pair();
+        rx.set_nonblocking(true).unwrap();
+        let mut ep = Endpoint::new(Config::default(), 3).unwrap();
+        let mut io = DatagramIo::new(rx.local_addr().unwrap(), 1152);
+        let now = Instant::from_micros(0);
+        // Loopback queues each datagram before `send_to` returns.
+        for (sent, calls) in [(3, 1), (RECV_BATCH, 2), (RECV_BATCH + 1, 2)] {
+            for i in 0..sent {
+                tx.send_to(&[0x50, 0, 1, i as u8], rx.local_addr().unwrap())
+                    .unwrap();
+            }
+            let socket = Counting(StdSocket(&rx), std::cell::Cell::new(0));
+            let received = io.receive(&socket, &mut ep, now, 64);
+            assert!(matches!(received.end, RecvEnd::Drained), "{received:?}");
+            assert_eq!(received.datagrams, sent);
+            // A full batch may have left more: the socket is asked again, and only a short
+            // batch (or `WouldBlock`) ends the call.
+            assert_eq!(socket.1.get(), calls, "{sent} datagrams");
+        }
     }
 
     #[test]
