@@ -181,7 +181,10 @@ use hashbrown::HashMap;
 use tracing::{debug, trace, warn, Span};
 
 pub use bytes::Bytes;
-pub use client::{choose_address, destination, new_endpoint, parse_uri, Destination, RequestSpec};
+pub use client::{
+    choose_address, destination, new_endpoint, parse_uri, Destination, RequestSpec, TargetLookup,
+    Targets,
+};
 pub use error::{is_unreachable, Error};
 pub use guards::{AnswerGuard, CancelGuard};
 pub use incoming::{Deferred, Incoming, IntoReply, Reply};
