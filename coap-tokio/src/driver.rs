@@ -537,7 +537,7 @@ impl coap_udp::DatagramSocket for TokioSocket<'_> {
             let mut short = None;
             let result = self.0.try_io(Interest::READABLE, || {
                 let n = batch.recv(self.0)?;
-                if n < batch.width() {
+                if n < batch.limit() {
                     short = Some(n);
                     return Err(io::ErrorKind::WouldBlock.into());
                 }
