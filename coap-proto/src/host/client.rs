@@ -153,8 +153,18 @@ pub enum TargetLookup {
 /// names an address, so it never grows.
 #[derive(Debug, Default)]
 pub struct Targets {
-    /// The URI text and the socket's address it was looked up for, and what was found.
-    last: std::sync::Mutex<Option<(String, SocketAddr, Arc<CoapUri>, SocketAddr)>>,
+    last: std::sync::Mutex<Option<KeptTarget>>,
+}
+
+/// What [`Targets`] keeps.
+#[derive(Debug)]
+struct KeptTarget {
+    /// The URI as given.
+    text: String,
+    /// The address of the socket it was looked up for.
+    local: SocketAddr,
+    uri: Arc<CoapUri>,
+    remote: SocketAddr,
 }
 
 impl Targets {
@@ -172,11 +182,9 @@ impl Targets {
     pub fn target(&self, local: SocketAddr, text: &str) -> Result<TargetLookup, Error> {
         {
             let last = self.last.lock().unwrap_or_else(|e| e.into_inner());
-            let hit = last
-                .as_ref()
-                .filter(|(t, from, ..)| *from == local && t == text);
-            if let Some((.., uri, remote)) = hit {
-                return Ok(TargetLookup::Address(Arc::clone(uri), *remote));
+            let hit = last.as_ref().filter(|k| k.local == local && k.text == text);
+            if let Some(kept) = hit {
+                return Ok(TargetLookup::Address(Arc::clone(&kept.uri), kept.remote));
             }
         }
         let uri = parse_uri(text)?;
@@ -186,7 +194,12 @@ impl Targets {
         };
         let uri = Arc::new(uri);
         let mut last = self.last.lock().unwrap_or_else(|e| e.into_inner());
-        *last = Some((text.into(), local, Arc::clone(&uri), remote));
+        *last = Some(KeptTarget {
+            text: text.into(),
+            local,
+            uri: Arc::clone(&uri),
+            remote,
+        });
         Ok(TargetLookup::Address(uri, remote))
     }
 }
