@@ -1319,3 +1319,34 @@ fn targets_are_kept_for_the_socket_they_were_looked_up_for() {
     };
     assert_eq!(v4, addr("192.0.2.1:5683"));
 }
+
+#[test]
+fn drive_handles_timeouts_that_came_after_the_last_next_wake() {
+    let mut net = Net::new(&[]);
+    let start = net.now;
+    // Nothing under way: the engine has no deadline.
+    let c = net.client();
+    assert_eq!(c.host.next_wake(&mut c.ep), None);
+    // A request to a silent peer, then no next_wake: drive still retransmits once the first
+    // timeout (2 to 3 s) has passed.
+    let (started, _seen) = net.request("coap://127.0.0.9/x", SILENT, Kind::Once, None);
+    started.map_err(|r| r.error).unwrap();
+    let c = net.client();
+    while c
+        .ep
+        .poll_transmit(start, &mut [0u8; 256])
+        .unwrap()
+        .is_some()
+    {}
+    c.host
+        .drive(&mut c.ep, start + Duration::from_secs(3), &mut c.service);
+    assert_eq!(c.ep.stats().retransmissions, 1);
+    // The deadline next_wake gives is the one drive acts on, not sooner.
+    let next = c.host.next_wake(&mut c.ep).unwrap();
+    let early = Instant::from_micros(next.as_micros() - 1_000);
+    assert!(early > start + Duration::from_secs(3));
+    c.host.drive(&mut c.ep, early, &mut c.service);
+    assert_eq!(c.ep.stats().retransmissions, 1);
+    c.host.drive(&mut c.ep, next, &mut c.service);
+    assert_eq!(c.ep.stats().retransmissions, 2);
+}
