@@ -13,7 +13,7 @@ use async_channel::{Receiver, Sender};
 use async_io::Timer;
 use async_net::AsyncToSocketAddrs;
 use coap_proto::endpoint::Stats;
-use coap_proto::host::{self, parse_uri, Destination, ExchangeKey, RequestSpec};
+use coap_proto::host::{self, parse_uri, Destination, ExchangeKey, RequestSpec, TargetLookup};
 use coap_proto::msg::{Code, MessageType};
 use coap_proto::uri::CoapUri;
 use coap_proto::{Config, Endpoint, RequestId};
@@ -549,9 +549,15 @@ async fn submit(
     spec: RequestSpec,
     waiter: Waiting,
 ) -> Result<(), Error> {
-    let uri = spec.parse_uri()?;
-    let remote = resolve(shared, &uri).await?;
-    let command = spec.into_command(uri, remote, Some(ticket), waiter, None);
+    let command = match shared.targets.target(shared.local_addr, spec.uri())? {
+        TargetLookup::Address(uri, remote) => {
+            spec.into_command(uri, remote, Some(ticket), waiter, None)
+        }
+        TargetLookup::Resolve(uri) => {
+            let remote = resolve(shared, &uri).await?;
+            spec.into_command(uri, remote, Some(ticket), waiter, None)
+        }
+    };
     shared.command(command).await
 }
 

@@ -151,6 +151,8 @@ pub(crate) struct Shared {
     pub(crate) commands: Sender<Command>,
     pub(crate) internal: Sender<Command>,
     pub(crate) next_ticket: AtomicU64,
+    /// The last request target that named an address, parsed once.
+    pub(crate) targets: host::Targets,
 }
 
 impl Shared {
@@ -255,6 +257,7 @@ impl Driver {
             commands: cmd_tx,
             internal: int_tx.clone(),
             next_ticket: AtomicU64::new(1),
+            targets: host::Targets::new(),
         });
         let driver = Driver {
             socket,

@@ -8,7 +8,7 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use coap_proto::endpoint::Stats;
-use coap_proto::host::{self, parse_uri, Destination, ExchangeKey, RequestSpec};
+use coap_proto::host::{self, parse_uri, Destination, ExchangeKey, RequestSpec, TargetLookup};
 use coap_proto::msg::{Code, MessageType};
 use coap_proto::uri::CoapUri;
 use coap_proto::{Config, Endpoint, RequestId};
@@ -361,9 +361,14 @@ impl RequestBuilder {
 
     /// Builds the request, hands it to the I/O thread and waits for its id.
     fn begin(self, waiter: Waiting) -> Result<RequestId, Error> {
-        let uri = self.spec.parse_uri()?;
         let shared = &self.client.shared;
-        let remote = resolve(shared, &uri)?;
+        let (uri, remote) = match shared.targets.target(shared.local_addr, self.spec.uri())? {
+            TargetLookup::Address(uri, remote) => (uri, remote),
+            TargetLookup::Resolve(uri) => {
+                let remote = resolve(shared, &uri)?;
+                (uri.into(), remote)
+            }
+        };
         let (started, id) = mpsc::channel();
         let command = self
             .spec

@@ -95,6 +95,8 @@ pub(crate) struct Shared {
     pub(crate) mailbox: Mailbox,
     pub(crate) socket: Arc<UdpSocket>,
     pub(crate) local_addr: SocketAddr,
+    /// The last request target that named an address, parsed once.
+    pub(crate) targets: host::Targets,
 }
 
 impl Drop for Shared {
@@ -259,6 +261,7 @@ impl Driver {
             mailbox: mailbox.clone(),
             socket: Arc::clone(&socket),
             local_addr,
+            targets: host::Targets::new(),
         });
         let max = endpoint.config().max_message_size;
         let driver = Driver {

@@ -387,13 +387,16 @@ impl CoapUri {
     }
 
     fn write_options(&self, opts: &mut Options, with_host: bool, with_port: bool) {
-        for n in [
-            OptionNumber::URI_HOST,
-            OptionNumber::URI_PORT,
-            OptionNumber::URI_PATH,
-            OptionNumber::URI_QUERY,
-        ] {
-            opts.remove(n);
+        // A new request's options are empty: nothing to replace (each removal is a search).
+        if !opts.is_empty() {
+            for n in [
+                OptionNumber::URI_HOST,
+                OptionNumber::URI_PORT,
+                OptionNumber::URI_PATH,
+                OptionNumber::URI_QUERY,
+            ] {
+                opts.remove(n);
+            }
         }
         if with_host {
             let mut value = String::new();

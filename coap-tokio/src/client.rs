@@ -9,7 +9,7 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use coap_proto::endpoint::Stats;
-use coap_proto::host::{self, parse_uri, Destination, ExchangeKey, RequestSpec};
+use coap_proto::host::{self, parse_uri, Destination, ExchangeKey, RequestSpec, TargetLookup};
 use coap_proto::msg::{Code, MessageType};
 use coap_proto::uri::CoapUri;
 use coap_proto::{Config, Endpoint, RequestId};
@@ -294,24 +294,9 @@ impl RequestBuilder {
     /// stops retransmitting and forgets it.
     pub fn send(self) -> ResponseFuture {
         let RequestBuilder { client, spec } = self;
-        let timeout = spec.timeout();
-        let exchange = async move {
-            let shared = &client.shared;
-            let ticket = shared.ticket();
-            let (tx, mut reply) = OnceReply::new(ticket, shared);
-            submit(shared, ticket, spec, Waiting::Once(tx)).await?;
-            reply.recv().await?
-        };
-        let inner: Pin<Box<dyn Future<Output = Result<IncomingResponse, Error>> + Send>> =
-            match timeout {
-                Some(limit) => Box::pin(async move {
-                    tokio::time::timeout(limit, exchange)
-                        .await
-                        .unwrap_or(Err(Error::Timeout))
-                }),
-                None => Box::pin(exchange),
-            };
-        ResponseFuture { inner }
+        ResponseFuture {
+            inner: Box::pin(exchange(client, spec)),
+        }
     }
 
     /// Sends the request to a multicast group (RFC 7252 §8) and returns the responses as they
@@ -536,6 +521,67 @@ impl<T> Drop for OnceReply<T> {
 /// [`host::CancelGuard`]).
 type CancelGuard = host::CancelGuard<Chan>;
 
+/// One unicast request, from the first poll to its response, failing with
+/// [`Error::Timeout`] once the builder's timeout (if any) has passed.
+///
+/// Written as one future with the timeout inside, so that a request costs one allocation
+/// for its state; the rarer waits (a name to resolve, a full command channel) are boxed
+/// apart, so that their state does not make every request's larger.
+async fn exchange(client: Client, spec: RequestSpec) -> Result<IncomingResponse, Error> {
+    let deadline = spec
+        .timeout()
+        .map(|limit| tokio::time::Instant::now() + limit);
+    let shared = &*client.shared;
+    let ticket = shared.ticket();
+    let (tx, mut reply) = OnceReply::new(ticket, shared);
+    let waiter = Waiting::Once(tx);
+    let command = match shared.targets.target(shared.local_addr, spec.uri())? {
+        TargetLookup::Address(uri, remote) => {
+            spec.into_command(uri, remote, Some(ticket), waiter, None)
+        }
+        TargetLookup::Resolve(_) => {
+            Box::pin(request_command(shared, ticket, spec, waiter, deadline)).await?
+        }
+    };
+    if let Some(command) = shared.try_command(command)? {
+        Box::pin(within(deadline, shared.command(command))).await?;
+    }
+    within(deadline, reply.recv()).await?
+}
+
+/// `future`'s outcome, or [`Error::Timeout`] if `deadline` comes first.
+async fn within<T>(
+    deadline: Option<tokio::time::Instant>,
+    future: impl Future<Output = Result<T, Error>>,
+) -> Result<T, Error> {
+    match deadline {
+        Some(at) => tokio::time::timeout_at(at, future)
+            .await
+            .unwrap_or(Err(Error::Timeout)),
+        None => future.await,
+    }
+}
+
+/// The command that starts the request of `spec`, with `waiter` waiting for its outcome.
+/// The target comes from the client's [`host::Targets`]; only a host name is resolved
+/// (given up at `deadline`, if any).
+async fn request_command(
+    shared: &Shared,
+    ticket: u64,
+    spec: RequestSpec,
+    waiter: Waiting,
+    deadline: Option<tokio::time::Instant>,
+) -> Result<Command, Error> {
+    let (uri, remote) = match shared.targets.target(shared.local_addr, spec.uri())? {
+        TargetLookup::Address(uri, remote) => (uri, remote),
+        TargetLookup::Resolve(uri) => {
+            let remote = within(deadline, resolve(shared, &uri)).await?;
+            (Arc::new(uri), remote)
+        }
+    };
+    Ok(spec.into_command(uri, remote, Some(ticket), waiter, None))
+}
+
 /// Resolves the URI of `spec`, builds the request and hands it to the driver, with `waiter`
 /// waiting for its outcome.
 async fn submit(
@@ -544,9 +590,7 @@ async fn submit(
     spec: RequestSpec,
     waiter: Waiting,
 ) -> Result<(), Error> {
-    let uri = spec.parse_uri()?;
-    let remote = resolve(shared, &uri).await?;
-    let command = spec.into_command(uri, remote, Some(ticket), waiter, None);
+    let command = request_command(shared, ticket, spec, waiter, None).await?;
     shared.command(command).await
 }
 
@@ -556,14 +600,19 @@ async fn resolve(shared: &Shared, uri: &CoapUri) -> Result<SocketAddr, Error> {
     let local = shared.local_addr;
     match host::destination(local, uri)? {
         Destination::Address(addr) => Ok(addr),
-        Destination::Name(name, port) => {
-            let addrs = tokio::net::lookup_host((name, port))
-                .await
-                .map_err(|source| Error::Resolve {
-                    host: name.into(),
-                    source,
-                })?;
-            host::choose_address(local, name, addrs)
-        }
+        // Boxed: the resolver's state stays out of every request future, and only requests
+        // by name pay for it.
+        Destination::Name(name, port) => Box::pin(resolve_name(local, name, port)).await,
     }
+}
+
+/// Resolves `name` and picks the address to send to from a socket bound to `local`.
+async fn resolve_name(local: SocketAddr, name: &str, port: u16) -> Result<SocketAddr, Error> {
+    let addrs = tokio::net::lookup_host((name, port))
+        .await
+        .map_err(|source| Error::Resolve {
+            host: name.into(),
+            source,
+        })?;
+    host::choose_address(local, name, addrs)
 }

@@ -137,6 +137,8 @@ pub(crate) struct Shared {
     pub(crate) commands: mpsc::Sender<Command>,
     pub(crate) internal: mpsc::UnboundedSender<Command>,
     pub(crate) next_ticket: AtomicU64,
+    /// The last request target that named an address, parsed once.
+    pub(crate) targets: host::Targets,
 }
 
 impl Shared {
@@ -144,12 +146,26 @@ impl Shared {
         self.next_ticket.fetch_add(1, Ordering::Relaxed)
     }
 
+    /// Queues a command if the channel has room; gives it back if the channel is full.
+    pub(crate) fn try_command(&self, command: Command) -> Result<Option<Command>, Error> {
+        match self.commands.try_send(command) {
+            Ok(()) => Ok(None),
+            Err(mpsc::error::TrySendError::Full(command)) => Ok(Some(command)),
+            Err(mpsc::error::TrySendError::Closed(_)) => Err(Error::ShuttingDown),
+        }
+    }
+
     /// Sends a command, waiting while the channel is full.
     pub(crate) async fn command(&self, command: Command) -> Result<(), Error> {
-        self.commands
-            .send(command)
-            .await
-            .map_err(|_| Error::ShuttingDown)
+        // Queued at once while there is room (a free slot means no sender waits before this
+        // one); only a full channel costs a wait, boxed so that its state stays out of every
+        // request future.
+        match self.try_command(command)? {
+            None => Ok(()),
+            Some(command) => Box::pin(self.commands.send(command))
+                .await
+                .map_err(|_| Error::ShuttingDown),
+        }
     }
 
     /// Asks the driver something and waits for the answer.
@@ -234,6 +250,7 @@ impl Driver {
             commands: cmd_tx,
             internal: int_tx.clone(),
             next_ticket: AtomicU64::new(1),
+            targets: host::Targets::new(),
         });
         let driver = Driver {
             socket,
@@ -274,6 +291,8 @@ impl Driver {
         let mut sleep = Box::pin(tokio::time::sleep_until(
             self.clock.to_tokio(coap_proto::Instant::MAX),
         ));
+        // The deadline `sleep` is set to.
+        let mut armed: Option<coap_proto::Instant> = None;
         let span = tracing::debug_span!("coap_driver", local = %self.local_addr);
         async move {
             debug!("driver started");
@@ -291,10 +310,17 @@ impl Driver {
                 }
                 let wake_at = self.host.next_wake(&mut self.ep);
                 if let Some(d) = wake_at {
-                    if self.clock.now() >= d {
+                    let now = self.clock.now();
+                    if now >= d {
                         continue;
                     }
-                    sleep.as_mut().reset(self.clock.to_tokio(d));
+                    // The timer is moved only to an earlier deadline, or once it has fired:
+                    // with many exchanges in flight the deadline moves later with almost every
+                    // answer, and waking once early costs less than re-arming every time.
+                    if armed.is_none_or(|a| d < a || a <= now) {
+                        sleep.as_mut().reset(self.clock.to_tokio(d));
+                        armed = Some(d);
+                    }
                 }
                 let interest = if self.io.has_unsent() {
                     Interest::READABLE | Interest::WRITABLE | Interest::ERROR
@@ -502,9 +528,23 @@ struct TokioSocket<'a>(&'a UdpSocket);
 
 impl coap_udp::DatagramSocket for TokioSocket<'_> {
     fn recv(&self, batch: &mut coap_udp::RecvBatch) -> io::Result<usize> {
-        // Inside `try_io`, so that a `WouldBlock` clears the readiness tokio cached.
+        // Inside `try_io`, so that a `WouldBlock` clears the readiness tokio cached. A short
+        // batch emptied the socket: it is reported to tokio as `WouldBlock` too (which clears
+        // the readiness unless an event came in meanwhile), so no call is spent on learning
+        // that nothing more is there.
         #[cfg(target_os = "linux")]
-        let received = self.0.try_io(Interest::READABLE, || batch.recv(self.0));
+        let received = {
+            let mut short = None;
+            let result = self.0.try_io(Interest::READABLE, || {
+                let n = batch.recv(self.0)?;
+                if n < batch.limit() {
+                    short = Some(n);
+                    return Err(io::ErrorKind::WouldBlock.into());
+                }
+                Ok(n)
+            });
+            short.map_or(result, Ok)
+        };
         #[cfg(not(target_os = "linux"))]
         let received = batch.recv_with(|buf| self.0.try_recv_from(buf));
         received

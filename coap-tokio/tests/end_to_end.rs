@@ -80,3 +80,67 @@ async fn the_default_empty_ack_delay_spares_a_slow_handler_retransmissions() {
     })
     .await;
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_request_timeout_counts_from_the_first_poll_and_ends_the_exchange() {
+    bounded(async {
+        let (addr, count) = silent_peer().await;
+        let client = Client::bind("127.0.0.1:0").await.unwrap();
+        let request = client
+            .get(format!("coap://{addr}/x"))
+            .timeout(Duration::from_secs(5))
+            .send();
+        // Not polled yet: nothing is sent and the time does not count.
+        tokio::time::sleep(Duration::from_secs(20)).await;
+        assert_eq!(count.load(Ordering::SeqCst), 0);
+        let start = tokio::time::Instant::now();
+        let err = request.await.unwrap_err();
+        assert!(matches!(err, Error::Timeout), "{err:?}");
+        assert_eq!(start.elapsed(), Duration::from_secs(5));
+        // The request and its first retransmission (2 to 3 s); the second would be due
+        // 4 to 6 s after that.
+        assert_eq!(count.load(Ordering::SeqCst), 2);
+        assert!(client.pending_requests().await.unwrap().is_empty());
+    })
+    .await;
+}
+
+/// More requests at once than the command queue holds (1024): those beyond it wait for room,
+/// and every one is answered, for the URI it named.
+#[tokio::test]
+async fn requests_beyond_the_command_queue_wait_and_are_answered() {
+    let app = Router::new().prefix_get("/echo", |req: IncomingRequest| async move {
+        Response::content(req.path_string())
+    });
+    let server = Server::bind("127.0.0.1:0").await.unwrap();
+    let addr = server.local_addr();
+    tokio::spawn(server.serve(app));
+    let mut config = coap_tokio::Config::default();
+    config.nstart = 64;
+    let client = Client::builder()
+        .config(config)
+        .bind("127.0.0.1:0")
+        .await
+        .unwrap();
+    let mut tasks = tokio::task::JoinSet::new();
+    for i in 0..1500 {
+        let client = client.clone();
+        // Runs of the same URI and changes between them.
+        let path = format!("/echo/{}", i / 3 % 7);
+        tasks.spawn(async move {
+            let rsp = client
+                .get(format!("coap://{addr}{path}"))
+                .timeout(Duration::from_secs(20))
+                .await;
+            (path, rsp)
+        });
+    }
+    let all = tokio::time::timeout(Duration::from_secs(60), tasks.join_all())
+        .await
+        .expect("the requests took too long");
+    assert_eq!(all.len(), 1500);
+    for (path, rsp) in all {
+        let rsp = rsp.unwrap();
+        assert_eq!(rsp.payload_str(), Some(path.as_str()));
+    }
+}

@@ -39,6 +39,10 @@ use tracing::{debug, trace, warn};
 /// The most datagrams one receive call takes.
 pub const RECV_BATCH: usize = 32;
 
+/// The fewest datagrams a receive call of [`DatagramIo`] asks for: its limit follows the
+/// traffic (twice what the last call brought) but stays at least this.
+const MIN_RECV_LIMIT: usize = 4;
+
 /// The most datagrams one send call hands over: enough for the notifications of a change
 /// to a hundred observers to leave in two calls.
 pub const SEND_BATCH: usize = 64;
@@ -61,6 +65,8 @@ pub struct RecvBatch {
     /// `width` slots, [`STRIDE`] bytes apart.
     buf: Vec<u8>,
     width: usize,
+    /// The most datagrams the next call takes (1 to `width`).
+    limit: usize,
     /// Slot, length and source of each datagram of the last call.
     received: Vec<(usize, usize, SocketAddr)>,
     /// An error met after some datagrams of a [`RecvBatch::recv_with`] call: returned by the
@@ -89,6 +95,7 @@ impl RecvBatch {
         RecvBatch {
             buf: vec![0; width * STRIDE],
             width,
+            limit: width,
             received: Vec::with_capacity(width),
             deferred: None,
             #[cfg(target_os = "linux")]
@@ -96,12 +103,26 @@ impl RecvBatch {
         }
     }
 
-    /// The most datagrams one call receives.
+    /// The most datagrams one call can receive (the slots the batch has).
     pub fn width(&self) -> usize {
         self.width
     }
 
-    /// Receives what the socket holds, up to [`width`](RecvBatch::width) datagrams, with one
+    /// The most datagrams the next call receives: [`width`](RecvBatch::width) unless
+    /// [`set_limit`](RecvBatch::set_limit) lowered it.
+    pub fn limit(&self) -> usize {
+        self.limit
+    }
+
+    /// Sets how many datagrams the next calls receive at most (1 to
+    /// [`width`](RecvBatch::width); other values are brought into that range). A `recvmmsg`
+    /// prepares a header for every slot it may fill, so a socket that brings one datagram
+    /// per wake-up is read more cheaply with a small limit.
+    pub fn set_limit(&mut self, limit: usize) {
+        self.limit = limit.clamp(1, self.width);
+    }
+
+    /// Receives what the socket holds, up to [`limit`](RecvBatch::limit) datagrams, with one
     /// `recvmmsg` that does not wait. Returns how many arrived (read them with
     /// [`get`](RecvBatch::get) or [`iter`](RecvBatch::iter)), or the socket's error:
     /// `WouldBlock` when nothing is there. An error met after some datagrams is reported by
@@ -122,7 +143,7 @@ impl RecvBatch {
                 v6
             }
         };
-        let (buf, width, received) = (&mut self.buf, self.width, &mut self.received);
+        let (buf, width, received) = (&mut self.buf, self.limit, &mut self.received);
         let mut call = |headers: &mut Headers| recv_into(headers, socket, buf, width, received);
         let headers = if v6 { &V6_HEADERS } else { &V4_HEADERS };
         headers
@@ -134,7 +155,7 @@ impl RecvBatch {
             .unwrap_or_else(|_| call(&mut new_headers()))
     }
 
-    /// Receives up to [`width`](RecvBatch::width) datagrams by calling `recv_from` (a
+    /// Receives up to [`limit`](RecvBatch::limit) datagrams by calling `recv_from` (a
     /// non-blocking `recv_from` of the runtime's socket) once per datagram until it fails.
     /// Returns how many arrived; fails only if the first call fails (`WouldBlock` when
     /// nothing is there). Any error other than `WouldBlock` after some datagrams is returned
@@ -147,7 +168,8 @@ impl RecvBatch {
         if let Some(e) = self.deferred.take() {
             return Err(e);
         }
-        for (slot, buf) in self.buf.chunks_exact_mut(STRIDE).enumerate() {
+        let limit = self.limit;
+        for (slot, buf) in self.buf.chunks_exact_mut(STRIDE).take(limit).enumerate() {
             let Some(buf) = buf.get_mut(..SLOT) else {
                 break;
             };
@@ -369,7 +391,10 @@ impl SendBatch {
 /// runtime caches readiness, clears it).
 pub trait DatagramSocket {
     /// One receive call into `batch`: [`RecvBatch::recv`] on Linux, or
-    /// [`RecvBatch::recv_with`] with the runtime's `recv_from`.
+    /// [`RecvBatch::recv_with`] with the runtime's `recv_from`. A call that receives fewer
+    /// than [`RecvBatch::limit`] datagrams has emptied the socket: a runtime that caches
+    /// readiness clears it then, as after `WouldBlock` ([`DatagramIo::receive`] does not call
+    /// again to be told so).
     fn recv(&self, batch: &mut RecvBatch) -> io::Result<usize>;
 
     /// One send call from `batch`: [`SendBatch::send`] on Linux, or
@@ -463,6 +488,10 @@ impl DatagramIo {
     /// Receives up to `limit` datagrams (rounded up to whole batches) and hands each to
     /// `ep`. An ICMP error the socket reports on the way is looked up in the error queue and
     /// its peer reported unreachable to `ep`.
+    ///
+    /// A call that fills its batch only partly took everything the socket held, so it ends
+    /// [`RecvEnd::Drained`] without asking the socket again. A runtime that caches readiness
+    /// must then have cleared it in [`DatagramSocket::recv`] (as it does on `WouldBlock`).
     pub fn receive(
         &mut self,
         socket: &impl DatagramSocket,
@@ -472,7 +501,14 @@ impl DatagramIo {
     ) -> Received {
         let mut datagrams = 0;
         for _ in 0..limit {
-            match socket.recv(&mut self.rx) {
+            let asked = self.rx.limit();
+            let received = socket.recv(&mut self.rx);
+            if let Ok(n) = received {
+                // Room for twice what this call brought: as many slots as the traffic
+                // fills, whether it grows or shrinks.
+                self.rx.set_limit((2 * n).max(MIN_RECV_LIMIT));
+            }
+            match received {
                 Ok(n) => {
                     for (from, datagram) in self.rx.iter() {
                         let Some(from) = for_socket(self.local, from) else {
@@ -482,6 +518,16 @@ impl DatagramIo {
                         ep.handle_datagram(now, from, datagram);
                     }
                     datagrams += n;
+                    if n < asked && self.rx.deferred.is_none() {
+                        // A short batch: the call stopped because the socket had no more
+                        // (a non-blocking receive takes all it can), so another call would
+                        // only be told `WouldBlock`. The socket signals readiness again for
+                        // anything that arrives after it.
+                        return Received {
+                            datagrams,
+                            end: RecvEnd::Drained,
+                        };
+                    }
                     if datagrams >= limit {
                         return Received {
                             datagrams,
@@ -658,7 +704,7 @@ fn recv_into(
     use std::io::IoSliceMut;
     use std::os::fd::AsRawFd;
 
-    let mut slots = buf.chunks_exact_mut(STRIDE);
+    let mut slots = buf.chunks_exact_mut(STRIDE).take(width);
     let mut iovs: [[IoSliceMut<'_>; 1]; RECV_BATCH] = core::array::from_fn(|_| {
         let slot = slots
             .next()
@@ -993,6 +1039,79 @@ mod tests {
         assert!(matches!(received.end, RecvEnd::Drained), "{received:?}");
         assert_eq!(received.datagrams, 0);
         assert_eq!(failures(&mut ep), [Failure::Unreachable]);
+    }
+
+    /// A socket that counts its receive calls.
+    struct Counting<'a>(StdSocket<'a>, std::cell::Cell<usize>);
+
+    impl DatagramSocket for Counting<'_> {
+        fn recv(&self, batch: &mut RecvBatch) -> io::Result<usize> {
+            self.1.set(self.1.get() + 1);
+            self.0.recv(batch)
+        }
+
+        fn send(&self, batch: &mut SendBatch) -> io::Result<usize> {
+            self.0.send(batch)
+        }
+
+        fn unreachable_peers(&self) -> Vec<SocketAddr> {
+            self.0.unreachable_peers()
+        }
+    }
+
+    #[test]
+    fn a_short_batch_ends_the_receive_without_another_call() {
+        let (tx, rx) = pair();
+        rx.set_nonblocking(true).unwrap();
+        let mut ep = Endpoint::new(Config::default(), 3).unwrap();
+        let now = Instant::from_micros(0);
+        // Loopback queues each datagram before `send_to` returns.
+        for (sent, calls) in [(3, 1), (RECV_BATCH, 2), (RECV_BATCH + 1, 2)] {
+            let mut io = DatagramIo::new(rx.local_addr().unwrap(), 1152);
+            for i in 0..sent {
+                tx.send_to(&[0x50, 0, 1, i as u8], rx.local_addr().unwrap())
+                    .unwrap();
+            }
+            let socket = Counting(StdSocket(&rx), std::cell::Cell::new(0));
+            let received = io.receive(&socket, &mut ep, now, 64);
+            assert!(matches!(received.end, RecvEnd::Drained), "{received:?}");
+            assert_eq!(received.datagrams, sent);
+            // A full batch may have left more: the socket is asked again, and only a short
+            // batch (or `WouldBlock`) ends the call.
+            assert_eq!(socket.1.get(), calls, "{sent} datagrams");
+        }
+    }
+
+    #[test]
+    fn receive_calls_ask_for_twice_what_the_last_one_brought() {
+        let (tx, rx) = pair();
+        rx.set_nonblocking(true).unwrap();
+        let mut ep = Endpoint::new(Config::default(), 3).unwrap();
+        let mut io = DatagramIo::new(rx.local_addr().unwrap(), 1152);
+        let now = Instant::from_micros(0);
+        let to = rx.local_addr().unwrap();
+        assert_eq!(io.rx.limit(), RECV_BATCH);
+        // One datagram per wake-up: the next call prepares the fewest slots.
+        tx.send_to(&[0x50, 0, 2, 0], to).unwrap();
+        assert_eq!(io.receive(&StdSocket(&rx), &mut ep, now, 64).datagrams, 1);
+        assert_eq!(io.rx.limit(), MIN_RECV_LIMIT);
+        // A burst: each full call doubles the next, up to the batch's width, and nothing is
+        // left behind.
+        for i in 0..20u8 {
+            tx.send_to(&[0x50, 0, 3, i], to).unwrap();
+        }
+        let socket = Counting(StdSocket(&rx), std::cell::Cell::new(0));
+        let received = io.receive(&socket, &mut ep, now, 64);
+        assert_eq!(received.datagrams, 20);
+        assert!(matches!(received.end, RecvEnd::Drained), "{received:?}");
+        // 4 + 8 + 8 of 16.
+        assert_eq!(socket.1.get(), 3);
+        assert_eq!(io.rx.limit(), 16);
+        assert!(matches!(
+            io.receive(&StdSocket(&rx), &mut ep, now, 64).end,
+            RecvEnd::Drained
+        ));
+        assert_eq!(ep.stats().datagrams_received, 21);
     }
 
     #[test]

@@ -115,21 +115,92 @@ impl RequestSpec {
     /// it has an id, and `started` (if any) waiting for the id.
     pub fn into_command<C: Channels>(
         self,
-        uri: CoapUri,
+        uri: impl Into<Arc<CoapUri>>,
         remote: SocketAddr,
         ticket: Option<u64>,
         waiter: C::Waiter,
         started: Option<C::Reply<Result<RequestId, Error>>>,
     ) -> Command<C> {
+        let uri = uri.into();
         let request = self.into_request(&uri, remote);
         Command::Request {
             ticket,
             remote,
             request: Box::new(request),
-            uri: Arc::new(uri),
+            uri,
             waiter,
             started,
         }
+    }
+}
+
+/// Where a request goes, as a client's [`Targets`] finds it from the URI text.
+#[derive(Clone, Debug)]
+pub enum TargetLookup {
+    /// The URI names an address: send to it (in the socket's form).
+    Address(Arc<CoapUri>, SocketAddr),
+    /// The URI names a host: ask the resolver ([`destination`] gives the name and port,
+    /// [`choose_address`] picks among the answers).
+    Resolve(CoapUri),
+}
+
+/// The last request target of a client that named an address, kept so that requests for
+/// the same URI text (the common case of a client polling one resource) are not parsed
+/// again: the URI, parsed and shared, and its destination.
+///
+/// Only targets found without a resolver are kept: an address in the URI stays the same,
+/// while what a name resolves to may change. One entry, replaced by each other URI that
+/// names an address, so it never grows.
+#[derive(Debug, Default)]
+pub struct Targets {
+    last: std::sync::Mutex<Option<KeptTarget>>,
+}
+
+/// What [`Targets`] keeps.
+#[derive(Debug)]
+struct KeptTarget {
+    /// The URI as given.
+    text: String,
+    /// The address of the socket it was looked up for.
+    local: SocketAddr,
+    uri: Arc<CoapUri>,
+    remote: SocketAddr,
+}
+
+impl Targets {
+    /// An empty cache.
+    pub fn new() -> Targets {
+        Targets::default()
+    }
+
+    /// Where a request for the URI `text` goes from a socket bound to `local`: the parsed
+    /// URI and its address, or the URI to resolve.
+    ///
+    /// # Errors
+    ///
+    /// Those of [`parse_uri`] and [`destination`].
+    pub fn target(&self, local: SocketAddr, text: &str) -> Result<TargetLookup, Error> {
+        {
+            let last = self.last.lock().unwrap_or_else(|e| e.into_inner());
+            let hit = last.as_ref().filter(|k| k.local == local && k.text == text);
+            if let Some(kept) = hit {
+                return Ok(TargetLookup::Address(Arc::clone(&kept.uri), kept.remote));
+            }
+        }
+        let uri = parse_uri(text)?;
+        let remote = match destination(local, &uri)? {
+            Destination::Address(remote) => remote,
+            Destination::Name(..) => return Ok(TargetLookup::Resolve(uri)),
+        };
+        let uri = Arc::new(uri);
+        let mut last = self.last.lock().unwrap_or_else(|e| e.into_inner());
+        *last = Some(KeptTarget {
+            text: text.into(),
+            local,
+            uri: Arc::clone(&uri),
+            remote,
+        });
+        Ok(TargetLookup::Address(uri, remote))
     }
 }
 

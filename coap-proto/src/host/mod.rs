@@ -181,7 +181,10 @@ use hashbrown::HashMap;
 use tracing::{debug, trace, warn, Span};
 
 pub use bytes::Bytes;
-pub use client::{choose_address, destination, new_endpoint, parse_uri, Destination, RequestSpec};
+pub use client::{
+    choose_address, destination, new_endpoint, parse_uri, Destination, RequestSpec, TargetLookup,
+    Targets,
+};
 pub use error::{is_unreachable, Error};
 pub use guards::{AnswerGuard, CancelGuard};
 pub use incoming::{Deferred, Incoming, IntoReply, Reply};
@@ -475,6 +478,9 @@ pub struct Host<C: Channels> {
     tickets: HashMap<u64, RequestId>,
     incoming: HashMap<IncomingId, Unanswered>,
     shutdown_waiters: Vec<C::Reply<()>>,
+    /// The engine's next deadline as [`Host::next_wake`] last found it, while the engine has
+    /// not timed out nor been given a command since; `None` when not known.
+    engine_wake: Option<Option<Instant>>,
 }
 
 impl<C: Channels> core::fmt::Debug for Host<C> {
@@ -500,6 +506,7 @@ impl<C: Channels> Host<C> {
             tickets: HashMap::new(),
             incoming: HashMap::new(),
             shutdown_waiters: Vec::new(),
+            engine_wake: None,
         }
     }
 
@@ -509,6 +516,7 @@ impl<C: Channels> Host<C> {
 
     /// Carries out what a handle asked (see [`Command`]) and answers it through its channel.
     pub fn command(&mut self, ep: &mut Endpoint, now: Instant, command: Command<C>) {
+        self.engine_wake = None;
         match command {
             Command::Request {
                 ticket,
@@ -620,6 +628,7 @@ impl<C: Channels> Host<C> {
         uri: Arc<CoapUri>,
         waiter: C::Waiter,
     ) -> Result<RequestId, Refused<C::Waiter>> {
+        self.engine_wake = None;
         let waiter = open(waiter)?;
         let method = request.method;
         let started = match waiter.kind() {
@@ -817,9 +826,25 @@ impl<C: Channels> Host<C> {
     /// Handles the engine's timeout if it is due (the clock is trusted, not the sleep that
     /// preceded the call), then routes every event the engine has: outcomes to the waiters,
     /// requests to `service`, observer counts to `service`.
+    ///
+    /// Between two [`next_wake`](Host::next_wake) calls without a command or a timeout in
+    /// between, the engine's deadline is taken as `next_wake` found it, which spares a busy
+    /// driver a look at the engine's timers on every call. A deadline the engine gained
+    /// since from a datagram handed to it directly is seen by the next `next_wake`, which a
+    /// driver asks before it sleeps.
     pub fn drive<S: Service>(&mut self, ep: &mut Endpoint, now: Instant, service: &mut S) {
-        if ep.poll_timeout().is_some_and(|due| now >= due) {
-            ep.handle_timeout(now);
+        let maybe_due = match self.engine_wake {
+            Some(wake) => wake.is_some_and(|due| now >= due),
+            None => true,
+        };
+        if maybe_due {
+            let wake = ep.poll_timeout();
+            if wake.is_some_and(|due| now >= due) {
+                ep.handle_timeout(now);
+                self.engine_wake = None;
+            } else {
+                self.engine_wake = Some(wake);
+            }
         }
         while let Some(event) = ep.poll_event() {
             match event {
@@ -1052,6 +1077,7 @@ impl<C: Channels> Host<C> {
             "shutting down"
         );
         ep.close(now);
+        self.engine_wake = None;
         self.phase = Phase::Closing(now + self.grace);
     }
 
@@ -1062,12 +1088,14 @@ impl<C: Channels> Host<C> {
 
     /// When the driver must wake next: the engine's deadline, or the end of the grace period
     /// if that comes first. `None`: only I/O or a command can wake it.
-    pub fn next_wake(&self, ep: &mut Endpoint) -> Option<Instant> {
+    pub fn next_wake(&mut self, ep: &mut Endpoint) -> Option<Instant> {
         let closing = match self.phase {
             Phase::Closing(deadline) => Some(deadline),
             Phase::Running => None,
         };
-        [ep.poll_timeout(), closing].into_iter().flatten().min()
+        let wake = ep.poll_timeout();
+        self.engine_wake = Some(wake);
+        [wake, closing].into_iter().flatten().min()
     }
 
     /// Whether the driver may stop: a shutdown has started, and either the engine is idle

@@ -1257,3 +1257,96 @@ fn new_endpoints_understand_accept() {
         .extra_critical_options
         .contains(&crate::msg::OptionNumber::ACCEPT));
 }
+
+#[test]
+fn targets_parse_an_address_once_and_leave_names_to_the_resolver() {
+    let v6 = addr("[::]:0");
+    let targets = Targets::new();
+    let lookup = |text: &str| targets.target(v6, text).unwrap();
+    let TargetLookup::Address(first, remote) = lookup("coap://192.0.2.1:1234/a/b?x=1") else {
+        panic!("an address is a target");
+    };
+    assert_eq!(remote, addr("[::ffff:192.0.2.1]:1234"));
+    assert_eq!(*first, parse_uri("coap://192.0.2.1:1234/a/b?x=1").unwrap());
+    // The same text again: the URI parsed the first time.
+    let TargetLookup::Address(again, remote_again) = lookup("coap://192.0.2.1:1234/a/b?x=1") else {
+        panic!("an address is a target");
+    };
+    assert!(Arc::ptr_eq(&first, &again));
+    assert_eq!(remote_again, remote);
+    // Another text replaces it; going back parses again.
+    let TargetLookup::Address(other, _) = lookup("coap://192.0.2.1:1234/a/c") else {
+        panic!("an address is a target");
+    };
+    assert_eq!(other.path(), ["a", "c"]);
+    let TargetLookup::Address(back, _) = lookup("coap://192.0.2.1:1234/a/b?x=1") else {
+        panic!("an address is a target");
+    };
+    assert!(!Arc::ptr_eq(&first, &back));
+    assert_eq!(back, first);
+    // A name goes to the resolver every time, and does not replace the kept address.
+    assert!(matches!(
+        lookup("coap://example.com/a"),
+        TargetLookup::Resolve(uri) if uri.host().to_string() == "example.com"
+    ));
+    let TargetLookup::Address(kept, _) = lookup("coap://192.0.2.1:1234/a/b?x=1") else {
+        panic!("an address is a target");
+    };
+    assert!(Arc::ptr_eq(&back, &kept));
+    // Errors as parse_uri and destination give them, every time.
+    for _ in 0..2 {
+        assert!(matches!(
+            targets.target(v6, "coaps://192.0.2.1/"),
+            Err(Error::UnsupportedScheme(_))
+        ));
+        assert!(matches!(
+            targets.target(addr("0.0.0.0:0"), "coap://[2001:db8::1]/"),
+            Err(Error::NoUsableAddress { .. })
+        ));
+    }
+}
+
+#[test]
+fn targets_are_kept_for_the_socket_they_were_looked_up_for() {
+    let targets = Targets::new();
+    let text = "coap://192.0.2.1/a";
+    let TargetLookup::Address(_, v6) = targets.target(addr("[::]:0"), text).unwrap() else {
+        panic!("an address is a target");
+    };
+    assert_eq!(v6, addr("[::ffff:192.0.2.1]:5683"));
+    let TargetLookup::Address(_, v4) = targets.target(addr("0.0.0.0:0"), text).unwrap() else {
+        panic!("an address is a target");
+    };
+    assert_eq!(v4, addr("192.0.2.1:5683"));
+}
+
+#[test]
+fn drive_handles_timeouts_that_came_after_the_last_next_wake() {
+    let mut net = Net::new(&[]);
+    let start = net.now;
+    // Nothing under way: the engine has no deadline.
+    let c = net.client();
+    assert_eq!(c.host.next_wake(&mut c.ep), None);
+    // A request to a silent peer, then no next_wake: drive still retransmits once the first
+    // timeout (2 to 3 s) has passed.
+    let (started, _seen) = net.request("coap://127.0.0.9/x", SILENT, Kind::Once, None);
+    started.map_err(|r| r.error).unwrap();
+    let c = net.client();
+    while c
+        .ep
+        .poll_transmit(start, &mut [0u8; 256])
+        .unwrap()
+        .is_some()
+    {}
+    c.host
+        .drive(&mut c.ep, start + Duration::from_secs(3), &mut c.service);
+    assert_eq!(c.ep.stats().retransmissions, 1);
+    // The deadline next_wake gives is the one drive acts on, not sooner.
+    let next = c.host.next_wake(&mut c.ep).unwrap();
+    let early = Instant::from_micros(next.as_micros() - 1_000);
+    assert!(early > start + Duration::from_secs(3));
+    c.host.drive(&mut c.ep, early, &mut c.service);
+    assert_eq!(c.ep.stats().retransmissions, 1);
+    c.host.drive(&mut c.ep, next, &mut c.service);
+    assert_eq!(c.ep.stats().retransmissions, 2);
+}
