@@ -23,13 +23,11 @@ pub(super) enum Timer {
     Peer(SocketAddr),
 }
 
-/// A heap item: small, so that the moves of every push and pop are cheap. The timer itself
-/// waits in [`Timers::payloads`].
 #[derive(Debug)]
 struct Entry {
     deadline: Instant,
     seq: u64,
-    slot: u32,
+    timer: Timer,
 }
 
 impl PartialEq for Entry {
@@ -53,37 +51,17 @@ impl Ord for Entry {
 #[derive(Debug, Default)]
 pub(super) struct Timers {
     heap: BinaryHeap<Reverse<Entry>>,
-    /// The timer of each heap item, by its `slot`.
-    payloads: Vec<Timer>,
-    /// Slots of `payloads` no heap item names.
-    free: Vec<u32>,
     seq: u64,
 }
 
 impl Timers {
     pub(super) fn push(&mut self, deadline: Instant, timer: Timer) {
         self.seq += 1;
-        let slot = match self.free.pop() {
-            Some(slot) => {
-                if let Some(p) = self.payloads.get_mut(slot as usize) {
-                    *p = timer;
-                }
-                slot
-            }
-            None => {
-                self.payloads.push(timer);
-                (self.payloads.len() - 1) as u32
-            }
-        };
         self.heap.push(Reverse(Entry {
             deadline,
             seq: self.seq,
-            slot,
+            timer,
         }));
-    }
-
-    fn payload(&self, slot: u32) -> Option<Timer> {
-        self.payloads.get(slot as usize).copied()
     }
 
     pub(super) fn next_deadline(&self) -> Option<Instant> {
@@ -92,72 +70,32 @@ impl Timers {
 
     /// The earliest timer due by `now`, removed from the heap.
     pub(super) fn pop_due(&mut self, now: Instant) -> Option<(Instant, Timer)> {
-        loop {
-            if self.heap.peek()?.0.deadline > now {
-                return None;
-            }
-            let Reverse(e) = self.heap.pop()?;
-            let timer = self.payload(e.slot);
-            self.release(e.slot);
-            if let Some(timer) = timer {
-                return Some((e.deadline, timer));
-            }
+        if self.heap.peek()?.0.deadline > now {
+            return None;
         }
+        self.heap.pop().map(|Reverse(e)| (e.deadline, e.timer))
     }
 
     /// The earliest entry, without removing it.
     pub(super) fn peek(&self) -> Option<(Instant, Timer)> {
-        let Reverse(e) = self.heap.peek()?;
-        Some((e.deadline, self.payload(e.slot)?))
+        self.heap.peek().map(|Reverse(e)| (e.deadline, e.timer))
     }
 
     /// Removes the earliest entry.
     pub(super) fn pop(&mut self) {
-        if let Some(Reverse(e)) = self.heap.pop() {
-            self.release(e.slot);
-        }
-    }
-
-    /// Frees the slot of a popped item; an empty heap gives back its slots (and, after a
-    /// burst, their memory).
-    fn release(&mut self, slot: u32) {
-        if self.heap.is_empty() {
-            self.payloads.clear();
-            self.free.clear();
-            if self.payloads.capacity() > 4096 {
-                self.payloads.shrink_to(64);
-                self.free.shrink_to(64);
-            }
-        } else {
-            self.free.push(slot);
-        }
+        self.heap.pop();
     }
 
     pub(super) fn len(&self) -> usize {
         self.heap.len()
     }
 
-    /// Keeps only the entries for which `keep(deadline, timer)` holds, and packs the timers
-    /// that stay into the lowest slots.
+    /// Keeps only the entries for which `keep(deadline, timer)` holds.
     pub(super) fn retain(&mut self, mut keep: impl FnMut(Instant, &Timer) -> bool) {
         let entries: Vec<Reverse<Entry>> = core::mem::take(&mut self.heap).into_vec();
-        let old = core::mem::take(&mut self.payloads);
-        self.free.clear();
-        let mut kept = Vec::with_capacity(entries.len());
-        for Reverse(e) in entries {
-            let Some(&timer) = old.get(e.slot as usize) else {
-                continue;
-            };
-            if keep(e.deadline, &timer) {
-                self.payloads.push(timer);
-                kept.push(Reverse(Entry {
-                    deadline: e.deadline,
-                    seq: e.seq,
-                    slot: (self.payloads.len() - 1) as u32,
-                }));
-            }
-        }
-        self.heap = BinaryHeap::from(kept);
-        self.free.shrink_to_fit();
+        self.heap = entries
+            .into_iter()
+            .filter(|Reverse(e)| keep(e.deadline, &e.timer))
+            .collect();
     }
 }
