@@ -471,6 +471,9 @@ pub struct Endpoint {
     /// variant each one is for.
     renders: HashMap<IncomingId, u64>,
     timers: Timers,
+    /// CONs sent within the last ACK_TIMEOUT, in sending order, with the instant to look at
+    /// them and their first retransmission deadline (see `arm_retransmit`).
+    first_timeouts: VecDeque<(Instant, MessageKey, Instant)>,
     /// Responses to multicast requests waiting out their random leisure (RFC 7252 §8.2).
     delayed: VecDeque<(Instant, Outgoing)>,
     transmits: VecDeque<Outgoing>,
@@ -527,6 +530,7 @@ impl Endpoint {
             observers: Registry::default(),
             renders: HashMap::new(),
             timers: Timers::default(),
+            first_timeouts: VecDeque::new(),
             delayed: VecDeque::new(),
             transmits: VecDeque::new(),
             events: VecDeque::new(),
@@ -592,18 +596,30 @@ impl Endpoint {
             }
             self.timers.pop();
         }
-        [
-            self.timers.next_deadline(),
-            self.empty_acks.front().map(|(t, _)| *t),
-            self.dedup.next_expiry(),
-            self.assemblies.next_expiry(),
-            self.representations.next_expiry(),
-            self.observers.next_expiry(),
-            self.delayed.front().map(|(t, _)| *t),
-        ]
-        .into_iter()
-        .flatten()
-        .min()
+        // Likewise for acknowledged CONs at the front of the first-timeout queue.
+        while let Some(&(_, key, deadline)) = self.first_timeouts.front() {
+            if self
+                .pending_con
+                .get(&key)
+                .is_some_and(|pc| pc.deadline == deadline)
+            {
+                break;
+            }
+            self.first_timeouts.pop_front();
+        }
+        // Folded one by one: an array of all of them is copied with a library call.
+        let earliest = |a: Option<Instant>, b: Option<Instant>| match (a, b) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
+        let mut next = self.timers.next_deadline();
+        next = earliest(next, self.first_timeouts.front().map(|&(t, ..)| t));
+        next = earliest(next, self.empty_acks.front().map(|(t, _)| *t));
+        next = earliest(next, self.dedup.next_expiry());
+        next = earliest(next, self.assemblies.next_expiry());
+        next = earliest(next, self.representations.next_expiry());
+        next = earliest(next, self.observers.next_expiry());
+        earliest(next, self.delayed.front().map(|(t, _)| *t))
     }
 
     /// How full each table is: for monitoring, and for tests that check state drains.
@@ -618,7 +634,10 @@ impl Endpoint {
             reassemblies: self.assemblies.len(),
             representations: self.representations.len(),
             observers: self.observers.len() + self.observers.non_mid_entries() + self.renders.len(),
-            timers: self.timers.len() + self.empty_acks.len() + self.delayed.len(),
+            timers: self.timers.len()
+                + self.first_timeouts.len()
+                + self.empty_acks.len()
+                + self.delayed.len(),
             transmit_queue: self.transmits.len(),
             events: self.events.len(),
         }
@@ -684,6 +703,7 @@ impl Endpoint {
         self.assemblies.expire(now);
         self.representations.expire(now);
         self.observers.expire(now);
+        self.move_first_timeouts(now);
         while let Some((deadline, timer)) = self.timers.pop_due(now) {
             self.fire_timer(now, deadline, timer);
         }
@@ -2309,7 +2329,7 @@ impl Endpoint {
                     deadline,
                 },
             );
-            self.timers.push(deadline, Timer::Retransmit(peer, mid));
+            self.arm_retransmit(now, peer, mid, deadline);
             if let Some(o) = self.observers.observers.get_mut(&oid) {
                 o.in_flight = Some(mid);
                 o.last_con = now;
@@ -2604,7 +2624,7 @@ impl Endpoint {
                     deadline,
                 },
             );
-            self.timers.push(deadline, Timer::Retransmit(remote, mid));
+            self.arm_retransmit(now, remote, mid, deadline);
         } else {
             let wait = ex.timeout.unwrap_or(if ex.kind == ClientKind::Multicast {
                 self.config.multicast_response_window
@@ -2881,7 +2901,7 @@ impl Endpoint {
                     deadline,
                 },
             );
-            self.timers.push(deadline, Timer::Retransmit(remote, mid));
+            self.arm_retransmit(now, remote, mid, deadline);
         }
         self.queue_transmit(remote, bytes);
     }
@@ -3007,6 +3027,48 @@ impl Endpoint {
 
     /// Drops timer entries that no longer point at live state once they outnumber the live
     /// ones, so the heap stays proportional to what is under way.
+    /// Arms the first retransmission of a CON sent at `now`. Most CONs are acknowledged
+    /// within ACK_TIMEOUT, before any first timeout can fall due (§4.2: it is at least
+    /// ACK_TIMEOUT), so they wait in a queue in sending order instead of the heap: the queue's
+    /// front is due for a look at its send time plus ACK_TIMEOUT, and only a CON still
+    /// unacknowledged then moves to the heap under its real deadline. An acknowledged one
+    /// costs a queue push and pop, not a heap push and a heap pop of its stale entry.
+    fn arm_retransmit(&mut self, now: Instant, remote: SocketAddr, mid: u16, deadline: Instant) {
+        let look_at = now + self.config.ack_timeout;
+        let in_order = self
+            .first_timeouts
+            .back()
+            .is_none_or(|&(t, ..)| t <= look_at);
+        if look_at <= deadline && in_order {
+            self.first_timeouts
+                .push_back((look_at, MessageKey::new(remote, mid), deadline));
+        } else {
+            self.timers.push(deadline, Timer::Retransmit(remote, mid));
+        }
+    }
+
+    /// Moves the CONs of the first-timeout queue whose look is due by `now` to the heap, if
+    /// they still wait for their acknowledgement.
+    fn move_first_timeouts(&mut self, now: Instant) {
+        while let Some(&(look_at, key, deadline)) = self.first_timeouts.front() {
+            if look_at > now {
+                break;
+            }
+            self.first_timeouts.pop_front();
+            if self
+                .pending_con
+                .get(&key)
+                .is_some_and(|pc| pc.deadline == deadline)
+            {
+                self.timers
+                    .push(deadline, Timer::Retransmit(key.peer, key.mid));
+            }
+        }
+        if self.first_timeouts.capacity() > 4 * self.first_timeouts.len() + 64 {
+            self.first_timeouts.shrink_to(2 * self.first_timeouts.len());
+        }
+    }
+
     fn compact_timers(&mut self) {
         let live = self.pending_con.len() + self.clients.len() + self.peers.len();
         if self.timers.len() <= 2 * live + 1024 {
