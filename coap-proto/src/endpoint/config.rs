@@ -82,12 +82,12 @@ pub struct Config {
     pub max_peers: usize,
     /// Most entries in the deduplication cache. The oldest entry is evicted first when full
     /// (RFC 7252 §4.5 lets idempotent requests be reprocessed; evictions are counted in
-    /// [`Stats`](super::Stats)). Default 100 000, which keeps the cache's hash table at
-    /// 2^17 slots.
+    /// [`Stats`](super::Stats)). Default 100 000.
     pub max_dedup_entries: usize,
     /// Most bytes the deduplication cache holds: every entry's bookkeeping (about 130 bytes
-    /// on a 64-bit target: its hash-table slot and its place in the expiry queue) plus the
-    /// responses it keeps for answering duplicates. At the bound the oldest entries are
+    /// on a 64-bit target: its slot in the expiry queue, which holds a reply of up to 62
+    /// bytes inline, and its items in the hash table) plus the replies too large to hold
+    /// inline that it keeps for answering duplicates. At the bound the oldest entries are
     /// evicted first, as with [`max_dedup_entries`](Self::max_dedup_entries). A server at
     /// full speed sees far more requests per EXCHANGE_LIFETIME (247 s) than any cache holds,
     /// so this is the knob for the cache's memory. Default 16 MiB.
