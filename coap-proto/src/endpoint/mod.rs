@@ -3039,7 +3039,10 @@ impl Endpoint {
             .first_timeouts
             .back()
             .is_none_or(|&(t, ..)| t <= look_at);
-        if look_at <= deadline && in_order {
+        // At the end of time `now + ACK_TIMEOUT` saturates to `now`: the look would be due
+        // at once, inside the `handle_timeout` that may be sending this CON, after that call
+        // moved the queue. The heap handles such a deadline in the same call.
+        if now < look_at && look_at <= deadline && in_order {
             self.first_timeouts
                 .push_back((look_at, MessageKey::new(remote, mid), deadline));
         } else {
