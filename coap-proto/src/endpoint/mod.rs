@@ -598,11 +598,7 @@ impl Endpoint {
         }
         // Likewise for acknowledged CONs at the front of the first-timeout queue.
         while let Some(&(_, key, deadline)) = self.first_timeouts.front() {
-            if self
-                .pending_con
-                .get(&key)
-                .is_some_and(|pc| pc.deadline == deadline)
-            {
+            if self.timer_is_live(deadline, &Timer::Retransmit(key.peer, key.mid)) {
                 break;
             }
             self.first_timeouts.pop_front();
@@ -2844,14 +2840,8 @@ impl Endpoint {
             self.arm_peer_timer(remote);
             return;
         }
-        // Arm the peer's timer now, while the peer is at hand (as `arm_peer_timer` would).
-        let arm = match peer.armed {
-            Some(_) => None,
-            None => peer.next_free(),
-        };
-        if arm.is_some() {
-            peer.armed = arm;
-        }
+        // Arm the peer's timer now, while the peer is at hand.
+        let arm = peer.arm();
         if let Some(mid) = allocated {
             self.transmit_held(now, held, mid);
         }
@@ -3058,13 +3048,9 @@ impl Endpoint {
                 break;
             }
             self.first_timeouts.pop_front();
-            if self
-                .pending_con
-                .get(&key)
-                .is_some_and(|pc| pc.deadline == deadline)
-            {
-                self.timers
-                    .push(deadline, Timer::Retransmit(key.peer, key.mid));
+            let timer = Timer::Retransmit(key.peer, key.mid);
+            if self.timer_is_live(deadline, &timer) {
+                self.timers.push(deadline, timer);
             }
         }
         if self.first_timeouts.capacity() > 4 * self.first_timeouts.len() + 64 {
@@ -3147,11 +3133,7 @@ impl Endpoint {
         let Some(peer) = self.peers.get_mut(&PeerKey(remote)) else {
             return;
         };
-        if peer.armed.is_some() {
-            return;
-        }
-        if let Some(at) = peer.next_free() {
-            peer.armed = Some(at);
+        if let Some(at) = peer.arm() {
             self.timers.push(at, Timer::Peer(remote));
         }
     }

@@ -104,6 +104,16 @@ impl Peer {
         Some(mid)
     }
 
+    /// Marks the peer's single timer armed at the expiry of its oldest Message ID bucket,
+    /// if none is armed and some bucket is in use; returns the instant to arm it for.
+    pub(super) fn arm(&mut self) -> Option<Instant> {
+        if self.armed.is_some() {
+            return None;
+        }
+        self.armed = self.next_free();
+        self.armed
+    }
+
     /// When the oldest ID in use becomes free.
     pub(super) fn next_free(&self) -> Option<Instant> {
         self.buckets.front().map(|(t, _)| *t)

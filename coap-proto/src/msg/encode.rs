@@ -4,35 +4,12 @@ use alloc::vec::Vec;
 
 use super::error::EncodeError;
 use super::message::Message;
-use super::options::Options;
+use super::options::{length_field, Options};
 use super::token::Token;
-
-/// The nibble and the number of extension bytes for an option delta, option length or token
-/// length of `v` (at most [`MAX_EXTENDED`]).
-#[inline(always)]
-const fn nibble(v: usize) -> (u8, usize) {
-    if v < 13 {
-        (v as u8, 0)
-    } else if v < 269 {
-        (13, 1)
-    } else {
-        (14, 2)
-    }
-}
 
 /// Where an encoded message goes: a caller's slice or a growing `Vec`.
 trait Out {
     fn put(&mut self, bytes: &[u8]) -> Result<(), EncodeError>;
-
-    /// Writes the extension bytes for a field whose nibble was chosen by [`nibble`].
-    #[inline(always)]
-    fn put_extension(&mut self, v: usize) -> Result<(), EncodeError> {
-        match nibble(v).1 {
-            0 => Ok(()),
-            1 => self.put(&[(v - 13) as u8]),
-            _ => self.put(&((v - 269) as u16).to_be_bytes()),
-        }
-    }
 }
 
 /// Writes into a slice front to back; running out of room is an error, never a panic.
@@ -94,7 +71,7 @@ impl Message {
     pub fn encoded_len_of(token_len: usize, options: &Options, payload_len: usize) -> usize {
         // Options are kept in their wire encoding. (For a value too long to encode, the count
         // uses the buffer's own header for it.)
-        let mut len = 4 + nibble(token_len).1 + token_len + options.wire().len();
+        let mut len = 4 + length_field(token_len).2 + token_len + options.wire().len();
         if payload_len != 0 {
             len += 1 + payload_len;
         }
@@ -141,7 +118,9 @@ impl Message {
         {
             return Err(EncodeError::EmptyMessageHasContent);
         }
-        let (tkl, _) = nibble(token.len());
+        // The token length uses the options' length encoding (RFC 8974 §2.1); it was
+        // checked above to fit.
+        let (tkl, extension, extension_len) = length_field(token.len());
         let [id_hi, id_lo] = self.message_id.to_be_bytes();
         out.put(&[
             0x40 | (self.mtype.to_bits() << 4) | tkl,
@@ -152,7 +131,7 @@ impl Message {
         if let Some((number, len)) = self.options.long_value() {
             return Err(EncodeError::OptionValueTooLong { number, len });
         }
-        out.put_extension(token.len())?;
+        out.put(extension.get(..extension_len).unwrap_or(&[]))?;
         out.put(token)?;
         // Options are kept in their wire encoding: one copy.
         out.put(self.options.wire())?;

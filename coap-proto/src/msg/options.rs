@@ -24,10 +24,11 @@ pub(crate) const MAX_EXTENDED: usize = 65535 + 269;
 /// message refuses such a value, so the marker never leaves the buffer.
 const LONG_NIBBLE: u8 = 15;
 
-/// The nibble and extension bytes for a delta or length `v`. Returns the header field's
-/// nibble, the extension bytes and how many of them are used.
+/// The nibble and extension bytes for an option delta, option length or token length `v`
+/// (RFC 7252 §3.1, RFC 8974 §2.1). Returns the header field's nibble, the extension bytes and
+/// how many of them are used.
 #[inline(always)]
-fn field(v: usize) -> (u8, [u8; 4], usize) {
+pub(crate) fn length_field(v: usize) -> (u8, [u8; 4], usize) {
     if v < 13 {
         (v as u8, [0; 4], 0)
     } else if v < 269 {
@@ -44,22 +45,16 @@ fn field(v: usize) -> (u8, [u8; 4], usize) {
 /// are used (at most 1 + 2 + 4).
 #[inline(always)]
 pub(crate) fn header(delta: u16, len: usize) -> ([u8; 7], usize) {
-    let (dn, dx, dl) = field(usize::from(delta));
-    let (ln, lx, ll) = field(len);
+    let (dn, dx, dl) = length_field(usize::from(delta));
+    let (ln, lx, ll) = length_field(len);
     let mut out = [0u8; 7];
     out[0] = (dn << 4) | ln;
-    let mut n = 1;
-    for &b in dx.iter().take(dl) {
-        out[n] = b;
-        n += 1;
+    // A delta (a u16) takes at most 2 extension bytes, a length at most 4: 1 + 2 + 4 fit.
+    let extensions = dx.iter().take(dl).chain(lx.iter().take(ll));
+    for (slot, &b) in out.iter_mut().skip(1).zip(extensions) {
+        *slot = b;
     }
-    for &b in lx.iter().take(ll) {
-        if let Some(slot) = out.get_mut(n) {
-            *slot = b;
-        }
-        n += 1;
-    }
-    (out, n.min(7))
+    (out, (1 + dl + ll).min(7))
 }
 
 /// Reads an extended field whose nibble is `nibble` at `*pos`. The buffer was written by
@@ -155,6 +150,8 @@ struct Span {
     end: usize,
     /// How many options are numbered `n`.
     run: usize,
+    /// The first option numbered `n`, if any.
+    first: Option<Item>,
     /// The option starting at `end`, if any.
     next: Option<Item>,
 }
@@ -381,6 +378,7 @@ impl Options {
             start,
             end: start,
             run: 0,
+            first: first.filter(|i| i.number == n.0),
             next: None,
         };
         let mut item = first;
@@ -493,12 +491,10 @@ impl Options {
         let span = self.find(n);
         if span.run == 1 {
             // The same length in place: no header changes.
-            if let Some(item) = self.cursor().find(|i| i.start == span.start) {
-                if item.end - item.value == value.len() {
-                    if let Some(slot) = self.wire.get_mut(item.value..item.end) {
-                        slot.copy_from_slice(value);
-                        return;
-                    }
+            if let Some(item) = span.first.filter(|i| i.end - i.value == value.len()) {
+                if let Some(slot) = self.wire.get_mut(item.value..item.end) {
+                    slot.copy_from_slice(value);
+                    return;
                 }
             }
         }
