@@ -9,8 +9,11 @@
 //!   it with one `recvmmsg`; everywhere [`RecvBatch::recv_with`] fills it one datagram at a
 //!   time through the runtime's own `recv_from`.
 //! - [`SendBatch`]: up to [`SEND_BATCH`] datagrams taken from [`Endpoint::poll_transmit`]
-//!   and packed into one buffer. On Linux [`SendBatch::send`] hands them to one `sendmmsg`; everywhere
-//!   [`SendBatch::send_with`] sends them one at a time through the runtime's own `send_to`.
+//!   and packed into one buffer. On Linux [`SendBatch::send`] hands them to one `sendmmsg`,
+//!   or a run of them to one destination to one segmented `sendmsg` (UDP generic
+//!   segmentation offload: the kernel routes and queues the run once and cuts it into the
+//!   same datagrams); everywhere [`SendBatch::send_with`] sends them one at a time through
+//!   the runtime's own `send_to`.
 //!
 //! [`DatagramIo`] puts the two together with the policy every driver shares: how many
 //! datagrams one wake-up moves, what a send or receive error means (an ICMP error queued for
@@ -23,8 +26,9 @@
 //! mechanism (tokio's `try_io`, async-io's readiness futures, `poll(2)`), and a call that
 //! would block returns [`io::ErrorKind::WouldBlock`] as the socket does.
 //!
-//! Every call goes through safe wrappers (nix for `recvmmsg`, rustix for `sendmmsg`), so the
-//! crate keeps `unsafe_code = "forbid"` like the rest of the workspace.
+//! Every call goes through safe wrappers (nix for `recvmmsg`, rustix for `sendmmsg`, socket2
+//! for the segmented `sendmsg`), so the crate keeps `unsafe_code = "forbid"` like the rest of
+//! the workspace.
 
 use std::io;
 use std::net::SocketAddr;
@@ -231,6 +235,8 @@ pub struct SendBatch {
     head: usize,
     #[cfg(target_os = "linux")]
     addrs: Vec<rustix::net::SocketAddrAny>,
+    /// Whether runs to one destination leave as one segmented send.
+    segmentation: bool,
 }
 
 impl std::fmt::Debug for SendBatch {
@@ -253,6 +259,7 @@ impl SendBatch {
             head: 0,
             #[cfg(target_os = "linux")]
             addrs: Vec::with_capacity(SEND_BATCH),
+            segmentation: cfg!(target_os = "linux"),
         }
     }
 
@@ -323,18 +330,77 @@ impl SendBatch {
             .filter_map(|q| Some((q.remote, self.buf.get(q.start..q.start + q.len)?)))
     }
 
-    /// Sends the unsent datagrams with one `sendmmsg` that does not wait. Returns how many
-    /// the socket took (they leave the batch); the others stay for the next call. Fails,
-    /// leaving the batch as it was, when the first cannot be sent: `WouldBlock` when the
-    /// socket buffer is full, or the error about that datagram (drop it with
+    /// Sends unsent datagrams with one system call that does not wait. Returns how many the
+    /// socket took (they leave the batch); the others stay for the next call. Fails, leaving
+    /// the batch as it was, when the first cannot be sent: `WouldBlock` when the socket
+    /// buffer is full, or the error about that datagram (drop it with
     /// [`pop_front`](SendBatch::pop_front) if it is final).
+    ///
+    /// Datagrams at the head of the batch that go to one destination and can leave as one
+    /// segmented send ([`set_segmentation`](SendBatch::set_segmentation)) go with one
+    /// `sendmsg` carrying `UDP_SEGMENT`; otherwise every datagram up to the next such run
+    /// goes with one `sendmmsg`.
     #[cfg(target_os = "linux")]
     pub fn send(&mut self, socket: &impl AsFd) -> io::Result<usize> {
+        let pending = self.queued.get(self.head..).unwrap_or_default();
+        if pending.is_empty() {
+            return Ok(0);
+        }
+        if !self.segmentation {
+            return self.send_each(socket, pending.len());
+        }
+        let run = segment_run(pending);
+        if run < 2 {
+            // Singles up to where the next run starts.
+            let singles = (1..pending.len())
+                .find(|&i| segment_run(pending.get(i..).unwrap_or_default()) >= 2)
+                .unwrap_or(pending.len());
+            return self.send_each(socket, singles);
+        }
+        match self.send_segmented(socket, run) {
+            Ok(()) => {
+                self.head += run;
+                Ok(run)
+            }
+            Err(e) if segmentation_unsupported(&e) => {
+                // RFC-wise nothing is lost: the same datagrams leave one by one, now and from
+                // here on.
+                debug!(error = %e, "UDP segmentation offload refused; sending datagrams one by one");
+                self.segmentation = false;
+                self.send_each(socket, pending.len())
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Whether [`send`](SendBatch::send) may hand a run of datagrams to one destination to
+    /// the kernel as one segmented send (Linux UDP generic segmentation offload, `UDP_SEGMENT`
+    /// in udp(7)). On by default; the datagrams on the wire are the same either way, each
+    /// its own UDP datagram, but the kernel routes and queues the run once. It turns itself
+    /// off for good when the system refuses it (a kernel before 4.18, or a route whose
+    /// device cannot checksum segments).
+    pub fn set_segmentation(&mut self, enabled: bool) {
+        self.segmentation = enabled;
+    }
+
+    /// Whether segmented sends are in use (see [`set_segmentation`](SendBatch::set_segmentation)).
+    pub fn segmentation(&self) -> bool {
+        self.segmentation
+    }
+
+    /// One `sendmmsg` of the first `count` unsent datagrams, each its own message.
+    #[cfg(target_os = "linux")]
+    fn send_each(&mut self, socket: &impl AsFd, count: usize) -> io::Result<usize> {
         use rustix::net::{sendmmsg, MMsgHdr, SendAncillaryBuffer, SendFlags, SocketAddrAny};
         use smallvec::SmallVec;
         use std::io::IoSlice;
 
-        let pending = self.queued.get(self.head..).unwrap_or_default();
+        let pending = self
+            .queued
+            .get(self.head..)
+            .unwrap_or_default()
+            .get(..count)
+            .unwrap_or_default();
         if pending.is_empty() {
             return Ok(0);
         }
@@ -364,6 +430,31 @@ impl SendBatch {
         Ok(sent)
     }
 
+    /// One `sendmsg` of the first `run` unsent datagrams (see [`segment_run`]) as one buffer
+    /// that the kernel cuts into datagrams of the first one's size.
+    #[cfg(target_os = "linux")]
+    fn send_segmented(&self, socket: &impl AsFd, run: usize) -> io::Result<()> {
+        use std::io::IoSlice;
+
+        let pending = self.queued.get(self.head..).unwrap_or_default();
+        let (Some(first), Some(last)) = (pending.first(), pending.get(run.wrapping_sub(1))) else {
+            return Ok(());
+        };
+        let bytes = self
+            .buf
+            .get(first.start..last.start + last.len)
+            .unwrap_or_default();
+        let control = SegmentSize::new(first.len);
+        let to = socket2::SockAddr::from(first.remote);
+        let iov = [IoSlice::new(bytes)];
+        let msg = socket2::MsgHdr::new()
+            .with_addr(&to)
+            .with_buffers(&iov)
+            .with_control(control.as_bytes());
+        socket2::SockRef::from(socket).sendmsg(&msg, nix::libc::MSG_DONTWAIT)?;
+        Ok(())
+    }
+
     /// Sends the unsent datagrams one at a time with `send_to` (a non-blocking `send_to` of
     /// the runtime's socket) until it fails. Returns how many were sent; fails, leaving the
     /// batch as it was, only if the first one fails.
@@ -383,6 +474,112 @@ impl SendBatch {
             }
         }
         Ok(sent)
+    }
+}
+
+/// The most datagrams one segmented send carries (`UDP_MAX_SEGMENTS` of Linux 4.18 to 6.x).
+#[cfg(target_os = "linux")]
+const SEGMENTS_MAX: usize = 64;
+
+/// The most bytes one segmented send carries: the datagrams of a run together must fit in
+/// one IP packet's length field before the kernel cuts them.
+#[cfg(target_os = "linux")]
+const SEGMENTED_BYTES_MAX: usize = 64_000;
+
+/// The largest datagram sent segmented. The kernel refuses a segment larger than the
+/// route's MTU allows instead of fragmenting it, so runs keep to what fits the IPv6 minimum
+/// MTU of 1280 bytes (RFC 8200 §5) less the IPv6 and UDP headers; CoAP's own size limit
+/// (RFC 7252 §4.6) is below it.
+#[cfg(target_os = "linux")]
+const SEGMENT_MAX: usize = 1232;
+
+/// How many datagrams at the start of `pending` can leave as one segmented send: datagrams
+/// to one destination, back to back in the buffer, all of the first one's size except the
+/// last, which may be shorter (udp(7), `UDP_SEGMENT`). Stops at the first that does not fit.
+#[cfg(target_os = "linux")]
+fn segment_run(pending: &[Queued]) -> usize {
+    let Some(first) = pending.first() else {
+        return 0;
+    };
+    let size = first.len;
+    if size == 0 || size > SEGMENT_MAX {
+        return 1;
+    }
+    let mut run = 1;
+    let mut end = first.start + size;
+    for q in pending.iter().skip(1).take(SEGMENTS_MAX - 1) {
+        if q.remote != first.remote
+            || q.start != end
+            || q.len == 0
+            || q.len > size
+            || end + q.len - first.start > SEGMENTED_BYTES_MAX
+        {
+            break;
+        }
+        run += 1;
+        end += q.len;
+        if q.len < size {
+            // Only the last segment may be shorter.
+            break;
+        }
+    }
+    run
+}
+
+/// Whether a segmented send failed because the system cannot segment (the datagrams can
+/// still leave one by one), not because of the datagrams' destination.
+#[cfg(target_os = "linux")]
+fn segmentation_unsupported(e: &io::Error) -> bool {
+    use nix::libc::{EINVAL, EIO, ENOPROTOOPT, EOPNOTSUPP};
+    matches!(
+        e.raw_os_error(),
+        Some(EINVAL | EIO | ENOPROTOOPT | EOPNOTSUPP)
+    )
+}
+
+/// The ancillary data of one segmented send: a control message of level `SOL_UDP` and type
+/// `UDP_SEGMENT` holding the segment size as a `u16` (udp(7)), laid out as `CMSG_SPACE` and
+/// `CMSG_LEN` lay it out: a header of `cmsg_len` (a `size_t`), level and type, aligned to
+/// the size of a `size_t`, then the data.
+#[cfg(target_os = "linux")]
+#[repr(C, align(8))]
+struct SegmentSize {
+    bytes: [u8; 32],
+}
+
+#[cfg(target_os = "linux")]
+impl SegmentSize {
+    const ALIGN: usize = size_of::<usize>();
+    const HEADER: usize = Self::align(size_of::<nix::libc::cmsghdr>());
+    /// `CMSG_SPACE(sizeof(u16))`: the length of the control buffer.
+    const SPACE: usize = Self::HEADER + Self::align(2);
+
+    const fn align(len: usize) -> usize {
+        (len + Self::ALIGN - 1) & !(Self::ALIGN - 1)
+    }
+
+    fn new(segment: usize) -> SegmentSize {
+        let mut bytes = [0; 32];
+        let word = Self::ALIGN;
+        // `CMSG_LEN(sizeof(u16))`.
+        let len = Self::HEADER + 2;
+        let segment = u16::try_from(segment).unwrap_or(u16::MAX);
+        let fields: [(usize, &[u8]); 4] = [
+            (0, &len.to_ne_bytes()),
+            (word, &nix::libc::SOL_UDP.to_ne_bytes()),
+            (word + 4, &nix::libc::UDP_SEGMENT.to_ne_bytes()),
+            (Self::HEADER, &segment.to_ne_bytes()),
+        ];
+        for (at, value) in fields {
+            if let Some(dst) = bytes.get_mut(at..at + value.len()) {
+                dst.copy_from_slice(value);
+            }
+        }
+        SegmentSize { bytes }
+    }
+
+    fn as_bytes(&self) -> &[u8] {
+        self.bytes.get(..Self::SPACE).unwrap_or_default()
     }
 }
 
@@ -802,8 +999,13 @@ mod tests {
         assert!(out.iter().all(|(remote, _)| remote == to));
         // Not refilled while datagrams wait.
         assert_eq!(out.fill(&mut ep, Instant::from_micros(0)), 0);
-        assert_eq!(send(&mut out, &tx, portable).unwrap(), SEND_BATCH);
-        assert!(out.is_empty());
+        // The portable path sends all; the batched one sends the run of one-digit payloads
+        // (one segment size) with one call, then the two-digit ones with another.
+        let first = send(&mut out, &tx, portable).unwrap();
+        assert_eq!(first, if portable { SEND_BATCH } else { 10 });
+        while !out.is_empty() {
+            assert!(send(&mut out, &tx, portable).unwrap() > 0);
+        }
         while out.fill(&mut ep, Instant::from_micros(0)) > 0 {
             send(&mut out, &tx, portable).unwrap();
         }
@@ -871,11 +1073,19 @@ mod tests {
                 got.push(payload_of(&buf[..n]));
             }
         };
-        assert_eq!(send(&mut out, &tx, false).unwrap(), first);
+        // 1024-byte datagrams with bodies of 1021 and 1022 bytes: runs of one segment size.
+        let mut sent = 0;
+        while !out.is_empty() {
+            sent += send(&mut out, &tx, false).unwrap();
+        }
+        assert_eq!(sent, first);
         read(first, &mut got);
         // The rest waited in the engine.
         assert_eq!(out.fill(&mut ep, Instant::from_micros(0)), 70 - first);
-        assert_eq!(send(&mut out, &tx, false).unwrap(), 70 - first);
+        while !out.is_empty() {
+            sent += send(&mut out, &tx, false).unwrap();
+        }
+        assert_eq!(sent, 70);
         read(70 - first, &mut got);
         let want: Vec<String> = (0..70)
             .map(|i| format!("{}{i}", ".".repeat(1020)))
@@ -1202,5 +1412,149 @@ mod tests {
         assert!(out.is_empty());
         assert_eq!(out.pop_front(), None);
         assert!(out.front().is_none());
+    }
+
+    /// An endpoint with NON POSTs queued in the order given: one per destination, each
+    /// carrying `body` and its index.
+    fn endpoint_to(destinations: &[SocketAddr], body: usize) -> Endpoint {
+        let mut config = Config::default();
+        config.nstart = destinations.len();
+        let mut ep = Endpoint::new(config, 7).unwrap();
+        for (i, &to) in destinations.iter().enumerate() {
+            let mut req = Request::new(Code::POST);
+            req.message_type = Some(MessageType::Non);
+            req.payload = format!("{}{i:02}", ".".repeat(body)).into_bytes().into();
+            ep.request(Instant::from_micros(0), to, req).unwrap();
+        }
+        ep
+    }
+
+    /// Receives `count` datagrams from a blocking `socket`.
+    fn read_datagrams(socket: &UdpSocket, count: usize) -> Vec<Vec<u8>> {
+        let mut buf = vec![0; 65_536];
+        (0..count)
+            .map(|_| {
+                let (n, _) = socket.recv_from(&mut buf).unwrap();
+                buf[..n].to_vec()
+            })
+            .collect()
+    }
+
+    #[cfg(target_os = "linux")]
+    #[test]
+    fn runs_to_one_peer_leave_segmented_and_arrive_as_separate_datagrams() {
+        let (tx, a) = pair();
+        let b = UdpSocket::bind("127.0.0.1:0").unwrap();
+        b.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        let (to_a, to_b) = (a.local_addr().unwrap(), b.local_addr().unwrap());
+        // Five to a, three to b, two to a, one to b: four runs.
+        let order = [
+            to_a, to_a, to_a, to_a, to_a, to_b, to_b, to_b, to_a, to_a, to_b,
+        ];
+        let mut ep = endpoint_to(&order, 40);
+        let mut out = SendBatch::new(1152);
+        assert_eq!(out.fill(&mut ep, Instant::from_micros(0)), order.len());
+        let queued: Vec<(SocketAddr, Vec<u8>)> =
+            out.iter().map(|(to, d)| (to, d.to_vec())).collect();
+        let mut calls = Vec::new();
+        while !out.is_empty() {
+            calls.push(out.send(&tx).unwrap());
+        }
+        // The last one to b is a run of one: it leaves with sendmmsg.
+        assert_eq!(calls, [5, 3, 2, 1]);
+        assert!(out.segmentation(), "the kernel refused UDP_SEGMENT");
+        let want = |to: SocketAddr| -> Vec<Vec<u8>> {
+            queued
+                .iter()
+                .filter(|(dest, _)| *dest == to)
+                .map(|(_, d)| d.clone())
+                .collect()
+        };
+        // Each datagram arrives on its own, whole and in order.
+        assert_eq!(read_datagrams(&a, 7), want(to_a));
+        assert_eq!(read_datagrams(&b, 4), want(to_b));
+    }
+
+    #[cfg(target_os = "linux")]
+    #[test]
+    fn a_shorter_datagram_ends_a_run_and_a_longer_one_starts_the_next() {
+        let (tx, rx) = pair();
+        let to = rx.local_addr().unwrap();
+        let mut config = Config::default();
+        config.nstart = 8;
+        let mut ep = Endpoint::new(config, 7).unwrap();
+        // Bodies of 10, 10, 4, 10, 30, 30 bytes.
+        for body in [10, 10, 4, 10, 30, 30] {
+            let mut req = Request::new(Code::POST);
+            req.message_type = Some(MessageType::Non);
+            req.payload = vec![b'x'; body].into();
+            ep.request(Instant::from_micros(0), to, req).unwrap();
+        }
+        let mut out = SendBatch::new(1152);
+        out.fill(&mut ep, Instant::from_micros(0));
+        let queued: Vec<Vec<u8>> = out.iter().map(|(_, d)| d.to_vec()).collect();
+        let mut calls = Vec::new();
+        while !out.is_empty() {
+            calls.push(out.send(&tx).unwrap());
+        }
+        assert_eq!(calls, [3, 1, 2]);
+        assert_eq!(read_datagrams(&rx, 6), queued);
+    }
+
+    #[cfg(target_os = "linux")]
+    #[test]
+    fn without_segmentation_one_call_sends_the_whole_batch() {
+        let (tx, rx) = pair();
+        let to = rx.local_addr().unwrap();
+        let mut ep = endpoint_to(&[to; 20], 8);
+        let mut out = SendBatch::new(1152);
+        out.set_segmentation(false);
+        out.fill(&mut ep, Instant::from_micros(0));
+        let queued: Vec<Vec<u8>> = out.iter().map(|(_, d)| d.to_vec()).collect();
+        assert_eq!(out.send(&tx).unwrap(), 20);
+        assert_eq!(read_datagrams(&rx, 20), queued);
+    }
+
+    #[cfg(target_os = "linux")]
+    #[test]
+    fn runs_keep_to_the_kernel_limits() {
+        let to: SocketAddr = "127.0.0.1:9".parse().unwrap();
+        let other: SocketAddr = "127.0.0.1:10".parse().unwrap();
+        let queue = |lens: &[usize], remotes: &[SocketAddr]| -> Vec<Queued> {
+            let mut start = 0;
+            lens.iter()
+                .zip(remotes.iter().cycle())
+                .map(|(&len, &remote)| {
+                    let q = Queued { start, len, remote };
+                    start += len;
+                    q
+                })
+                .collect()
+        };
+        assert_eq!(segment_run(&[]), 0);
+        assert_eq!(segment_run(&queue(&[20; 100], &[to])), SEGMENTS_MAX);
+        assert_eq!(segment_run(&queue(&[20, 20, 20], &[to, to, other])), 2);
+        assert_eq!(segment_run(&queue(&[20, 21], &[to])), 1);
+        assert_eq!(segment_run(&queue(&[20, 19, 19], &[to])), 2);
+        // Too large to send segmented at all, and too many bytes for one run.
+        assert_eq!(segment_run(&queue(&[SEGMENT_MAX + 1; 4], &[to])), 1);
+        let per_run = SEGMENTED_BYTES_MAX / SEGMENT_MAX;
+        assert_eq!(segment_run(&queue(&[SEGMENT_MAX; 64], &[to])), per_run);
+        // Not back to back in the buffer.
+        let mut gap = queue(&[20; 3], &[to]);
+        gap[2].start += 1;
+        assert_eq!(segment_run(&gap), 2);
+        // The control message's layout as CMSG_LEN and CMSG_SPACE give it on this target.
+        let word = size_of::<usize>();
+        let c = SegmentSize::new(1000);
+        assert_eq!(c.as_bytes().len(), if word == 8 { 24 } else { 16 });
+        assert_eq!(
+            c.as_bytes()[..word],
+            (SegmentSize::HEADER + 2).to_ne_bytes()[..]
+        );
+        assert_eq!(
+            c.as_bytes()[SegmentSize::HEADER..SegmentSize::HEADER + 2],
+            1000u16.to_ne_bytes()
+        );
     }
 }
