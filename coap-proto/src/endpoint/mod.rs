@@ -259,8 +259,8 @@ pub struct TableSizes {
     pub reassemblies: usize,
     /// Representations kept for follow-up Block2 requests.
     pub representations: usize,
-    /// Observers on this server (with recent NON notifications remembered for Reset
-    /// matching, and render requests not yet answered).
+    /// Observers on this server, and render requests not yet answered. (Each observer
+    /// remembers its last few NON notifications for Reset matching in a fixed-size record.)
     pub observers: usize,
     /// Armed timers (including stale entries not yet compacted).
     pub timers: usize,
@@ -614,7 +614,6 @@ impl Endpoint {
         next = earliest(next, self.dedup.next_expiry());
         next = earliest(next, self.assemblies.next_expiry());
         next = earliest(next, self.representations.next_expiry());
-        next = earliest(next, self.observers.next_expiry());
         earliest(next, self.delayed.front().map(|(t, _)| *t))
     }
 
@@ -629,7 +628,7 @@ impl Endpoint {
             dedup_bytes: self.dedup.bytes(),
             reassemblies: self.assemblies.len(),
             representations: self.representations.len(),
-            observers: self.observers.len() + self.observers.non_mid_entries() + self.renders.len(),
+            observers: self.observers.len() + self.renders.len(),
             timers: self.timers.len()
                 + self.first_timeouts.len()
                 + self.empty_acks.len()
@@ -698,7 +697,6 @@ impl Endpoint {
         self.dedup.expire(now);
         self.assemblies.expire(now);
         self.representations.expire(now);
-        self.observers.expire(now);
         self.move_first_timeouts(now);
         while let Some((deadline, timer)) = self.timers.pop_due(now) {
             self.fire_timer(now, deadline, timer);
@@ -1673,7 +1671,10 @@ impl Endpoint {
                 }),
                 ConOwner::Notification(oid) => self.remove_observer(oid, ObserverRemoval::Reset),
             }
-        } else if let Some(oid) = self.observers.non_owner(&key) {
+        } else if let Some(oid) =
+            self.observers
+                .non_owner(key.peer, key.mid, now, self.lifetimes.non)
+        {
             // RFC 7641 §3.6: a Reset to a notification cancels the observation.
             self.remove_observer(oid, ObserverRemoval::Reset);
         } else if let Some(&id) = self.non_requests.get(&key) {
@@ -2330,11 +2331,8 @@ impl Endpoint {
                 o.in_flight = Some(mid);
                 o.last_con = now;
             }
-        } else {
-            let expires = now + self.lifetimes.non;
-            let cap = self.config.max_dedup_entries;
-            self.observers
-                .record_non(MessageKey::new(peer, mid), oid, expires, cap);
+        } else if let Some(o) = self.observers.observers.get_mut(&oid) {
+            o.recent_non.record(mid, now);
         }
         self.queue_transmit(peer, bytes);
         if !success {

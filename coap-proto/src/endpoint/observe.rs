@@ -1,7 +1,7 @@
 //! Observe (RFC 7641): the server's lists of observers and the client's freshness rule.
 
 use alloc::boxed::Box;
-use alloc::collections::{BTreeMap, BTreeSet, VecDeque};
+use alloc::collections::{BTreeMap, BTreeSet};
 use alloc::string::String;
 use alloc::vec::Vec;
 use core::fmt;
@@ -11,7 +11,6 @@ use core::time::Duration;
 use hashbrown::HashMap;
 use smallvec::SmallVec;
 
-use super::key::MessageKey;
 use crate::cache_key::CacheKey;
 use crate::msg::{Message, Token};
 use crate::request::Response;
@@ -69,6 +68,72 @@ pub(super) struct Observer {
     pub(super) in_flight: Option<u16>,
     /// A newer state waiting for that ACK; a still newer one replaces it (§4.5.2).
     pub(super) waiting: Option<Box<Response>>,
+    /// The last few Non-confirmable notifications sent, so that a Reset to one of them
+    /// cancels the observation.
+    pub(super) recent_non: RecentNon,
+}
+
+/// How many Non-confirmable notifications per observer a Reset is matched against.
+const RECENT_NON: usize = 4;
+
+/// Message IDs and send times of an observer's last [`RECENT_NON`] Non-confirmable
+/// notifications.
+///
+/// RFC 7641 §3.6 lets a client reject a notification with a Reset, and §4.2 says the server
+/// then removes the observer; a Reset names only the Message ID (RFC 7252 §4.2, §4.3). Kept per
+/// observer, the record costs nothing to look up when a notification leaves (the observer is
+/// at hand already) and cannot grow with the traffic: a client rejects a notification when
+/// it arrives, and the few sent since are what it can answer. A Reset matches only a
+/// notification sent within NON_LIFETIME: Message IDs towards a peer are not reused within
+/// EXCHANGE_LIFETIME (§4.4), which is longer, so an older record could only name a later,
+/// unrelated message.
+///
+/// Each record's send time is kept as milliseconds before the newest one's (saturating at
+/// about 49 days, far beyond NON_LIFETIME), so a record costs six bytes and its age is exact.
+#[derive(Clone, Copy, Debug, Default)]
+pub(super) struct RecentNon {
+    /// When the newest record's notification left.
+    newest: Instant,
+    mids: [u16; RECENT_NON],
+    /// Milliseconds from each record's send time to `newest`.
+    before_newest: [u32; RECENT_NON],
+    /// Where the next record goes.
+    next: u8,
+    len: u8,
+}
+
+/// Whole milliseconds in `d`, saturating at `u32::MAX`.
+fn millis(d: Duration) -> u32 {
+    u32::try_from(d.as_millis()).unwrap_or(u32::MAX)
+}
+
+impl RecentNon {
+    /// Records a notification sent with Message ID `mid` at `now`, over the oldest record.
+    pub(super) fn record(&mut self, mid: u16, now: Instant) {
+        let moved = millis(now.saturating_duration_since(self.newest));
+        for before in &mut self.before_newest {
+            *before = before.saturating_add(moved);
+        }
+        self.newest = self.newest.max(now);
+        let at = usize::from(self.next) % RECENT_NON;
+        if let (Some(m), Some(b)) = (self.mids.get_mut(at), self.before_newest.get_mut(at)) {
+            *m = mid;
+            *b = 0;
+        }
+        self.next = ((at + 1) % RECENT_NON) as u8;
+        self.len = (usize::from(self.len) + 1).min(RECENT_NON) as u8;
+    }
+
+    /// Whether a notification with Message ID `mid` was sent at most `lifetime` before `now`.
+    pub(super) fn contains(&self, mid: u16, now: Instant, lifetime: Duration) -> bool {
+        let since_newest = millis(now.saturating_duration_since(self.newest));
+        let lifetime = millis(lifetime);
+        self.mids
+            .iter()
+            .zip(&self.before_newest)
+            .take(usize::from(self.len))
+            .any(|(&m, &before)| m == mid && since_newest.saturating_add(before) <= lifetime)
+    }
 }
 
 /// One variant of a resource: observers whose requests share a cache key (for example the same
@@ -106,9 +171,6 @@ pub(super) struct Registry {
     /// most peers hold one observation: one small inline vector instead of a second map keeps
     /// each observer's footprint down.
     per_peer: HashMap<SocketAddr, SmallVec<[(Token, u64); 1]>>,
-    /// Message IDs of recent NON notifications, so a Reset to one removes its observer.
-    non_mids: HashMap<MessageKey, u64>,
-    non_mid_order: VecDeque<(Instant, MessageKey)>,
 }
 
 /// Bounds on the registry, from the configuration.
@@ -233,6 +295,7 @@ impl Registry {
                 last_con: now,
                 in_flight: None,
                 waiting: None,
+                recent_non: RecentNon::default(),
             },
         );
         self.per_peer.entry(peer).or_default().push((token, oid));
@@ -300,35 +363,19 @@ impl Registry {
         }
     }
 
-    pub(super) fn record_non(&mut self, key: MessageKey, oid: u64, expires: Instant, max: usize) {
-        while self.non_mids.len() >= max {
-            let Some((_, k)) = self.non_mid_order.pop_front() else {
-                break;
-            };
-            self.non_mids.remove(&k);
-        }
-        self.non_mids.insert(key, oid);
-        self.non_mid_order.push_back((expires, key));
-    }
-
-    pub(super) fn non_owner(&self, key: &MessageKey) -> Option<u64> {
-        self.non_mids.get(key).copied()
-    }
-
-    pub(super) fn expire(&mut self, now: Instant) {
-        while self.non_mid_order.front().is_some_and(|(t, _)| *t <= now) {
-            if let Some((_, k)) = self.non_mid_order.pop_front() {
-                self.non_mids.remove(&k);
-            }
-        }
-    }
-
-    pub(super) fn next_expiry(&self) -> Option<Instant> {
-        self.non_mid_order.front().map(|(t, _)| *t)
-    }
-
-    pub(super) fn non_mid_entries(&self) -> usize {
-        self.non_mids.len()
+    /// The observation of `peer` whose Non-confirmable notification carried `mid`, sent at
+    /// most `lifetime` (NON_LIFETIME) before `now`.
+    pub(super) fn non_owner(
+        &self,
+        peer: SocketAddr,
+        mid: u16,
+        now: Instant,
+        lifetime: Duration,
+    ) -> Option<u64> {
+        self.per_peer.get(&peer)?.iter().find_map(|&(_, oid)| {
+            let o = self.observers.get(&oid)?;
+            o.recent_non.contains(mid, now, lifetime).then_some(oid)
+        })
     }
 }
 

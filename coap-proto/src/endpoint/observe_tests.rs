@@ -509,3 +509,50 @@ fn the_application_can_choose_the_type_of_each_notification() {
     server.notify(t(10), "/temp", Some(rsp));
     assert_eq!(sent(&mut server)[0].1.mtype, MessageType::Non);
 }
+
+#[test]
+fn a_reset_cancels_only_a_recent_notification_sent_to_that_peer() {
+    let (_client, mut server, _) = observed(|_| {});
+    let mut mids = Vec::new();
+    for i in 0..6 {
+        server.notify(t(10 + i), "/temp", Some(Response::content("x")));
+        let out = sent(&mut server);
+        assert_eq!(out.len(), 1);
+        assert_eq!(out[0].1.mtype, MessageType::Non);
+        mids.push(out[0].1.message_id);
+    }
+    let rst = |mid| encode(&Message::new(MessageType::Rst, Code::EMPTY, mid));
+    let other: SocketAddr = "192.0.2.99:5683".parse().unwrap();
+    // The newest notification's Message ID, from another peer: not this observation's.
+    server.handle_datagram(t(20), other, &rst(mids[5]));
+    // Older than the last four notifications: no longer matched.
+    server.handle_datagram(t(20), CLIENT, &rst(mids[1]));
+    assert_eq!(server.observer_count("/temp"), 1);
+    assert!(events(&mut server).is_empty());
+    server.handle_datagram(t(20), CLIENT, &rst(mids[2]));
+    assert_eq!(server.observer_count("/temp"), 0);
+    assert!(matches!(
+        events(&mut server).as_slice(),
+        [Event::ObserverRemoved {
+            reason: ObserverRemoval::Reset,
+            ..
+        }]
+    ));
+}
+
+#[test]
+fn a_reset_after_non_lifetime_does_not_cancel() {
+    let (_client, mut server, _) = observed(|_| {});
+    server.notify(t(10), "/temp", Some(Response::content("x")));
+    let old = sent(&mut server)[0].1.message_id;
+    server.notify(t(20), "/temp", Some(Response::content("y")));
+    let newer = sent(&mut server)[0].1.message_id;
+    let rst = |mid| encode(&Message::new(MessageType::Rst, Code::EMPTY, mid));
+    // NON_LIFETIME is 145 s with the default transmission parameters (RFC 7252 §4.8.2):
+    // the first notification left 145.001 s ago, the second 144.991 s ago.
+    let now = t(10 + 145_001);
+    server.handle_datagram(now, CLIENT, &rst(old));
+    assert_eq!(server.observer_count("/temp"), 1);
+    server.handle_datagram(now, CLIENT, &rst(newer));
+    assert_eq!(server.observer_count("/temp"), 0);
+}
