@@ -48,7 +48,10 @@ struct Slot {
 ///
 /// Entries leaving at the front keep their item in the table: it names a position before the
 /// front, which no lookup accepts, and such items are swept out in one pass over the table
-/// once they are as many as the live entries. That saves a random access per expired entry.
+/// when the table is full (instead of growing it) or, after expiry, once they are as many as
+/// the live entries. That saves a random access per expired entry. The table files each item
+/// under a hash made from its tag alone, so that resizing or rehashing the table never reads
+/// the queue.
 #[derive(Debug, Default)]
 pub(super) struct Dedup {
     /// Slot `i` has the sequence number `head + i` (modulo 2^32).
@@ -83,6 +86,13 @@ fn tag(hash: u64) -> u32 {
     (hash >> 32) as u32
 }
 
+/// The hash the table files an item under, made from its tag alone: the table can then grow,
+/// shrink or rehash in place (to clear the marks that removals leave) without reading a
+/// single queue slot. The tag's low bits pick the bucket and its high bits the control byte.
+fn table_hash(tag: u32) -> u64 {
+    (u64::from(tag) << 32) | u64::from(tag)
+}
+
 impl Dedup {
     /// Live entries.
     pub(super) fn len(&self) -> usize {
@@ -94,8 +104,9 @@ impl Dedup {
         self.bytes
     }
 
-    fn hash(&self, key: &DedupKey) -> u64 {
-        self.hasher.hash_one(key)
+    /// The tag of `key` (see [`table_hash`]).
+    fn tag_of(&self, key: &DedupKey) -> u32 {
+        tag(self.hasher.hash_one(key))
     }
 
     /// The queue position of sequence number `seq`, if that slot is still in the queue.
@@ -106,10 +117,9 @@ impl Dedup {
 
     /// The queue position of the live entry for `key`.
     fn position(&self, key: &DedupKey) -> Option<usize> {
-        let hash = self.hash(key);
-        let want = tag(hash);
+        let want = self.tag_of(key);
         let (slots, head) = (&self.slots, self.head);
-        let &(seq, _) = self.index.find(hash, |&(seq, t)| {
+        let &(seq, _) = self.index.find(table_hash(want), |&(seq, t)| {
             t == want
                 && slots
                     .get(seq.wrapping_sub(head) as usize)
@@ -148,8 +158,8 @@ impl Dedup {
             // The same message again after all (its entry is replaced, not doubled).
             self.forget(at);
         }
-        self.sweep();
-        let hash = self.hash(&key);
+        self.make_room();
+        let t = self.tag_of(&key);
         let seq = self.head.wrapping_add(self.slots.len() as u32);
         self.slots.push_back(Slot {
             key,
@@ -158,12 +168,8 @@ impl Dedup {
         });
         self.live += 1;
         self.bytes += size;
-        let (slots, head, hasher) = (&self.slots, self.head, &self.hasher);
-        self.index.insert_unique(hash, (seq, tag(hash)), |&(s, _)| {
-            slots
-                .get(s.wrapping_sub(head) as usize)
-                .map_or(0, |slot| hasher.hash_one(slot.key))
-        });
+        self.index
+            .insert_unique(table_hash(t), (seq, t), |&(_, t)| table_hash(t));
         evicted
     }
 
@@ -218,23 +224,39 @@ impl Dedup {
         }
     }
 
-    /// Drops the table items of entries that have left the queue, once they are as many as
-    /// the live entries: one sequential pass over the table, no queue slot read.
+    /// Before an insertion into a full table: drops the items of entries that have left the
+    /// queue instead of growing the table, when they are at least a quarter of it. A table
+    /// grown here would only be shrunk again by the next sweep; under steady load the table
+    /// keeps its size and departed items leave in one sequential pass each time it fills.
+    fn make_room(&mut self) {
+        let len = self.index.len();
+        if len < self.index.capacity() || len - self.live < len / 4 + 16 {
+            return;
+        }
+        self.drop_departed();
+    }
+
+    /// After expiry: drops the items of entries that have left the queue once they are as
+    /// many as the live entries, and gives memory back when the table is far larger than its
+    /// items need (eight times: a table that shrinks at a smaller margin would grow again
+    /// under the same load, and each resize rehashes every item).
     fn sweep(&mut self) {
         if self.index.len() <= 2 * self.live + 64 {
             return;
         }
+        self.drop_departed();
+        if self.index.capacity() > 8 * self.index.len() + 64 {
+            self.index
+                .shrink_to(2 * self.index.len(), |&(_, t)| table_hash(t));
+        }
+    }
+
+    /// One sequential pass over the table keeping the items of slots still in the queue; no
+    /// queue slot is read.
+    fn drop_departed(&mut self) {
         let (len, head) = (self.slots.len(), self.head);
         self.index
             .retain(|&mut (seq, _)| (seq.wrapping_sub(head) as usize) < len);
-        if self.index.capacity() > 4 * self.index.len() + 64 {
-            let (slots, hasher) = (&self.slots, &self.hasher);
-            self.index.shrink_to(2 * self.index.len(), |&(s, _)| {
-                slots
-                    .get(s.wrapping_sub(head) as usize)
-                    .map_or(0, |slot| hasher.hash_one(slot.key))
-            });
-        }
     }
 
     /// The earliest instant an entry may expire.
@@ -275,8 +297,8 @@ impl Dedup {
         self.bytes -= ENTRY_BYTES + state_bytes(&state);
         self.live -= 1;
         let seq = self.head.wrapping_add(at as u32);
-        let hash = self.hasher.hash_one(slot.key);
-        if let Ok(entry) = self.index.find_entry(hash, |&(s, _)| s == seq) {
+        let t = tag(self.hasher.hash_one(slot.key));
+        if let Ok(entry) = self.index.find_entry(table_hash(t), |&(s, _)| s == seq) {
             entry.remove();
         }
         true
@@ -398,6 +420,43 @@ mod tests {
                     matches!(found, Some(DedupState::Pending(IncomingId(id))) if *id == u64::from(mid))
                 );
             }
+        }
+    }
+
+    /// Under steady load, at the entry bound (every insertion evicts the oldest) or with
+    /// entries expiring as fast as new ones arrive, the table settles at one size: no resize
+    /// (each one rehashes every item) after the first fill.
+    #[test]
+    fn the_table_keeps_its_size_under_steady_load() {
+        let peer = |i: u32| SocketAddr::new(IpAddr::V4(Ipv4Addr::from(0x7f00_0000 + i)), 5683);
+        // (entry bound, lifetime in insertions): expiry keeps half the bound live, or every
+        // insertion evicts.
+        for (bound, lifetime) in [
+            (1_000u32, 500u32),
+            (30_000, 15_000),
+            (1_000, 20_000),
+            (30_000, 600_000),
+        ] {
+            let mut d = Dedup::default();
+            let mut sizes = alloc::collections::BTreeSet::new();
+            // One insertion per virtual microsecond.
+            for i in 0..12 * bound {
+                let now = Instant::from_micros(u64::from(i));
+                let key = MessageKey::new(peer(i % 4096), (i / 4096) as u16);
+                d.expire(now);
+                let expires = now + core::time::Duration::from_micros(u64::from(lifetime));
+                d.insert(
+                    key,
+                    expires,
+                    DedupState::AckOnly,
+                    bound as usize,
+                    usize::MAX,
+                );
+                if i > 4 * bound {
+                    sizes.insert(d.index.allocation_size());
+                }
+            }
+            assert_eq!(sizes.len(), 1, "bound {bound}: table sizes {sizes:?}");
         }
     }
 
