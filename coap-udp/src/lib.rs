@@ -1475,6 +1475,41 @@ mod tests {
         assert_eq!(read_datagrams(&b, 4), want(to_b));
     }
 
+    /// A dual-stack socket segments runs to IPv6 peers and to IPv4 peers it names
+    /// IPv4-mapped alike.
+    #[cfg(target_os = "linux")]
+    #[test]
+    fn segmented_sends_from_a_dual_stack_socket_reach_both_families() {
+        let Ok(dual) = UdpSocket::bind("[::]:0") else {
+            return; // no IPv6 here
+        };
+        let Ok(v6_peer) = UdpSocket::bind("[::1]:0") else {
+            return;
+        };
+        let (_, v4_peer) = pair();
+        v6_peer
+            .set_read_timeout(Some(Duration::from_secs(5)))
+            .unwrap();
+        let v4_mapped = match v4_peer.local_addr().unwrap() {
+            SocketAddr::V4(a) => SocketAddr::from((a.ip().to_ipv6_mapped(), a.port())),
+            other => other,
+        };
+        let to_v6 = v6_peer.local_addr().unwrap();
+        let order = [v4_mapped, v4_mapped, v4_mapped, to_v6, to_v6];
+        let mut ep = endpoint_to(&order, 20);
+        let mut out = SendBatch::new(1152);
+        out.fill(&mut ep, Instant::from_micros(0));
+        let queued: Vec<Vec<u8>> = out.iter().map(|(_, d)| d.to_vec()).collect();
+        let mut calls = Vec::new();
+        while !out.is_empty() {
+            calls.push(out.send(&dual).unwrap());
+        }
+        assert_eq!(calls, [3, 2]);
+        assert!(out.segmentation());
+        assert_eq!(read_datagrams(&v4_peer, 3), queued[..3]);
+        assert_eq!(read_datagrams(&v6_peer, 2), queued[3..]);
+    }
+
     #[cfg(target_os = "linux")]
     #[test]
     fn a_shorter_datagram_ends_a_run_and_a_longer_one_starts_the_next() {
