@@ -14,6 +14,11 @@ use crate::time::Instant;
 /// A message is identified by its sender and Message ID (§4.5).
 pub(super) type DedupKey = MessageKey;
 
+/// Where an entry sits in the cache's queue (its sequence number), so that the answer to a
+/// request can be recorded without looking its key up again.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) struct DedupSlot(u32);
+
 /// What to do with a duplicate.
 #[derive(Clone, Debug)]
 pub(super) enum DedupState {
@@ -117,7 +122,11 @@ impl Dedup {
 
     /// The queue position of the live entry for `key`.
     fn position(&self, key: &DedupKey) -> Option<usize> {
-        let want = self.tag_of(key);
+        self.position_tagged(key, self.tag_of(key))
+    }
+
+    /// [`position`](Dedup::position) for a key whose tag is known.
+    fn position_tagged(&self, key: &DedupKey, want: u32) -> Option<usize> {
         let (slots, head) = (&self.slots, self.head);
         let &(seq, _) = self.index.find(table_hash(want), |&(seq, t)| {
             t == want
@@ -154,12 +163,12 @@ impl Dedup {
                 evicted += 1;
             }
         }
-        if let Some(at) = self.position(&key) {
+        let t = self.tag_of(&key);
+        if let Some(at) = self.position_tagged(&key, t) {
             // The same message again after all (its entry is replaced, not doubled).
             self.forget(at);
         }
         self.make_room();
-        let t = self.tag_of(&key);
         let seq = self.head.wrapping_add(self.slots.len() as u32);
         self.slots.push_back(Slot {
             key,
@@ -180,6 +189,39 @@ impl Dedup {
         let Some(at) = self.position(&key) else {
             return 0;
         };
+        self.update_position(at, state, max_bytes)
+    }
+
+    /// The newest entry's place in the queue, for [`update_at`](Dedup::update_at) right after
+    /// [`insert`](Dedup::insert).
+    pub(super) fn newest(&self) -> Option<DedupSlot> {
+        let len = u32::try_from(self.slots.len()).ok()?;
+        (len > 0).then(|| DedupSlot(self.head.wrapping_add(len - 1)))
+    }
+
+    /// [`update`](Dedup::update) of the entry for `key` that [`newest`](Dedup::newest) named
+    /// when it was inserted, without a lookup; nothing happens if that entry has left.
+    pub(super) fn update_at(
+        &mut self,
+        slot: DedupSlot,
+        key: &DedupKey,
+        state: DedupState,
+        max_bytes: usize,
+    ) -> u64 {
+        let Some(at) = self.offset(slot.0) else {
+            return 0;
+        };
+        let live = self
+            .slots
+            .get(at)
+            .is_some_and(|s| s.key == *key && s.state.is_some());
+        if !live {
+            return 0;
+        }
+        self.update_position(at, state, max_bytes)
+    }
+
+    fn update_position(&mut self, at: usize, state: DedupState, max_bytes: usize) -> u64 {
         let Some(slot) = self.slots.get_mut(at) else {
             return 0;
         };
@@ -380,6 +422,31 @@ mod tests {
         assert!(d.get(&key(10)).is_some() && d.get(&key(13)).is_some());
         d.expire(t);
         assert_eq!((d.len(), d.bytes()), (0, 0));
+    }
+
+    #[test]
+    fn an_entry_is_updated_where_it_was_put_while_it_is_there() {
+        let t = Instant::from_secs(1);
+        let mut d = Dedup::default();
+        d.insert(key(1), t, DedupState::AckOnly, 2, usize::MAX);
+        let one = d.newest().unwrap();
+        d.insert(key(2), t, DedupState::AckOnly, 2, usize::MAX);
+        let two = d.newest().unwrap();
+        assert_ne!(one, two);
+        // Another key never takes the update.
+        d.update_at(one, &key(2), DedupState::Silent, usize::MAX);
+        assert!(matches!(d.get(&key(2)), Some(DedupState::AckOnly)));
+        d.update_at(one, &key(1), DedupState::Silent, usize::MAX);
+        assert!(matches!(d.get(&key(1)), Some(DedupState::Silent)));
+        // Evicted by a third entry, then the same key again: its new entry is not the old
+        // slot's, and the late update goes nowhere.
+        d.insert(key(3), t, DedupState::AckOnly, 2, usize::MAX);
+        d.insert(key(1), t, DedupState::Pending(IncomingId(7)), 2, usize::MAX);
+        d.update_at(one, &key(1), DedupState::Silent, usize::MAX);
+        assert!(matches!(
+            d.get(&key(1)),
+            Some(DedupState::Pending(IncomingId(7)))
+        ));
     }
 
     #[test]

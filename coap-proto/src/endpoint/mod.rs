@@ -75,7 +75,7 @@ use block::{
     block_size, slice_response, szx_at_most, Assemblies, AssemblyLimits, ClientBlock, Received,
     Representations, Upload,
 };
-use dedup::{Dedup, DedupState};
+use dedup::{Dedup, DedupSlot, DedupState};
 use observe::{ClientObserve, ObserverLimits, Registry};
 use peer::{Held, Peer};
 use timer::{Timer, Timers};
@@ -368,6 +368,8 @@ struct ServerExchange {
     block: Option<ServerBlock>,
     /// A registration (Observe = 0), and whether the application accepted it.
     observe: Option<Box<ObserveRequest>>,
+    /// The request's entry in the deduplication cache, where its answer goes.
+    dedup: Option<DedupSlot>,
 }
 
 /// An incoming observe registration waiting for its response.
@@ -1153,13 +1155,13 @@ impl Endpoint {
                 let bytes = self.encode_empty(MessageType::Ack, ex.mid);
                 self.queue_transmit(ex.peer, bytes);
             }
-            self.update_dedup(key, DedupState::AckOnly);
+            self.answer_dedup(ex.dedup, key, DedupState::AckOnly);
             return Ok(());
         }
         if ex.message_type == MessageType::Con && !ex.ack_sent {
             // Piggybacked on the ACK (§5.2.1).
             let bytes = self.encode_owned(MessageType::Ack, ex.mid, ex.token.clone(), response);
-            self.update_dedup(key, DedupState::Reply(bytes.clone()));
+            self.answer_dedup(ex.dedup, key, DedupState::Reply(bytes.clone()));
             self.queue_transmit(ex.peer, bytes);
             return Ok(());
         }
@@ -1178,7 +1180,7 @@ impl Endpoint {
         } else {
             message_type
         };
-        self.update_dedup(key, DedupState::AckOnly);
+        self.answer_dedup(ex.dedup, key, DedupState::AckOnly);
         self.send_separate(now, id, ex, message_type, response);
         Ok(())
     }
@@ -1319,6 +1321,8 @@ impl Endpoint {
             .get_uint(OptionNumber::NO_RESPONSE)
             .and_then(|v| u8::try_from(v).ok())
             .unwrap_or(0);
+        let lifetime = self.lifetimes.of(mtype);
+        let dedup = self.insert_dedup(now, key, lifetime, DedupState::Pending(id));
         self.servers.insert(
             id,
             ServerExchange {
@@ -1331,10 +1335,9 @@ impl Endpoint {
                 no_response,
                 block,
                 observe,
+                dedup,
             },
         );
-        let lifetime = self.lifetimes.of(mtype);
-        self.insert_dedup(now, key, lifetime, DedupState::Pending(id));
         if mtype == MessageType::Con {
             self.empty_acks
                 .push_back((now + self.config.empty_ack_delay, id));
@@ -3136,13 +3139,14 @@ impl Endpoint {
         }
     }
 
+    /// Records a message in the deduplication cache; returns where its entry went.
     fn insert_dedup(
         &mut self,
         now: Instant,
         key: MessageKey,
         lifetime: Duration,
         state: DedupState,
-    ) {
+    ) -> Option<DedupSlot> {
         let evicted = self.dedup.insert(
             key,
             now + lifetime,
@@ -3151,10 +3155,21 @@ impl Endpoint {
             self.config.max_dedup_bytes,
         );
         self.stats.dedup_evictions += evicted;
+        self.dedup.newest()
     }
 
     fn update_dedup(&mut self, key: MessageKey, state: DedupState) {
         let evicted = self.dedup.update(key, state, self.config.max_dedup_bytes);
+        self.stats.dedup_evictions += evicted;
+    }
+
+    /// Records the answer to a server exchange's request in its deduplication entry.
+    fn answer_dedup(&mut self, slot: Option<DedupSlot>, key: MessageKey, state: DedupState) {
+        let max = self.config.max_dedup_bytes;
+        let evicted = match slot {
+            Some(slot) => self.dedup.update_at(slot, &key, state, max),
+            None => self.dedup.update(key, state, max),
+        };
         self.stats.dedup_evictions += evicted;
     }
 
