@@ -373,6 +373,8 @@ impl RequestBuilder {
         let command = self
             .spec
             .into_command(uri, remote, None, waiter, Some(started));
+        // Refused before anything is posted: the I/O thread cannot wait for itself.
+        shared.mailbox.refuse_on_io_thread()?;
         shared.mailbox.post(command)?;
         id.recv().map_err(|_| Error::ShuttingDown)?
     }

@@ -38,6 +38,7 @@ impl IncomingRequest {
     pub fn defer(&self) -> (Responder, Deferred) {
         let responder = Responder {
             guard: AnswerGuard::new(self.id(), self.mailbox.clone()),
+            mailbox: self.mailbox.clone(),
         };
         (responder, Deferred::new())
     }
@@ -52,6 +53,7 @@ impl fmt::Debug for IncomingRequest {
 /// Answers one request later, from any thread (see [`IncomingRequest::defer`]).
 pub struct Responder {
     guard: AnswerGuard<Chan>,
+    mailbox: Mailbox,
 }
 
 impl Responder {
@@ -67,6 +69,9 @@ impl Responder {
     /// [`Error::MessageTooBig`] or [`Error::NotAResponse`] if the engine refused the response
     /// (the client then gets 5.00), and [`Error::ShuttingDown`] if the server has stopped.
     pub fn send(self, response: Response) -> Result<(), Error> {
+        // On the I/O thread (a handler run with `workers(0)`) the wait would never end;
+        // the guard, dropped unanswered, reports the request abandoned (5.00).
+        self.mailbox.refuse_on_io_thread()?;
         let (tx, rx) = mpsc::channel();
         self.guard.respond(response, Some(tx))?;
         rx.recv().map_err(|_| Error::ShuttingDown)?

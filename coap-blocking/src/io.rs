@@ -15,7 +15,8 @@
 
 use std::net::{SocketAddr, UdpSocket};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{mpsc, Arc, Weak};
+use std::sync::{mpsc, Arc, OnceLock, Weak};
+use std::thread::{self, ThreadId};
 use std::time::Duration;
 
 use coap_proto::host::{self, Delivery, Dispatch, Host, Incoming, Kind};
@@ -48,6 +49,8 @@ pub(crate) struct Wake {
     sleeping: AtomicBool,
     /// Connected to the thread's waker socket.
     sender: UdpSocket,
+    /// The I/O thread, once it runs: a call that waits for its answer must not come from it.
+    thread: OnceLock<ThreadId>,
 }
 
 impl Wake {
@@ -80,8 +83,23 @@ impl Mailbox {
         Ok(())
     }
 
-    /// Asks the thread something and waits for the answer.
+    /// Fails on the I/O thread itself (in a handler run there, see
+    /// [`ServerBuilder::workers`](crate::ServerBuilder::workers)): a call that goes on to wait
+    /// for the thread's answer would wait forever.
+    pub(crate) fn refuse_on_io_thread(&self) -> Result<(), Error> {
+        if self.wake.thread.get() == Some(&thread::current().id()) {
+            return Err(Error::Unsupported(
+                "waiting for the I/O thread on the I/O thread (a handler run with workers(0))",
+            ));
+        }
+        Ok(())
+    }
+
+    /// Asks the thread something and waits for the answer. Refused on the I/O thread itself
+    /// (a handler run there, see [`ServerBuilder::workers`](crate::ServerBuilder::workers)),
+    /// which would wait for its own answer forever.
     pub(crate) fn ask<T>(&self, make: impl FnOnce(mpsc::Sender<T>) -> Command) -> Result<T, Error> {
+        self.refuse_on_io_thread()?;
         let (tx, rx) = mpsc::channel();
         self.post(make(tx))?;
         rx.recv().map_err(|_| Error::ShuttingDown)
@@ -208,7 +226,8 @@ impl Clock {
 /// What serves incoming requests on a server.
 pub(crate) struct Service {
     pub(crate) router: Router,
-    pub(crate) pool: Pool,
+    /// The workers that run handlers; none to run them on the I/O thread.
+    pub(crate) pool: Option<Pool>,
 }
 
 /// The I/O thread's state.
@@ -250,6 +269,7 @@ impl Driver {
         let wake = Arc::new(Wake {
             sleeping: AtomicBool::new(false),
             sender,
+            thread: OnceLock::new(),
         });
         let (tx, commands) = mpsc::channel();
         let mailbox = Mailbox {
@@ -295,6 +315,7 @@ impl Driver {
         let span = tracing::debug_span!("coap_driver", local = %self.local_addr);
         let _entered = span.enter();
         debug!("I/O thread started");
+        let _ = self.mailbox.wake.thread.set(thread::current().id());
         let result = self.run_loop();
         self.finish();
         debug!("I/O thread stopped");
@@ -445,8 +466,8 @@ impl Driver {
 }
 
 /// The server's side of [`Host::drive`]: 4.04, 4.05 and `/.well-known/core` are answered at
-/// once; a handler runs on the pool, and a full pool is answered 5.03 with Max-Age. A plain
-/// client answers 4.04.
+/// once; a handler runs on the pool, and a full pool is answered 5.03 with Max-Age, or, with
+/// no pool, right here on the I/O thread. A plain client answers 4.04.
 struct Handlers<'a> {
     service: Option<&'a Service>,
     mailbox: &'a Mailbox,
@@ -462,11 +483,12 @@ impl host::Service for Handlers<'_> {
             head,
             mailbox: mailbox.clone(),
         };
-        service
-            .router
-            .start::<Chan>(request, request_of, mailbox, |job| {
-                service.pool.try_run(job)
-            })
+        match &service.pool {
+            Some(pool) => service
+                .router
+                .start::<Chan>(request, request_of, mailbox, |job| pool.try_run(job)),
+            None => service.router.start_inline(request, request_of),
+        }
     }
 
     fn observers_changed(&mut self, resource: &str, count: usize) {

@@ -54,7 +54,8 @@
 //!   worker threads ([`ServerBuilder::workers`], [`ServerBuilder::queue_capacity`]; a full
 //!   queue is answered 5.03 with Max-Age). A handler may block as long as it likes (the
 //!   engine sends an empty ACK and a separate response), or hand the request to a
-//!   [`Responder`] that answers from any thread. Observable routes and [`Notifier`]s work
+//!   [`Responder`] that answers from any thread. With `workers(0)` handlers run on the I/O
+//!   thread instead: no hand-off between threads, for handlers that answer at once. Observable routes and [`Notifier`]s work
 //!   from any thread too. `/.well-known/core` lists the routes and filters by query.
 //! * **Large bodies** travel block-wise (RFC 7959) both ways, unseen by the application.
 //! * **Introspection, socket options, shutdown, tracing**: as in `coap-tokio`

@@ -13,7 +13,9 @@ use crate::incoming::IncomingRequest;
 /// returns a future of one. The methods are those of [`host::Router`], shared by every runtime
 /// crate. It runs on one of the server's worker
 /// threads and may block for as long as it needs: the engine sends an empty ACK and a
-/// separate response (RFC 7252 §5.2.2).
+/// separate response (RFC 7252 §5.2.2). With
+/// [`ServerBuilder::workers(0)`](crate::ServerBuilder::workers) it runs on the I/O thread
+/// instead, and must answer at once.
 ///
 /// Unknown paths are answered 4.04, methods a route does not serve 4.05, and a GET for
 /// `/.well-known/core` with the routes in link-format, filtered by the query (RFC 6690 §4.1).

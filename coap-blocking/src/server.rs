@@ -93,7 +93,10 @@ impl Server {
         drop(shared);
         driver.set_service(Service {
             router,
-            pool: Pool::new(workers, queue)?,
+            pool: match workers {
+                0 => None,
+                n => Some(Pool::new(n, queue)?),
+            },
         });
         driver.run()
     }
@@ -273,10 +276,17 @@ impl fmt::Debug for ServerBuilder {
 impl ServerBuilder {
     socket_builder_methods!();
 
-    /// How many worker threads run handlers (at least one). Default [`DEFAULT_WORKERS`].
-    /// (Not in `coap-tokio`, whose handlers are tasks.)
+    /// How many worker threads run handlers. Default [`DEFAULT_WORKERS`]. (Not in
+    /// `coap-tokio`, whose handlers are tasks.)
+    ///
+    /// `0` runs every handler on the server's I/O thread, as it arrives: no hand-off to
+    /// another thread, and the answer rides on the ACK (RFC 7252 §5.2.1). That suits
+    /// handlers that answer at once (a value from memory, a small computation); a handler
+    /// that blocks holds up every other request, retransmissions and notifications until it
+    /// returns, so anything slow belongs on workers, or behind a
+    /// [`Deferred`](crate::Deferred) answered from another thread.
     pub fn workers(mut self, workers: usize) -> Self {
-        self.workers = workers.max(1);
+        self.workers = workers;
         self
     }
 

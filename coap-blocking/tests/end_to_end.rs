@@ -126,6 +126,57 @@ fn a_full_pool_answers_5_03() {
     });
 }
 
+/// With no workers, handlers run on the I/O thread: the answer rides on the ACK, a
+/// panicking handler is answered 5.00, and a handle that would wait for the I/O thread is
+/// refused there with an error instead of waiting forever.
+#[test]
+fn handlers_on_the_io_thread() {
+    bounded(|| {
+        let parked = std::sync::Arc::new(Mutex::new(None::<ServerHandle>));
+        let in_handler = std::sync::Arc::clone(&parked);
+        let app = Router::new()
+            .get("/quick", |_req: IncomingRequest| Response::content("now"))
+            .get("/panic", |_req: IncomingRequest| -> Response {
+                panic!("handler failed")
+            })
+            .get("/waits", move |_req: IncomingRequest| {
+                let handle = in_handler.lock().unwrap().clone();
+                let outcome = handle.map(|h| h.notifier("/quick").notify());
+                match outcome {
+                    Some(Err(Error::Unsupported(_))) => Response::content("refused"),
+                    other => Response::content(format!("{other:?}")),
+                }
+            });
+        let (addr, handle, _t) = serve_with(Server::builder().workers(0), app);
+        // The handler takes the handle from here (a route cannot hold its own server's).
+        *parked.lock().unwrap() = Some(handle.clone());
+
+        // A CON GET by hand: the first datagram back is the ACK, carrying 2.05 and the body.
+        let raw = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        raw.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        // CON GET, token 0x2a, Message ID 0x1234, Uri-Path "quick".
+        let request = [
+            0x41, 0x01, 0x12, 0x34, 0x2a, 0xb5, b'q', b'u', b'i', b'c', b'k',
+        ];
+        raw.send_to(&request, addr).unwrap();
+        let mut buf = [0u8; 64];
+        let (n, _) = raw.recv_from(&mut buf).unwrap();
+        let reply = &buf[..n];
+        assert_eq!(reply[0] >> 4 & 0x3, 2, "an ACK: {reply:?}");
+        assert_eq!(reply[1], 0x45, "2.05 piggybacked: {reply:?}");
+        assert_eq!(&reply[2..5], &[0x12, 0x34, 0x2a]);
+        assert!(reply.ends_with(b"\xffnow"), "{reply:?}");
+
+        let client = Client::bind("127.0.0.1:0").unwrap();
+        let rsp = client.get(format!("coap://{addr}/panic")).send().unwrap();
+        assert_eq!(rsp.code(), Code::INTERNAL_SERVER_ERROR);
+        let rsp = client.get(format!("coap://{addr}/waits")).send().unwrap();
+        assert_eq!(rsp.payload_str(), Some("refused"));
+        // The same handle works from any other thread.
+        assert_eq!(handle.notifier("/quick").notify().unwrap(), 0);
+    });
+}
+
 #[test]
 fn handles_cross_threads() {
     fn send_sync<T: Send + Sync>() {}

@@ -382,6 +382,36 @@ impl<Req: Send + 'static> Router<Req, Blocking> {
     }
 }
 
+impl<Req: 'static> Router<Req, Blocking> {
+    /// Serves `head` on the calling thread: routes it (see [`dispatch`](Router::dispatch))
+    /// and runs the handler right here, so that its answer rides on the ACK without a hand-off
+    /// to another thread. For a runtime whose handlers are known to be quick; a handler that
+    /// blocks holds up everything the calling thread does. A handler that panics is answered
+    /// 5.00; a [`Reply::Deferred`] leaves the answer to its responder.
+    pub fn start_inline(&self, head: Incoming, request: impl FnOnce(Incoming) -> Req) -> Dispatch {
+        let (handler, request, accept_observer) = match self.dispatch(head, request) {
+            Routed::Answer(response) => return Dispatch::answer(response),
+            Routed::Handler {
+                handler,
+                request,
+                accept_observer,
+            } => (handler, request, accept_observer),
+        };
+        let answer = match std::panic::catch_unwind(AssertUnwindSafe(|| handler(request))) {
+            Ok(Reply::Response(response)) => Some(response),
+            Ok(Reply::Deferred(_)) => None,
+            Err(_) => {
+                warn!("handler panicked: 5.00");
+                Some(Response::new(Code::INTERNAL_SERVER_ERROR))
+            }
+        };
+        Dispatch {
+            answer,
+            accept_observer,
+        }
+    }
+}
+
 macro_rules! method_routes {
     ($($(#[$doc:meta])* $name:ident => $code:expr;)*) => {
         impl<Req: 'static, S: HandlerStyle> Router<Req, S> {
