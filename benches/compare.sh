@@ -16,6 +16,9 @@
 #             smol's block_on), skipped when it does not build
 #   ours-blocking   coap-blocking's example bench_server_blocking (the same resources, handlers
 #             on the crate's default worker pool), skipped when it does not build
+#   ours-blocking-inline  the same example with BENCH_WORKERS=0: handlers on the I/O thread
+#             (ServerBuilder::workers(0)); request rows only, since its PUT to /obs cannot
+#             notify from the I/O thread
 #   ours-2e   the same server with --engines 2: two sockets on the port, two engines on two
 #             runtime threads, pinned to SERVER_CORE and CLIENT_CORE. On a two-core machine it
 #             shares a core with the load tool, so its row shows that the design scales, not
@@ -25,7 +28,8 @@
 # Knobs (environment):
 #   QUICK=1                 RUNS=1 DURATION=2 WARMUP=0.5 unless those are set
 #   RUNS=3 DURATION=5 WARMUP=1
-#   SERVERS="ceiling libcoap coap-rs aiocoap ours ours-2e ours-async-std ours-blocking"
+#   SERVERS="ceiling libcoap coap-rs aiocoap ours ours-2e ours-async-std ours-blocking
+#            ours-blocking-inline"
 #   CONFIGS="con-1 con-16 non-16 con-256 non-256"   a config is TYPE-N, N requests in flight
 #                           (up to 16 sockets with one each, beyond that 16 sockets with N/16
 #                           each), or TYPE-CxK: C sockets with K requests in flight each
@@ -71,7 +75,7 @@ fi
 RUNS=${RUNS:-3}
 DURATION=${DURATION:-5}
 WARMUP=${WARMUP:-1}
-SERVERS=${SERVERS:-"ceiling libcoap coap-rs aiocoap ours ours-2e ours-async-std ours-blocking"}
+SERVERS=${SERVERS:-"ceiling libcoap coap-rs aiocoap ours ours-2e ours-async-std ours-blocking ours-blocking-inline"}
 CONFIGS=${CONFIGS:-"con-1 con-16 non-16 con-256 non-256"}
 OBSERVERS=${OBSERVERS-100}
 SERVER_CORE=${SERVER_CORE:-0}
@@ -185,7 +189,7 @@ declare -A OURS_OTHER=()
 for entry in "ours-async-std coap-async-std bench_server_async_std" \
     "ours-blocking coap-blocking bench_server_blocking"; do
     read -r name package example <<<"$entry"
-    want "$name" || continue
+    want "$name" || { [[ $name == ours-blocking ]] && want ours-blocking-inline; } || continue
     if cargo build --release -q -p "$package" --example "$example" 2>/dev/null; then
         OURS_OTHER[$name]="target/release/examples/$example"
     else
@@ -236,6 +240,7 @@ start_server() {
         ours) read -r -a cmd <<<"${OURS//\{addr\}/$addr}" ;;
         ours-2e) read -r -a cmd <<<"${OURS//\{addr\}/$addr} --engines 2" ;;
         ours-async-std | ours-blocking) cmd=("${OURS_OTHER[$name]}" "$addr") ;;
+        ours-blocking-inline) cmd=(env BENCH_WORKERS=0 "${OURS_OTHER[ours-blocking]}" "$addr") ;;
     esac
     local cores=$SERVER_CORE
     if [[ $name == ours-2e ]]; then cores="$SERVER_CORE,$CLIENT_CORE"; fi
@@ -492,6 +497,7 @@ for server in $SERVERS; do
         aiocoap) [[ -n "$AIOPY" ]] || continue ;;
         ours | ours-2e) [[ -n "$OURS" ]] || continue ;;
         ours-async-std | ours-blocking) [[ -n "${OURS_OTHER[$server]:-}" ]] || continue ;;
+        ours-blocking-inline) [[ -n "${OURS_OTHER[ours-blocking]:-}" ]] || continue ;;
         *) log "unknown server $server"; continue ;;
     esac
     log "starting $server"
@@ -502,7 +508,7 @@ for server in $SERVERS; do
             run_once "$server" "$config" "$run" "coap://127.0.0.1:$SERVER_PORT$SERVER_PATH" "${extra[@]}" || true
         done
     done
-    if [[ $server != ceiling ]]; then
+    if [[ $server != ceiling && $server != ours-blocking-inline ]]; then
         for n in $OBSERVERS; do
             for run in $(seq 1 "$RUNS"); do
                 # A server without an observable /obs fails the first run: skip the rest.
