@@ -272,7 +272,7 @@ impl Dedup {
     /// keeps its size and departed items leave in one sequential pass each time it fills.
     fn make_room(&mut self) {
         let len = self.index.len();
-        if len < self.index.capacity() || len - self.live < len / 4 + 16 {
+        if len < self.index.capacity() || len.saturating_sub(self.live) < len / 4 + 16 {
             return;
         }
         self.drop_departed();
