@@ -1122,26 +1122,37 @@ mod tests {
         }
     }
 
+    /// A dual-stack socket on `[::]` and an IPv6 peer on `[::1]`, where IPv6 is available.
+    #[cfg(target_os = "linux")]
+    fn dual_stack() -> Option<(UdpSocket, UdpSocket)> {
+        Some((
+            UdpSocket::bind("[::]:0").ok()?,
+            UdpSocket::bind("[::1]:0").ok()?,
+        ))
+    }
+
+    /// How a dual-stack socket names the peer at `a`: IPv4 as ::ffff:a.b.c.d.
+    #[cfg(target_os = "linux")]
+    fn mapped(a: SocketAddr) -> SocketAddr {
+        match a {
+            SocketAddr::V4(a) => SocketAddr::from((a.ip().to_ipv6_mapped(), a.port())),
+            other => other,
+        }
+    }
+
     /// Sockets of both families take turns on one thread: each receive reports whole
     /// source addresses (the kept message headers never leave too little room).
     #[cfg(target_os = "linux")]
     #[test]
     fn ipv4_and_ipv6_sockets_share_a_thread() {
         // A dual-stack socket hears IPv4 peers as ::ffff:a.b.c.d and IPv6 peers as they are.
-        let Ok(dual) = UdpSocket::bind("[::]:0") else {
+        let Some((dual, v6_peer)) = dual_stack() else {
             return; // no IPv6 here
-        };
-        let Ok(v6_peer) = UdpSocket::bind("[::1]:0") else {
-            return;
         };
         let (v4_peer, v4) = pair();
         dual.set_nonblocking(true).unwrap();
         v4.set_nonblocking(true).unwrap();
         let dual_port = dual.local_addr().unwrap().port();
-        let mapped = |a: SocketAddr| match a {
-            SocketAddr::V4(a) => SocketAddr::from((a.ip().to_ipv6_mapped(), a.port())),
-            other => other,
-        };
         let mut batch = RecvBatch::new(4);
         let mut recv_one = |socket: &UdpSocket| {
             for _ in 0..1000 {
@@ -1416,6 +1427,7 @@ mod tests {
 
     /// An endpoint with NON POSTs queued in the order given: one per destination, each
     /// carrying `body` and its index.
+    #[cfg(target_os = "linux")]
     fn endpoint_to(destinations: &[SocketAddr], body: usize) -> Endpoint {
         let mut config = Config::default();
         config.nstart = destinations.len();
@@ -1430,6 +1442,7 @@ mod tests {
     }
 
     /// Receives `count` datagrams from a blocking `socket`.
+    #[cfg(target_os = "linux")]
     fn read_datagrams(socket: &UdpSocket, count: usize) -> Vec<Vec<u8>> {
         let mut buf = vec![0; 65_536];
         (0..count)
@@ -1480,20 +1493,14 @@ mod tests {
     #[cfg(target_os = "linux")]
     #[test]
     fn segmented_sends_from_a_dual_stack_socket_reach_both_families() {
-        let Ok(dual) = UdpSocket::bind("[::]:0") else {
+        let Some((dual, v6_peer)) = dual_stack() else {
             return; // no IPv6 here
-        };
-        let Ok(v6_peer) = UdpSocket::bind("[::1]:0") else {
-            return;
         };
         let (_, v4_peer) = pair();
         v6_peer
             .set_read_timeout(Some(Duration::from_secs(5)))
             .unwrap();
-        let v4_mapped = match v4_peer.local_addr().unwrap() {
-            SocketAddr::V4(a) => SocketAddr::from((a.ip().to_ipv6_mapped(), a.port())),
-            other => other,
-        };
+        let v4_mapped = mapped(v4_peer.local_addr().unwrap());
         let to_v6 = v6_peer.local_addr().unwrap();
         let order = [v4_mapped, v4_mapped, v4_mapped, to_v6, to_v6];
         let mut ep = endpoint_to(&order, 20);

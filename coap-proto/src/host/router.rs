@@ -352,13 +352,9 @@ impl<Req: Send + 'static> Router<Req, Blocking> {
         run: impl FnOnce(Job) -> bool,
     ) -> Dispatch {
         let id = head.id();
-        let (handler, request, accept_observer) = match self.dispatch(head, request) {
-            Routed::Answer(response) => return Dispatch::answer(response),
-            Routed::Handler {
-                handler,
-                request,
-                accept_observer,
-            } => (Arc::clone(handler), request, accept_observer),
+        let (handler, request, accept_observer) = match self.route_to_handler(head, request) {
+            Ok((handler, request, accept)) => (Arc::clone(handler), request, accept),
+            Err(response) => return Dispatch::answer(response),
         };
         let guard = AnswerGuard::<C>::new(id, answers.clone());
         let job = Box::new(move || {
@@ -383,19 +379,33 @@ impl<Req: Send + 'static> Router<Req, Blocking> {
 }
 
 impl<Req: 'static> Router<Req, Blocking> {
+    /// [`dispatch`](Router::dispatch) as a handler with its request and whether to accept an
+    /// observer, or the answer when no handler runs.
+    #[allow(clippy::type_complexity)]
+    fn route_to_handler(
+        &self,
+        head: Incoming,
+        request: impl FnOnce(Incoming) -> Req,
+    ) -> Result<(&Handler<Req, Blocking>, Req, bool), Response> {
+        match self.dispatch(head, request) {
+            Routed::Answer(response) => Err(response),
+            Routed::Handler {
+                handler,
+                request,
+                accept_observer,
+            } => Ok((handler, request, accept_observer)),
+        }
+    }
+
     /// Serves `head` on the calling thread: routes it (see [`dispatch`](Router::dispatch))
     /// and runs the handler right here, so that its answer rides on the ACK without a hand-off
     /// to another thread. For a runtime whose handlers are known to be quick; a handler that
     /// blocks holds up everything the calling thread does. A handler that panics is answered
     /// 5.00; a [`Reply::Deferred`] leaves the answer to its responder.
     pub fn start_inline(&self, head: Incoming, request: impl FnOnce(Incoming) -> Req) -> Dispatch {
-        let (handler, request, accept_observer) = match self.dispatch(head, request) {
-            Routed::Answer(response) => return Dispatch::answer(response),
-            Routed::Handler {
-                handler,
-                request,
-                accept_observer,
-            } => (handler, request, accept_observer),
+        let (handler, request, accept_observer) = match self.route_to_handler(head, request) {
+            Ok(routed) => routed,
+            Err(response) => return Dispatch::answer(response),
         };
         let answer = match std::panic::catch_unwind(AssertUnwindSafe(|| handler(request))) {
             Ok(Reply::Response(response)) => Some(response),
