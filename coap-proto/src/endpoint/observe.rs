@@ -395,6 +395,48 @@ pub(super) struct ClientObserve {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        /// The record answers as a plain list of every notification sent would: a Message ID
+        /// matches if it is among the last four and sent at most `lifetime` ago, whatever the
+        /// gaps between notifications (up to months, past the offsets' saturation).
+        #[test]
+        fn recent_non_matches_the_last_four_within_the_lifetime(
+            sent in prop::collection::vec(
+                (0u16..8, prop_oneof![0u64..2_000, 0u64..(1 << 34)]),
+                0..12,
+            ),
+            // (Message ID, a record k back, ms from exactly `lifetime` after it, ms later).
+            queries in prop::collection::vec((0u16..8, 0usize..6, -2i64..=2, 0u64..300_000), 1..8),
+            lifetime_ms in 0u64..200_000,
+        ) {
+            let mut record = RecentNon::default();
+            let mut all = Vec::new();
+            let mut now = Instant::from_millis(1_000);
+            for (mid, gap) in sent {
+                now += Duration::from_millis(gap);
+                record.record(mid, now);
+                all.push((mid, now));
+            }
+            let lifetime = Duration::from_millis(lifetime_ms);
+            for (mid, back, edge, later) in queries {
+                // Queries come no earlier than the newest notification (the engine's clock
+                // does not go back); half of them fall on a record's lifetime boundary.
+                let at = match all.iter().rev().nth(back) {
+                    Some(&(_, t)) if later % 2 == 0 => {
+                        let edge = lifetime_ms.saturating_add_signed(edge);
+                        (t + Duration::from_millis(edge)).max(now)
+                    }
+                    _ => now + Duration::from_millis(later),
+                };
+                let want = all.iter().rev().take(RECENT_NON).any(|&(m, t)| {
+                    m == mid && at.saturating_duration_since(t) <= lifetime
+                });
+                prop_assert_eq!(record.contains(mid, at, lifetime), want);
+            }
+        }
+    }
 
     #[test]
     fn freshness_follows_rfc7641_section_3_4() {
