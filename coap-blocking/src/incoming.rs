@@ -38,7 +38,6 @@ impl IncomingRequest {
     pub fn defer(&self) -> (Responder, Deferred) {
         let responder = Responder {
             guard: AnswerGuard::new(self.id(), self.mailbox.clone()),
-            mailbox: self.mailbox.clone(),
         };
         (responder, Deferred::new())
     }
@@ -53,7 +52,6 @@ impl fmt::Debug for IncomingRequest {
 /// Answers one request later, from any thread (see [`IncomingRequest::defer`]).
 pub struct Responder {
     guard: AnswerGuard<Chan>,
-    mailbox: Mailbox,
 }
 
 impl Responder {
@@ -71,7 +69,9 @@ impl Responder {
     pub fn send(self, response: Response) -> Result<(), Error> {
         // On the I/O thread (a handler run with `workers(0)`) the wait would never end;
         // the guard, dropped unanswered, reports the request abandoned (5.00).
-        self.mailbox.refuse_on_io_thread()?;
+        if let Some(mailbox) = self.guard.sender() {
+            mailbox.refuse_on_io_thread()?;
+        }
         let (tx, rx) = mpsc::channel();
         self.guard.respond(response, Some(tx))?;
         rx.recv().map_err(|_| Error::ShuttingDown)?

@@ -378,7 +378,8 @@ impl SendBatch {
     /// in udp(7)). On by default; the datagrams on the wire are the same either way, each
     /// its own UDP datagram, but the kernel routes and queues the run once. It turns itself
     /// off for good when the system refuses it (a kernel before 4.18, or a route whose
-    /// device cannot checksum segments).
+    /// device cannot checksum segments). Linux only: elsewhere datagrams always leave one by
+    /// one.
     pub fn set_segmentation(&mut self, enabled: bool) {
         self.segmentation = enabled;
     }

@@ -30,6 +30,11 @@ impl<C: Channels> AnswerGuard<C> {
         self.id
     }
 
+    /// Where the answer goes, while it has not gone yet.
+    pub fn sender(&self) -> Option<&C::Sender> {
+        self.to.as_ref()
+    }
+
     /// Sends `response` to the driver; `done` learns whether the engine took it.
     ///
     /// # Errors
