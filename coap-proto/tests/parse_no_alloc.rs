@@ -64,31 +64,39 @@ fn view_parse_does_not_allocate() {
     inputs.push(vec![0x40, 0x01, 0x00, 0x01, 0xff]);
     let mut buf = [0u8; 4096];
 
-    let region = Region::new(GLOBAL);
-    let mut checksum = 0usize;
-    for _ in 0..100 {
-        for bytes in &inputs {
-            let _ = black_box(parse_header(black_box(bytes)));
-            let Ok(view) = MessageView::parse(black_box(bytes)) else {
-                continue;
-            };
-            checksum += usize::from(view.message_id()) + usize::from(view.code().to_u8());
-            checksum += view.token().len() + view.payload().len();
-            for (number, value) in view.options() {
-                checksum += usize::from(number.0) + value.len();
+    // Three rounds, judged by the quietest: an allocation that parsing makes shows in every
+    // round, while the test harness's own threads (which share the counting allocator) can
+    // allocate during any one of them (seen once in CI: one 96-byte allocation, never freed
+    // within the round).
+    let mut quietest = None;
+    for _ in 0..3 {
+        let region = Region::new(GLOBAL);
+        let mut checksum = 0usize;
+        for _ in 0..100 {
+            for bytes in &inputs {
+                let _ = black_box(parse_header(black_box(bytes)));
+                let Ok(view) = MessageView::parse(black_box(bytes)) else {
+                    continue;
+                };
+                checksum += usize::from(view.message_id()) + usize::from(view.code().to_u8());
+                checksum += view.token().len() + view.payload().len();
+                for (number, value) in view.options() {
+                    checksum += usize::from(number.0) + value.len();
+                }
+                checksum += view.option(OptionNumber::URI_HOST).map_or(0, <[u8]>::len);
+                checksum += view.options_of(OptionNumber::URI_PATH).count();
+                checksum += usize::from(view.validate_options().is_ok());
             }
-            checksum += view.option(OptionNumber::URI_HOST).map_or(0, <[u8]>::len);
-            checksum += view.options_of(OptionNumber::URI_PATH).count();
-            checksum += usize::from(view.validate_options().is_ok());
+        }
+        let stats = region.change();
+        black_box(checksum);
+        let counts = (stats.allocations, stats.reallocations, stats.deallocations);
+        if quietest.is_none_or(|(c, _)| counts < c) {
+            quietest = Some((counts, stats));
         }
     }
-    let stats = region.change();
-    black_box(checksum);
-    assert_eq!(
-        (stats.allocations, stats.reallocations, stats.deallocations),
-        (0, 0, 0),
-        "MessageView::parse allocated: {stats:?}"
-    );
+    let (counts, stats) = quietest.unwrap();
+    assert_eq!(counts, (0, 0, 0), "MessageView::parse allocated: {stats:?}");
 
     // Encoding into a caller buffer does not allocate either (the message is built before).
     let m = Message::parse(&inputs[0]).unwrap();
