@@ -329,6 +329,7 @@ impl Driver {
             self.drive(now);
             let more_tx = self.flush(now);
             self.drive(now);
+            self.start_queued_jobs();
             if self.stop_when_orphaned && self.owner.strong_count() == 0 {
                 self.host.shut_down(&mut self.ep, now);
             }
@@ -456,6 +457,15 @@ impl Driver {
     }
 
     /// Runs the engine's due timers and routes its events (see [`Host::drive`]).
+    /// Wakes a worker for the handlers [`Driver::drive`] queued: once per turn of the loop
+    /// rather than once per request, so the I/O thread reads and answers a whole batch before
+    /// a worker takes its core.
+    fn start_queued_jobs(&self) {
+        if let Some(pool) = self.service.as_ref().and_then(|s| s.pool.as_ref()) {
+            pool.start_queued();
+        }
+    }
+
     fn drive(&mut self, now: coap_proto::Instant) {
         let mut handlers = Handlers {
             service: self.service.as_ref(),
@@ -486,7 +496,7 @@ impl host::Service for Handlers<'_> {
         match &service.pool {
             Some(pool) => service
                 .router
-                .start::<Chan>(request, request_of, mailbox, |job| pool.try_run(job)),
+                .start::<Chan>(request, request_of, mailbox, |job| pool.queue(job)),
             None => service.router.start_inline(request, request_of),
         }
     }
