@@ -100,6 +100,7 @@
 //! | [`link_format`] | RFC 6690 documents and `/.well-known/core` filters |
 //! | [`cache_key`] | which requests are "the same" (RFC 7252 §5.6) |
 //! | [`endpoint`] | the state machine: message layer, exchanges, block-wise, observe, multicast |
+//! | [`proxy`] | forward and reverse proxying with a response cache (RFC 7252 §5.6, §5.7) |
 //! | [`request`] | the [`Request`] and [`Response`] builders |
 //! | [`resource`] | a router generic over the handler type, shared by the runtime crates |
 //! | `host` | the runtime-neutral core of the runtime crates: waiters, dispatch to handlers, request building, their error type (feature `host`) |
@@ -107,8 +108,8 @@
 //!
 //! # Not supported (yet)
 //!
-//! DTLS and OSCORE security, CoAP over TCP/WebSockets (RFC 8323), Q-Block (RFC 9177) and
-//! proxy forwarding logic (the engine answers Proxy-Uri with 5.05 unless told it is a proxy).
+//! DTLS and OSCORE security, CoAP over TCP/WebSockets (RFC 8323), Q-Block (RFC 9177), and
+//! relaying observations through a proxy.
 
 #![no_std]
 #![forbid(unsafe_code)]
@@ -128,6 +129,7 @@ pub mod endpoint;
 pub mod host;
 pub mod link_format;
 pub mod msg;
+pub mod proxy;
 pub mod request;
 pub mod resource;
 pub mod rng;

@@ -102,6 +102,7 @@
 mod client;
 mod driver;
 mod incoming;
+mod proxy;
 mod router;
 mod server;
 pub mod socket;
@@ -114,10 +115,12 @@ pub use coap_proto::host::{
     PendingRequest, Reply,
 };
 pub use incoming::{IncomingRequest, Responder};
+pub use proxy::{Proxy, ReverseFuture, DEFAULT_UPSTREAM_TIMEOUT};
 pub use router::{ObserveHooks, Router};
 pub use server::{Notifier, Server, ServerBuilder, ServerHandle};
 
 pub use coap_proto::endpoint::Stats;
 pub use coap_proto::msg::{Code, ContentFormat, MessageType, OptionNumber, Options};
+pub use coap_proto::proxy::{CacheLimits, ProxyStats};
 pub use coap_proto::resource::{hashing_etag, CoapError, ResourceAttributes};
 pub use coap_proto::{Config, IncomingId, RequestId, Response};

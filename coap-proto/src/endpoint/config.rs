@@ -65,7 +65,11 @@ pub struct Config {
     /// carrying an unknown critical option is answered 4.02 Bad Option (RFC 7252 §5.4.1).
     pub extra_critical_options: Vec<OptionNumber>,
     /// Whether the application acts as a forward proxy. If false, requests with Proxy-Uri or
-    /// Proxy-Scheme are answered 5.05 Proxying Not Supported (RFC 7252 §5.7.2). Default false.
+    /// Proxy-Scheme are answered 5.05 Proxying Not Supported (RFC 7252 §5.7.2). If true, they
+    /// reach the application, and unrecognized critical options that are Safe-to-Forward no
+    /// longer make the engine answer 4.02 (a proxy forwards them, §5.7.1). Default false; the
+    /// runtime crates set it and let their router decide (a router without a proxy route
+    /// answers 5.05).
     pub proxy: bool,
     /// Emit [`Event::Progress`](super::Event::Progress) for each step of each client exchange
     /// (queued, sent, retransmitted, acknowledged). Default false: no cost when nobody listens.

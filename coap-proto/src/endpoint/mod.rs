@@ -1523,8 +1523,14 @@ impl Endpoint {
     /// Checks options against RFC 7252 §5.4: drops elective options that break their format,
     /// and returns the first critical option that is unrecognized or malformed.
     fn check_options(&self, options: &mut Options) -> Result<(), OptionNumber> {
+        // RFC 7252 §5.7.1: a forward proxy forwards the Safe-to-Forward options it does not
+        // recognize, critical or not; only an unrecognized Unsafe one is an error.
+        let proxied = self.config.proxy
+            && (options.contains(OptionNumber::PROXY_URI)
+                || options.contains(OptionNumber::PROXY_SCHEME));
         for (number, _) in options.iter() {
             if number.is_critical()
+                && (!proxied || number.is_unsafe_to_forward())
                 && !RECOGNIZED_CRITICAL.contains(&number)
                 && !self.config.extra_critical_options.contains(&number)
             {

@@ -279,6 +279,9 @@ pub fn choose_address(
 ///
 /// [`Error::Config`] when the configuration is not usable.
 pub fn new_endpoint(mut config: Config, rng: Box<dyn RngCore + Send>) -> Result<Endpoint, Error> {
+    // Requests for a forward proxy reach the routing table, which has the proxy route or
+    // answers 5.05 itself (see `Router::proxy`).
+    config.proxy = true;
     if !config
         .extra_critical_options
         .contains(&OptionNumber::ACCEPT)

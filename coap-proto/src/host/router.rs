@@ -193,6 +193,19 @@ impl<Req: 'static, S: HandlerStyle> Router<Req, S> {
         self.prefix(prefix, Code::GET, handler)
     }
 
+    /// Serves every request that names its destination in a Proxy-Uri or Proxy-Scheme option,
+    /// whatever its path: the route of a forward proxy (RFC 7252 §5.7.2). Without it such
+    /// requests are answered 5.05 Proxying Not Supported. See [`crate::proxy`] for the rules a
+    /// proxy follows.
+    pub fn proxy<H, O>(mut self, handler: H) -> Self
+    where
+        H: Fn(Req) -> O + Send + Sync + 'static,
+        O: HandlerOutput<S>,
+    {
+        self.routes.set_proxy(boxed(handler));
+        self
+    }
+
     /// Serves every method on `prefix` and every path below it.
     pub fn prefix_any<H, O>(mut self, prefix: &str, handler: H) -> Self
     where

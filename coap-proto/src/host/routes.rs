@@ -10,7 +10,7 @@ use hashbrown::HashMap;
 
 use super::Incoming;
 use crate::link_format::LinkFormatError;
-use crate::msg::Code;
+use crate::msg::{Code, OptionNumber};
 use crate::request::Response;
 use crate::resource::{self, normalize_path, Resolution, ResourceAttributes, RouteInfo};
 
@@ -109,6 +109,8 @@ pub struct Routes<H, R> {
     table: resource::Router<H>,
     /// Observable routes by normalized path.
     observable: HashMap<String, ObserveHooks<R>>,
+    /// What serves requests that name their destination in Proxy-Uri or Proxy-Scheme.
+    proxy: Option<H>,
 }
 
 impl<H: Clone, R> Clone for Routes<H, R> {
@@ -116,6 +118,7 @@ impl<H: Clone, R> Clone for Routes<H, R> {
         Routes {
             table: self.table.clone(),
             observable: self.observable.clone(),
+            proxy: self.proxy.clone(),
         }
     }
 }
@@ -125,6 +128,7 @@ impl<H, R> Default for Routes<H, R> {
         Routes {
             table: resource::Router::new(),
             observable: HashMap::new(),
+            proxy: None,
         }
     }
 }
@@ -153,6 +157,13 @@ impl<H, R> Routes<H, R> {
     /// An empty table: every path is 4.04, `/.well-known/core` lists nothing.
     pub fn new() -> Routes<H, R> {
         Routes::default()
+    }
+
+    /// Serves every request that names its destination in Proxy-Uri or Proxy-Scheme (a
+    /// forward proxy, RFC 7252 §5.7.2), whatever its path.
+    pub fn set_proxy(&mut self, handler: H) -> &mut Self {
+        self.proxy = Some(handler);
+        self
     }
 
     /// Serves `method` on exactly `path`.
@@ -207,6 +218,10 @@ impl<H, R> Routes<H, R> {
     /// `/.well-known/core`, and its observable routes keep their hooks.
     pub fn nest(&mut self, prefix: &str, other: Routes<H, R>) -> &mut Self {
         self.table.nest(prefix, other.table);
+        // A proxy route has no path: the nested table's serves here unless this one has one.
+        if self.proxy.is_none() {
+            self.proxy = other.proxy;
+        }
         let prefix = normalize_path(prefix);
         for (path, hooks) in other.observable {
             let full = match (prefix.as_str(), path.as_str()) {
@@ -237,6 +252,19 @@ impl<H, R> Routes<H, R> {
     /// (for [`Incoming::rest`]). Never allocates for a request a handler serves.
     pub fn route(&self, request: &mut Incoming) -> Route<'_, H, R> {
         let message = &request.message;
+        if message.options.contains(OptionNumber::PROXY_URI)
+            || message.options.contains(OptionNumber::PROXY_SCHEME)
+        {
+            // RFC 7252 §5.7.2: a request for a forward proxy goes to the proxy route, and an
+            // endpoint that is not a proxy answers 5.05.
+            return match &self.proxy {
+                Some(handler) => Route::Handler {
+                    handler,
+                    observe: None,
+                },
+                None => Route::Answer(Response::new(Code::PROXYING_NOT_SUPPORTED)),
+            };
+        }
         match self.table.resolve(message.code, message.options.uri_path()) {
             Resolution::Found {
                 handler,

@@ -1,0 +1,775 @@
+//! CoAP-to-CoAP proxying with a response cache (RFC 7252 §5.6, §5.7), as a pure state machine.
+//!
+//! A [`Proxy`] does not send anything. For each request a proxy receives, the host asks
+//! [`Proxy::start`], which either answers at once (from the cache, or with an error the RFC
+//! prescribes) or says what to [`Forward`] to the origin server. The host sends that request
+//! with its client, and hands the outcome to [`Proxy::finish`], which updates the cache and
+//! gives the response for the proxy's client. Time is passed in, as everywhere in this crate.
+//!
+//! The request's destination comes from one of two places:
+//!
+//! * a **forward proxy** takes it from the request's Proxy-Uri, or Proxy-Scheme with the
+//!   Uri-* options ([`forward_target`], RFC 7252 §5.7.2);
+//! * a **reverse proxy** maps a part of its own namespace onto an origin server
+//!   ([`reverse_target`], §5.7.3).
+//!
+//! What is forwarded (§5.7.1): every option the proxy does not recognize but that is
+//! Safe-to-Forward; an unrecognized Unsafe option in a request is answered 4.02 Bad Option,
+//! and one in a response turns it into 5.02 Bad Gateway. Options that belong to one hop are
+//! not forwarded: block-wise transfer (Block1, Block2, Size1, Size2, Request-Tag, Q-Block)
+//! is done on each leg by the endpoints themselves, so the proxy sees whole bodies; Observe
+//! is not relayed (a registration through the proxy gets one response without Observe, which
+//! tells the client it is not on the list, RFC 7641 §4.1); No-Response applies to the leg it
+//! came on. Hop-Limit is decremented, or added with the value 16 (RFC 8768 §3), so that a
+//! loop of proxies ends with 5.08.
+//!
+//! The cache ([`CacheLimits`]) keeps responses to GET and FETCH (the FETCH body is part of the
+//! key, RFC 8132 §2) that are cacheable by their code (2.05, 4.xx, 5.xx; §5.9) while their
+//! Max-Age lasts (§5.6.1), serves them with the Max-Age reduced by their age (§5.7.1),
+//! revalidates a stale 2.05 with its ETag (§5.6.2, §5.9.1.3), answers 2.03 to a client whose
+//! ETag matches (§5.10.6.2), and marks what it holds for a resource as not fresh when a 2.01,
+//! 2.02 or 2.04 comes back for it (§5.9.1). It is bounded in entries and bytes, and evicts the
+//! least recently used entry first.
+
+use alloc::collections::BTreeMap;
+use alloc::string::String;
+use alloc::vec::Vec;
+use core::fmt;
+
+use bytes::Bytes;
+
+use crate::cache_key::CacheKey;
+use crate::msg::{decode_uint, Code, OptionNumber, Options};
+use crate::request::Response;
+use crate::time::Instant;
+use crate::uri::{CoapUri, HostOption, Scheme, UriError};
+
+/// The Hop-Limit a proxy adds to a request that has none (RFC 8768 §3).
+pub const DEFAULT_HOP_LIMIT: u8 = 16;
+
+/// Max-Age when a response has none (RFC 7252 §5.10.5).
+const DEFAULT_MAX_AGE: u32 = 60;
+
+/// Why a proxy answers a request itself instead of forwarding it. [`ProxyError::response`]
+/// is the answer the RFC prescribes.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum ProxyError {
+    /// The destination's scheme is not one this proxy forwards to (5.05, RFC 7252 §5.7.2).
+    UnsupportedScheme(String),
+    /// The Proxy-Uri (or the URI assembled from Proxy-Scheme and the Uri-* options) is not a
+    /// valid CoAP URI (4.02, §5.10.2).
+    BadProxyUri(UriError),
+    /// Proxy-Uri came with Uri-Host, Uri-Port, Uri-Path or Uri-Query, which §5.10.2 forbids
+    /// (4.02), or with Proxy-Scheme.
+    ConflictingUriOptions,
+    /// The request carries an Unsafe option the proxy does not recognize (4.02, §5.7.1).
+    UnsafeOption(OptionNumber),
+    /// Proxy-Scheme came without Uri-Host (4.02; see [`forward_target`]).
+    NoHost,
+    /// Hop-Limit reached zero here (5.08, RFC 8768 §3).
+    HopLimitReached,
+    /// The path below a reverse proxy's prefix does not make a valid URI on the origin (4.04).
+    BadReversePath(UriError),
+}
+
+impl ProxyError {
+    /// The response code for this error.
+    pub fn code(&self) -> Code {
+        match self {
+            ProxyError::UnsupportedScheme(_) => Code::PROXYING_NOT_SUPPORTED,
+            ProxyError::BadProxyUri(_)
+            | ProxyError::ConflictingUriOptions
+            | ProxyError::NoHost
+            | ProxyError::UnsafeOption(_) => Code::BAD_OPTION,
+            ProxyError::HopLimitReached => Code::HOP_LIMIT_REACHED,
+            ProxyError::BadReversePath(_) => Code::NOT_FOUND,
+        }
+    }
+
+    /// The response: the code and a diagnostic payload saying why (RFC 7252 §5.5.2).
+    pub fn response(&self) -> Response {
+        let mut text = String::new();
+        let _ = fmt::write(&mut text, format_args!("{self}"));
+        Response::new(self.code()).with_payload(text.into_bytes())
+    }
+}
+
+impl fmt::Display for ProxyError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ProxyError::UnsupportedScheme(s) => write!(f, "no proxying to {s:?} URIs"),
+            ProxyError::BadProxyUri(e) => write!(f, "bad proxy URI: {e}"),
+            ProxyError::ConflictingUriOptions => {
+                f.write_str("Proxy-Uri cannot be combined with Uri-* options or Proxy-Scheme")
+            }
+            ProxyError::UnsafeOption(n) => write!(f, "unsafe option {} not recognized", n.0),
+            ProxyError::NoHost => f.write_str("Proxy-Scheme without Uri-Host"),
+            ProxyError::HopLimitReached => f.write_str("hop limit reached"),
+            ProxyError::BadReversePath(e) => write!(f, "no such resource on the origin: {e}"),
+        }
+    }
+}
+
+#[cfg(feature = "std")]
+impl core::error::Error for ProxyError {}
+
+/// The destination of a forward-proxy request (RFC 7252 §5.7.2): from Proxy-Uri, or from
+/// Proxy-Scheme with Uri-Host, Uri-Port, Uri-Path and Uri-Query. `None` if the request has
+/// neither Proxy-Uri nor Proxy-Scheme: it is for the proxy itself.
+///
+/// With Proxy-Scheme, a missing Uri-Port means the scheme's default port. A missing Uri-Host
+/// would name the proxy itself (§6.5 takes the request's destination), which §5.7.2 says to
+/// treat as a local request; a proxy route cannot hand it back to the router, so it is
+/// answered 4.02 ([`ProxyError::NoHost`]) instead of being forwarded to the proxy.
+pub fn forward_target(options: &Options) -> Result<Option<CoapUri>, ProxyError> {
+    let uri = if let Some(value) = options.get(OptionNumber::PROXY_URI) {
+        let uri_options = [
+            OptionNumber::URI_HOST,
+            OptionNumber::URI_PORT,
+            OptionNumber::URI_PATH,
+            OptionNumber::URI_QUERY,
+            OptionNumber::PROXY_SCHEME,
+        ];
+        if uri_options.iter().any(|n| options.contains(*n)) {
+            return Err(ProxyError::ConflictingUriOptions);
+        }
+        let text = core::str::from_utf8(value)
+            .map_err(|_| ProxyError::BadProxyUri(UriError::InvalidUtf8))?;
+        CoapUri::parse(text)
+    } else if let Some(value) = options.get(OptionNumber::PROXY_SCHEME) {
+        let scheme = match value.to_ascii_lowercase().as_slice() {
+            b"coap" => Scheme::Coap,
+            b"coaps" => Scheme::Coaps,
+            other => {
+                return Err(ProxyError::UnsupportedScheme(
+                    String::from_utf8_lossy(other).into_owned(),
+                ))
+            }
+        };
+        if !options.contains(OptionNumber::URI_HOST) {
+            return Err(ProxyError::NoHost);
+        }
+        let unspecified = core::net::SocketAddr::from(([0, 0, 0, 0], scheme.default_port()));
+        CoapUri::from_options(options, scheme, unspecified)
+    } else {
+        return Ok(None);
+    };
+    let uri = uri.map_err(|e| match e {
+        UriError::UnsupportedScheme(s) => ProxyError::UnsupportedScheme(s),
+        e => ProxyError::BadProxyUri(e),
+    })?;
+    if uri.scheme() != Scheme::Coap {
+        // No DTLS here: a coaps destination cannot be reached (§5.7.2: 5.05).
+        return Err(ProxyError::UnsupportedScheme(uri.scheme().as_str().into()));
+    }
+    Ok(Some(uri))
+}
+
+/// The destination of a reverse-proxy request (RFC 7252 §5.7.3): `base` (the origin and a
+/// path on it) followed by the request's path segments below the proxy's prefix, `rest`, and
+/// the request's query arguments.
+pub fn reverse_target<'a>(
+    base: &CoapUri,
+    rest: impl IntoIterator<Item = &'a str>,
+    query: impl IntoIterator<Item = &'a str>,
+) -> Result<CoapUri, ProxyError> {
+    let mut uri = base.clone();
+    for segment in rest {
+        uri.push_path(segment).map_err(ProxyError::BadReversePath)?;
+    }
+    for arg in query {
+        uri.push_query(arg).map_err(ProxyError::BadReversePath)?;
+    }
+    Ok(uri)
+}
+
+/// How large the cache may grow. A limit of 0 turns caching off.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct CacheLimits {
+    /// The most responses kept. Default 1024.
+    pub max_entries: usize,
+    /// The most bytes kept: keys, options and bodies. Default 4 MiB.
+    pub max_bytes: usize,
+    /// The largest single response kept; larger ones are forwarded but not stored. Default
+    /// 64 KiB.
+    pub max_entry_bytes: usize,
+}
+
+impl Default for CacheLimits {
+    fn default() -> Self {
+        CacheLimits {
+            max_entries: 1024,
+            max_bytes: 4 << 20,
+            max_entry_bytes: 64 << 10,
+        }
+    }
+}
+
+/// What a proxy has done, counted since it was made.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct ProxyStats {
+    /// Requests answered from the cache without contacting the origin.
+    pub hits: u64,
+    /// Requests forwarded with no usable stored response.
+    pub misses: u64,
+    /// Stale responses revalidated with the origin (2.03 Valid came back).
+    pub revalidated: u64,
+    /// Responses stored.
+    pub stored: u64,
+    /// Entries evicted to stay within [`CacheLimits`].
+    pub evicted: u64,
+    /// Requests answered with an error by the proxy itself ([`ProxyError`], 5.02, 5.04).
+    pub errors: u64,
+}
+
+/// A proxy: the rules of §5.7 and a cache. See the [module documentation](self).
+#[derive(Debug, Default)]
+pub struct Proxy {
+    cache: Cache,
+    stats: ProxyStats,
+}
+
+/// What [`Proxy::start`] decided.
+// Made once per request and matched at once.
+#[allow(clippy::large_enum_variant)]
+#[derive(Debug)]
+pub enum Start {
+    /// Answer the client with this response; nothing goes to the origin.
+    Answer(Response),
+    /// Send this request to the origin, then call [`Proxy::finish`].
+    Forward(Forward),
+}
+
+/// A request to send to the origin server on a client's behalf.
+#[derive(Clone, Debug)]
+pub struct Forward {
+    method: Code,
+    uri: CoapUri,
+    options: Options,
+    payload: Bytes,
+    /// The cache entry this request may fill, for a cacheable method.
+    key: Option<Vec<u8>>,
+    /// The resource, for marking stored responses not fresh.
+    resource: Vec<u8>,
+    /// The client's own ETags (§5.10.6.2).
+    client_etags: Vec<Vec<u8>>,
+    /// The ETag of the stale entry being revalidated.
+    validating: Option<Vec<u8>>,
+}
+
+impl Forward {
+    /// The method.
+    pub fn method(&self) -> Code {
+        self.method
+    }
+
+    /// The origin resource: scheme, host, port, path and query.
+    pub fn uri(&self) -> &CoapUri {
+        &self.uri
+    }
+
+    /// The options to send besides those of the URI (Uri-Host, Uri-Port, Uri-Path and
+    /// Uri-Query come from [`Forward::uri`]).
+    pub fn options(&self) -> &Options {
+        &self.options
+    }
+
+    /// The body.
+    pub fn payload(&self) -> &Bytes {
+        &self.payload
+    }
+}
+
+/// Why the origin gave no response.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum UpstreamError {
+    /// The request timed out (5.04 Gateway Timeout, RFC 7252 §5.7.1).
+    Timeout,
+    /// The origin could not be reached, reset the request, or answered with something the
+    /// proxy cannot process (5.02 Bad Gateway).
+    Failed,
+}
+
+impl Proxy {
+    /// A proxy whose cache keeps within `limits`.
+    pub fn new(limits: CacheLimits) -> Proxy {
+        Proxy {
+            cache: Cache::new(limits),
+            stats: ProxyStats::default(),
+        }
+    }
+
+    /// What the proxy has done so far.
+    pub fn stats(&self) -> ProxyStats {
+        self.stats
+    }
+
+    /// The number of responses in the cache and the bytes they take.
+    pub fn cache_usage(&self) -> (usize, usize) {
+        (self.cache.entries.len(), self.cache.bytes)
+    }
+
+    /// Starts serving a request with `method`, `options` and `payload` that is to go to
+    /// `target` (from [`forward_target`] or [`reverse_target`]).
+    pub fn start(
+        &mut self,
+        method: Code,
+        options: &Options,
+        payload: &Bytes,
+        target: CoapUri,
+        now: Instant,
+    ) -> Start {
+        match self.prepare(method, options, payload, target, now) {
+            Ok(start) => start,
+            Err(e) => {
+                self.stats.errors += 1;
+                Start::Answer(e.response())
+            }
+        }
+    }
+
+    fn prepare(
+        &mut self,
+        method: Code,
+        options: &Options,
+        payload: &Bytes,
+        target: CoapUri,
+        now: Instant,
+    ) -> Result<Start, ProxyError> {
+        let mut forwarded = Options::new();
+        let mut client_etags: Vec<Vec<u8>> = Vec::new();
+        let mut hop_limit = None;
+        for (number, value) in options.iter() {
+            match classify_request_option(number) {
+                RequestOption::Consumed => {}
+                RequestOption::Forward => forwarded.push(number, value),
+                RequestOption::ETag => client_etags.push(value.to_vec()),
+                RequestOption::HopLimit => hop_limit = decode_uint(value),
+                RequestOption::Refuse => return Err(ProxyError::UnsafeOption(number)),
+            }
+        }
+        // RFC 8768 §3: decrement, and refuse to go on at zero.
+        let hops = match hop_limit {
+            None => DEFAULT_HOP_LIMIT,
+            Some(0 | 1) => return Err(ProxyError::HopLimitReached),
+            Some(n) => u8::try_from(n - 1).unwrap_or(u8::MAX),
+        };
+        forwarded.set_uint(OptionNumber::HOP_LIMIT, u32::from(hops));
+
+        let resource = resource_key(&target);
+        let key = (method == Code::GET || method == Code::FETCH).then(|| {
+            let mut keyed = forwarded.clone();
+            target.to_options(&mut keyed, HostOption::Always);
+            // Hop-Limit is NoCacheKey-like in effect: the same request from nearer or farther
+            // is the same request.
+            keyed.remove(OptionNumber::HOP_LIMIT);
+            let mut key = CacheKey::new(method, &keyed, &[]).as_bytes().to_vec();
+            if method == Code::FETCH {
+                // RFC 8132 §2: the body is part of the key.
+                key.extend_from_slice(payload);
+            }
+            key
+        });
+
+        let mut validating = None;
+        if let Some(key) = &key {
+            match self.cache.lookup(key, now) {
+                Lookup::Fresh(entry) => {
+                    self.stats.hits += 1;
+                    return Ok(Start::Answer(entry.answer(&client_etags, now)));
+                }
+                Lookup::Stale(etag) => validating = Some(etag),
+                Lookup::Miss => {}
+            }
+        }
+        self.stats.misses += 1;
+        for etag in &client_etags {
+            forwarded.push(OptionNumber::ETAG, etag);
+        }
+        if let Some(etag) = &validating {
+            if !client_etags.contains(etag) {
+                forwarded.push(OptionNumber::ETAG, etag);
+            }
+        }
+        Ok(Start::Forward(Forward {
+            method,
+            uri: target,
+            options: forwarded,
+            payload: payload.clone(),
+            key,
+            resource,
+            client_etags,
+            validating,
+        }))
+    }
+
+    /// Finishes a forwarded request with the origin's response (its code, options and body)
+    /// or the reason there is none, and returns the response for the proxy's client.
+    pub fn finish(
+        &mut self,
+        forward: Forward,
+        outcome: Result<Response, UpstreamError>,
+        now: Instant,
+    ) -> Response {
+        let upstream = match outcome {
+            Ok(response) => response,
+            Err(e) => {
+                self.stats.errors += 1;
+                return Response::new(match e {
+                    UpstreamError::Timeout => Code::GATEWAY_TIMEOUT,
+                    UpstreamError::Failed => Code::BAD_GATEWAY,
+                });
+            }
+        };
+        let mut options = Options::new();
+        for (number, value) in upstream.options.iter() {
+            match classify_response_option(number) {
+                ResponseOption::Drop => {}
+                ResponseOption::Forward => options.push(number, value),
+                ResponseOption::Refuse => {
+                    // §5.7.1: an unrecognized Unsafe option in a response.
+                    self.stats.errors += 1;
+                    return Response::new(Code::BAD_GATEWAY);
+                }
+            }
+        }
+        let response = Response {
+            code: upstream.code,
+            options,
+            payload: upstream.payload,
+            message_type: None,
+        };
+        let code = response.code;
+
+        if matches!(code, Code::CREATED | Code::DELETED | Code::CHANGED) {
+            // §5.9.1.1, §5.9.1.2, §5.9.1.4: what is stored for the resource is not fresh.
+            self.cache.mark_stale(&forward.resource);
+        }
+        let Some(key) = forward.key else {
+            return response;
+        };
+        if code == Code::VALID {
+            let etag = response.options.etag().map(<[u8]>::to_vec);
+            if let (Some(validating), Some(etag)) = (&forward.validating, &etag) {
+                if validating == etag {
+                    // §5.9.1.3: refresh the stored response and serve it.
+                    if let Some(entry) = self.cache.revalidate(&key, &response, now) {
+                        self.stats.revalidated += 1;
+                        return entry.answer(&forward.client_etags, now);
+                    }
+                }
+            }
+            // One of the client's own ETags: its business (§5.10.6.2).
+            return response;
+        }
+        if is_cacheable(code) {
+            let max_age = response.options.max_age().unwrap_or(DEFAULT_MAX_AGE);
+            if max_age == 0 {
+                // §5.6.1: a new response replaces the stored one, and this one may not be
+                // stored.
+                self.cache.remove(&key);
+            } else if self
+                .cache
+                .store(key, &forward.resource, &response, max_age, now)
+            {
+                self.stats.stored += 1;
+            }
+            self.stats.evicted += self.cache.take_evicted();
+        }
+        response
+    }
+}
+
+/// What a proxy does with a request option.
+enum RequestOption {
+    /// Used by the proxy itself or meaningful for one hop only: not forwarded.
+    Consumed,
+    /// Forwarded as it is.
+    Forward,
+    /// An ETag the client holds.
+    ETag,
+    /// Hop-Limit, which the proxy rewrites.
+    HopLimit,
+    /// An Unsafe option the proxy does not recognize: 4.02.
+    Refuse,
+}
+
+fn classify_request_option(number: OptionNumber) -> RequestOption {
+    match number {
+        OptionNumber::URI_HOST
+        | OptionNumber::URI_PORT
+        | OptionNumber::URI_PATH
+        | OptionNumber::URI_QUERY
+        | OptionNumber::PROXY_URI
+        | OptionNumber::PROXY_SCHEME
+        | OptionNumber::OBSERVE
+        | OptionNumber::BLOCK1
+        | OptionNumber::BLOCK2
+        | OptionNumber::SIZE1
+        | OptionNumber::SIZE2
+        | OptionNumber::Q_BLOCK1
+        | OptionNumber::Q_BLOCK2
+        | OptionNumber::REQUEST_TAG
+        | OptionNumber::NO_RESPONSE
+        | OptionNumber::MAX_AGE
+        | OptionNumber::LOCATION_PATH
+        | OptionNumber::LOCATION_QUERY => RequestOption::Consumed,
+        OptionNumber::ETAG => RequestOption::ETag,
+        OptionNumber::HOP_LIMIT => RequestOption::HopLimit,
+        n if n.definition().is_some() || !n.is_unsafe_to_forward() => RequestOption::Forward,
+        _ => RequestOption::Refuse,
+    }
+}
+
+/// What a proxy does with a response option.
+enum ResponseOption {
+    Drop,
+    Forward,
+    Refuse,
+}
+
+fn classify_response_option(number: OptionNumber) -> ResponseOption {
+    match number {
+        OptionNumber::OBSERVE
+        | OptionNumber::BLOCK1
+        | OptionNumber::BLOCK2
+        | OptionNumber::SIZE1
+        | OptionNumber::SIZE2
+        | OptionNumber::Q_BLOCK1
+        | OptionNumber::Q_BLOCK2
+        | OptionNumber::REQUEST_TAG => ResponseOption::Drop,
+        n if n.definition().is_some() || !n.is_unsafe_to_forward() => ResponseOption::Forward,
+        _ => ResponseOption::Refuse,
+    }
+}
+
+/// Whether a response with `code` may be stored (RFC 7252 §5.9): 2.05, and the error
+/// classes. Unrecognized success codes must not be.
+fn is_cacheable(code: Code) -> bool {
+    code == Code::CONTENT || code.is_client_error() || code.is_server_error()
+}
+
+/// The resource a request is for, to find what is stored for it whatever the method and
+/// the other options.
+fn resource_key(uri: &CoapUri) -> Vec<u8> {
+    let mut opts = Options::new();
+    uri.to_options(&mut opts, HostOption::Always);
+    opts.wire().to_vec()
+}
+
+// ------------------------------------------------------------------------------------------
+// The cache
+// ------------------------------------------------------------------------------------------
+
+#[derive(Debug, Default)]
+struct Cache {
+    limits: CacheLimits,
+    entries: BTreeMap<Vec<u8>, Entry>,
+    /// Least recently used first: use tick to key.
+    lru: BTreeMap<u64, Vec<u8>>,
+    tick: u64,
+    bytes: usize,
+    evicted: u64,
+}
+
+#[derive(Clone, Debug)]
+struct Entry {
+    resource: Vec<u8>,
+    code: Code,
+    /// The response's options without Max-Age.
+    options: Options,
+    payload: Bytes,
+    stored: Instant,
+    max_age: u32,
+    used: u64,
+    size: usize,
+}
+
+enum Lookup<'a> {
+    Fresh(&'a Entry),
+    /// Stored but not fresh, with the ETag to revalidate it with.
+    Stale(Vec<u8>),
+    Miss,
+}
+
+impl Entry {
+    /// Seconds of freshness left at `now` (0 when stale).
+    fn remaining(&self, now: Instant) -> u32 {
+        let age = now.saturating_duration_since(self.stored).as_secs();
+        u32::try_from(u64::from(self.max_age).saturating_sub(age)).unwrap_or(0)
+    }
+
+    fn is_fresh(&self, now: Instant) -> bool {
+        now.saturating_duration_since(self.stored).as_micros()
+            < u128::from(self.max_age) * 1_000_000
+    }
+
+    /// The stored response as an answer at `now`: 2.03 if the client holds its ETag
+    /// (§5.10.6.2), else the response; either way with Max-Age lowered by the time it spent
+    /// here (§5.7.1).
+    fn answer(&self, client_etags: &[Vec<u8>], now: Instant) -> Response {
+        let etag = self.options.etag();
+        let mut response = match etag {
+            Some(tag) if self.code == Code::CONTENT && client_etags.iter().any(|t| t == tag) => {
+                let mut r = Response::new(Code::VALID);
+                r.options.set_etag(tag);
+                r
+            }
+            _ => Response {
+                code: self.code,
+                options: self.options.clone(),
+                payload: self.payload.clone(),
+                message_type: None,
+            },
+        };
+        response.options.set_max_age(self.remaining(now));
+        response
+    }
+}
+
+impl Cache {
+    fn new(limits: CacheLimits) -> Cache {
+        Cache {
+            limits,
+            ..Cache::default()
+        }
+    }
+
+    fn touch(&mut self, key: &[u8]) {
+        self.tick += 1;
+        let tick = self.tick;
+        if let Some(entry) = self.entries.get_mut(key) {
+            self.lru.remove(&entry.used);
+            entry.used = tick;
+            self.lru.insert(tick, key.to_vec());
+        }
+    }
+
+    fn lookup(&mut self, key: &[u8], now: Instant) -> Lookup<'_> {
+        let Some(entry) = self.entries.get(key) else {
+            return Lookup::Miss;
+        };
+        if !entry.is_fresh(now) {
+            // Only a 2.05 can be revalidated (4.xx and 5.xx cannot, §5.9.2, §5.9.3).
+            return match entry.options.etag() {
+                Some(tag) if entry.code == Code::CONTENT => Lookup::Stale(tag.to_vec()),
+                _ => Lookup::Miss,
+            };
+        }
+        self.touch(key);
+        match self.entries.get(key) {
+            Some(entry) => Lookup::Fresh(entry),
+            None => Lookup::Miss,
+        }
+    }
+
+    fn store(
+        &mut self,
+        key: Vec<u8>,
+        resource: &[u8],
+        response: &Response,
+        max_age: u32,
+        now: Instant,
+    ) -> bool {
+        self.remove(&key);
+        let mut options = response.options.clone();
+        options.remove(OptionNumber::MAX_AGE);
+        let size = key.len() + resource.len() + options.wire().len() + response.payload.len();
+        if self.limits.max_entries == 0
+            || size > self.limits.max_entry_bytes
+            || size > self.limits.max_bytes
+        {
+            return false;
+        }
+        while self.entries.len() >= self.limits.max_entries
+            || self.bytes + size > self.limits.max_bytes
+        {
+            let Some((_, oldest)) = self.lru.pop_first() else {
+                break;
+            };
+            if let Some(old) = self.entries.remove(&oldest) {
+                self.bytes -= old.size;
+                self.evicted += 1;
+            }
+        }
+        self.tick += 1;
+        self.lru.insert(self.tick, key.clone());
+        self.bytes += size;
+        self.entries.insert(
+            key,
+            Entry {
+                resource: resource.to_vec(),
+                code: response.code,
+                options,
+                payload: response.payload.clone(),
+                stored: now,
+                max_age,
+                used: self.tick,
+                size,
+            },
+        );
+        true
+    }
+
+    fn remove(&mut self, key: &[u8]) {
+        if let Some(old) = self.entries.remove(key) {
+            self.lru.remove(&old.used);
+            self.bytes -= old.size;
+        }
+    }
+
+    /// §5.9.1.3: a 2.03 for the stored response's ETag makes it fresh again for the new
+    /// Max-Age, with the Safe-to-Forward options of the 2.03 replacing those it had.
+    fn revalidate(&mut self, key: &[u8], valid: &Response, now: Instant) -> Option<Entry> {
+        let entry = self.entries.get_mut(key)?;
+        entry.max_age = valid.options.max_age().unwrap_or(DEFAULT_MAX_AGE);
+        entry.stored = now;
+        let mut replaced: Vec<OptionNumber> = valid
+            .options
+            .iter()
+            .map(|(n, _)| n)
+            .filter(|n| !n.is_unsafe_to_forward() && *n != OptionNumber::MAX_AGE)
+            .collect();
+        replaced.dedup();
+        if !replaced.is_empty() {
+            let mut options = Options::new();
+            for (n, v) in entry.options.iter() {
+                if !replaced.contains(&n) {
+                    options.push(n, v);
+                }
+            }
+            for (n, v) in valid.options.iter() {
+                if replaced.contains(&n) {
+                    options.push(n, v);
+                }
+            }
+            let old = entry.options.wire().len();
+            let new = options.wire().len();
+            entry.options = options;
+            entry.size = entry.size.saturating_sub(old) + new;
+            self.bytes = self.bytes.saturating_sub(old) + new;
+        }
+        let entry = entry.clone();
+        self.touch(key);
+        Some(entry)
+    }
+
+    /// Marks every response stored for `resource` as not fresh (§5.9.1).
+    fn mark_stale(&mut self, resource: &[u8]) {
+        for entry in self.entries.values_mut() {
+            if entry.resource == resource {
+                entry.max_age = 0;
+            }
+        }
+    }
+
+    fn take_evicted(&mut self) -> u64 {
+        core::mem::take(&mut self.evicted)
+    }
+}
+
+#[cfg(test)]
+mod tests;
