@@ -86,6 +86,7 @@
 mod client;
 mod driver;
 mod incoming;
+mod proxy;
 mod router;
 mod server;
 pub mod socket;
@@ -94,15 +95,18 @@ pub use async_net::AsyncToSocketAddrs;
 pub use client::{
     Client, ClientBuilder, MulticastResponses, Observation, RequestBuilder, ResponseFuture,
 };
+pub use coap_proto::host::DEFAULT_UPSTREAM_TIMEOUT;
 pub use coap_proto::host::{
     Deferred, Error, Incoming, IncomingResponse, IntoReply, Notification, PendingIncoming,
     PendingRequest, Reply,
 };
 pub use incoming::{IncomingRequest, Responder};
+pub use proxy::{Proxy, ProxyFuture};
 pub use router::{ObserveHooks, Router};
 pub use server::{Notifier, Server, ServerBuilder, ServerHandle};
 
 pub use coap_proto::endpoint::Stats;
 pub use coap_proto::msg::{Code, ContentFormat, MessageType, OptionNumber, Options};
+pub use coap_proto::proxy::{CacheLimits, ProxyStats};
 pub use coap_proto::resource::{hashing_etag, CoapError, ResourceAttributes};
 pub use coap_proto::{Config, IncomingId, RequestId, Response};

@@ -277,6 +277,11 @@ impl fmt::Debug for RequestBuilder {
 impl RequestBuilder {
     coap_proto::request_builder_methods!();
 
+    /// A builder for a request described elsewhere (by a proxy, say).
+    pub(crate) fn from_spec(client: Client, spec: RequestSpec) -> RequestBuilder {
+        RequestBuilder { client, spec }
+    }
+
     /// Sends the request and blocks until the response, or until the request fails: no
     /// answer in time ([`Error::Timeout`]), a Reset ([`Error::Reset`]), a cancel from another
     /// thread ([`Error::Cancelled`]), an ICMP error ([`Error::Unreachable`]).

@@ -98,6 +98,7 @@ mod client;
 mod incoming;
 mod io;
 mod pool;
+mod proxy;
 mod router;
 mod server;
 pub mod socket;
@@ -105,15 +106,18 @@ pub mod socket;
 pub use client::{
     Client, ClientBuilder, MulticastResponses, Observation, RequestBuilder, ResponseHandle,
 };
+pub use coap_proto::host::DEFAULT_UPSTREAM_TIMEOUT;
 pub use coap_proto::host::{
     Deferred, Error, Incoming, IncomingResponse, IntoReply, Notification, PendingIncoming,
     PendingRequest, Reply,
 };
 pub use incoming::{IncomingRequest, Responder};
+pub use proxy::Proxy;
 pub use router::{ObserveHooks, Router};
 pub use server::{Notifier, Server, ServerBuilder, ServerHandle, DEFAULT_QUEUE, DEFAULT_WORKERS};
 
 pub use coap_proto::endpoint::Stats;
 pub use coap_proto::msg::{Code, ContentFormat, MessageType, OptionNumber, Options};
+pub use coap_proto::proxy::{CacheLimits, ProxyStats};
 pub use coap_proto::resource::{hashing_etag, CoapError, ResourceAttributes};
 pub use coap_proto::{Config, IncomingId, RequestId, Response};

@@ -290,6 +290,11 @@ impl fmt::Debug for RequestBuilder {
 impl RequestBuilder {
     coap_proto::request_builder_methods!();
 
+    /// A builder for a request described elsewhere (by a proxy, say).
+    pub(crate) fn from_spec(client: Client, spec: RequestSpec) -> RequestBuilder {
+        RequestBuilder { client, spec }
+    }
+
     /// Sends the request. Dropping the returned future cancels the exchange: the engine
     /// stops retransmitting and forgets it.
     pub fn send(self) -> ResponseFuture {

@@ -110,12 +110,13 @@ pub mod socket;
 pub use client::{
     Client, ClientBuilder, MulticastResponses, Observation, RequestBuilder, ResponseFuture,
 };
+pub use coap_proto::host::DEFAULT_UPSTREAM_TIMEOUT;
 pub use coap_proto::host::{
     Deferred, Error, Incoming, IncomingResponse, IntoReply, Notification, PendingIncoming,
     PendingRequest, Reply,
 };
 pub use incoming::{IncomingRequest, Responder};
-pub use proxy::{Proxy, ReverseFuture, DEFAULT_UPSTREAM_TIMEOUT};
+pub use proxy::{Proxy, ProxyFuture};
 pub use router::{ObserveHooks, Router};
 pub use server::{Notifier, Server, ServerBuilder, ServerHandle};
 

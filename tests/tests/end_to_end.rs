@@ -32,6 +32,7 @@ macro_rules! pair_tests {
             shutdown_by_handles_and_ping,
             server_handle_sends_from_the_server_socket,
             ipv6_and_dual_stack_clients,
+            proxying_forward_and_reverse,
         );
     };
     ($c:ty, $s:ty; $($name:ident),* $(,)?) => {

@@ -91,6 +91,18 @@ impl<E: Executor> Stack for AsyncIoStack<E> {
             .map_err(error)?;
         let (state, probe) = app_state();
         let app = super::async_app!(coap_async_std, sleep, future::yield_now, E::spawn, state);
+        let proxy = coap_async_std::Proxy::new(
+            E::block_on(coap_async_std::Client::bind("127.0.0.1:0")).map_err(error)?,
+        );
+        let reverse = proxy
+            .reverse(&format!("coap://{}/", server.local_addr()))
+            .map_err(error)?;
+        let app = app
+            .proxy(move |req: coap_async_std::IncomingRequest| {
+                let proxy = proxy.clone();
+                async move { proxy.forward(req).await }
+            })
+            .prefix_any("/rev", reverse);
         let (stop, signal) = async_channel::bounded::<()>(1);
         let (done, served) = async_channel::bounded(1);
         let handle = server.handle();

@@ -38,7 +38,7 @@ impl Stack for Blocking {
             .bind(addr)
             .map_err(error)?;
         let (state, probe) = app_state();
-        let app = app(state);
+        let app = with_proxy(app(state), server.local_addr())?;
         let (stop, signal) = mpsc::channel::<()>();
         let handle = server.handle();
         let served = thread::Builder::new()
@@ -168,6 +168,20 @@ fn app(state: AppState) -> Router {
         super::upload_check(req.message())
     })
     .get("/n", |req: IncomingRequest| super::number(req.message()))
+    .get("/hits", {
+        let hits = super::Hits::default();
+        move |_req: IncomingRequest| Response::content(hits.next().to_string())
+    })
+}
+
+/// The standard application's proxy routes: a forward proxy, and `/rev` onto `origin`.
+fn with_proxy(app: Router, origin: std::net::SocketAddr) -> Result<Router, StackError> {
+    let client = coap_blocking::Client::bind("127.0.0.1:0").map_err(error)?;
+    let proxy = coap_blocking::Proxy::new(client);
+    let reverse = proxy.reverse(&format!("coap://{origin}/")).map_err(error)?;
+    Ok(app
+        .proxy(move |req: IncomingRequest| proxy.forward(req))
+        .prefix_any("/rev", reverse))
 }
 
 /// A `coap_blocking::Client`.

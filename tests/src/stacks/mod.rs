@@ -15,6 +15,18 @@ use coap_proto::Response;
 
 use crate::stack::pattern;
 
+/// The count of GETs of `/hits` on one server: each answer is the next number, so a
+/// response served from a cache shows as a number repeated.
+#[derive(Clone, Debug, Default)]
+pub struct Hits(std::sync::Arc<std::sync::atomic::AtomicU32>);
+
+impl Hits {
+    /// The next number, from 1.
+    pub fn next(&self) -> u32 {
+        self.0.fetch_add(1, std::sync::atomic::Ordering::SeqCst) + 1
+    }
+}
+
 mod async_io_stack;
 mod blocking_stack;
 mod tokio_stack;
@@ -485,6 +497,13 @@ macro_rules! async_app {
         })
         .get("/n", |req: IncomingRequest| async move {
             $crate::stacks::number(req.message())
+        })
+        .get("/hits", {
+            let hits = $crate::stacks::Hits::default();
+            move |_req: IncomingRequest| {
+                let n = hits.next();
+                async move { Response::content(n.to_string()) }
+            }
         })
     }};
 }

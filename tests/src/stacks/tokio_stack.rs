@@ -63,6 +63,17 @@ impl Stack for Tokio {
             spawn_detached,
             state
         );
+        let proxy =
+            coap_tokio::Proxy::new(wait(coap_tokio::Client::bind("127.0.0.1:0")).map_err(error)?);
+        let reverse = proxy
+            .reverse(&format!("coap://{}/", server.local_addr()))
+            .map_err(error)?;
+        let app = app
+            .proxy(move |req: coap_tokio::IncomingRequest| {
+                let proxy = proxy.clone();
+                async move { proxy.forward(req).await }
+            })
+            .prefix_any("/rev", reverse);
         let (stop, signal) = oneshot::channel::<()>();
         let handle = server.handle();
         let served = runtime().spawn(server.serve_with_shutdown(app, async {

@@ -1,0 +1,109 @@
+//! A CoAP-to-CoAP forward and reverse proxy with a response cache: the rules and the cache of
+//! [`coap_proto::proxy`], sending with a [`Client`].
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use coap_proto::host::{self, ProxyCore, ProxyStep, DEFAULT_UPSTREAM_TIMEOUT};
+use coap_proto::proxy::{CacheLimits, ProxyStats};
+use coap_proto::Response;
+
+use crate::client::RequestBuilder;
+use crate::{Client, Error, IncomingRequest};
+
+/// A proxy: mount [`Proxy::forward`] with [`Router::proxy`](crate::Router::proxy) to serve
+/// requests that carry Proxy-Uri or Proxy-Scheme, and [`Proxy::reverse`] on a prefix route
+/// to map part of the server's namespace onto an origin server. Clones share the cache.
+///
+/// Each forwarded request holds a worker while it waits for the origin, so give the server
+/// as many workers as requests should be in flight at once
+/// ([`ServerBuilder::workers`](crate::ServerBuilder::workers)); the proxy cannot run on the
+/// I/O thread (`workers(0)`), where sending would wait for that same thread.
+///
+/// ```no_run
+/// # fn run() -> Result<(), coap_blocking::Error> {
+/// use coap_blocking::{Client, Proxy, Router, Server};
+///
+/// let proxy = Proxy::new(Client::bind("0.0.0.0:0")?);
+/// let forward = proxy.clone();
+/// let app = Router::new()
+///     .proxy(move |req| forward.forward(req))
+///     .prefix_any("/sensors", proxy.reverse("coap://127.0.0.1:5684/")?);
+/// Server::bind("[::]:5683")?.serve(app)
+/// # }
+/// ```
+#[derive(Clone, Debug)]
+pub struct Proxy {
+    client: Client,
+    core: Arc<ProxyCore>,
+    origin: Instant,
+    timeout: Duration,
+}
+
+impl Proxy {
+    /// A proxy that sends with `client`, with the default [`CacheLimits`].
+    pub fn new(client: Client) -> Proxy {
+        Proxy::with_cache(client, CacheLimits::default())
+    }
+
+    /// A proxy whose cache keeps within `limits` (`max_entries: 0`: no cache).
+    pub fn with_cache(client: Client, limits: CacheLimits) -> Proxy {
+        Proxy {
+            client,
+            core: Arc::new(ProxyCore::new(limits)),
+            origin: Instant::now(),
+            timeout: DEFAULT_UPSTREAM_TIMEOUT,
+        }
+    }
+
+    /// How long to wait for the origin before answering 5.04 Gateway Timeout (default
+    /// [`DEFAULT_UPSTREAM_TIMEOUT`]).
+    #[must_use]
+    pub fn upstream_timeout(mut self, timeout: Duration) -> Proxy {
+        self.timeout = timeout;
+        self
+    }
+
+    /// What the proxy has done: cache hits and misses, revalidations, evictions, errors.
+    pub fn stats(&self) -> ProxyStats {
+        self.core.stats()
+    }
+
+    /// Serves a request for a forward proxy, whose destination is in its Proxy-Uri, or its
+    /// Proxy-Scheme and Uri-* options (RFC 7252 §5.7.2). Blocks while the origin answers.
+    pub fn forward(&self, request: IncomingRequest) -> Response {
+        let step = self.core.start_forward(&request, self.now(), self.timeout);
+        self.run(step)
+    }
+
+    /// A handler for a prefix route (`Router::prefix_any("/sensors", handler)`) that forwards
+    /// each request to `base` followed by the path below the prefix and the query (a reverse
+    /// proxy, RFC 7252 §5.7.3). Fails if `base` is not a `coap://` URI.
+    pub fn reverse(
+        &self,
+        base: &str,
+    ) -> Result<impl Fn(IncomingRequest) -> Response + Clone + Send + Sync + 'static, Error> {
+        let base = Arc::new(host::reverse_base(base)?);
+        let proxy = self.clone();
+        Ok(move |request: IncomingRequest| {
+            let step = proxy
+                .core
+                .start_reverse(&base, &request, proxy.now(), proxy.timeout);
+            proxy.run(step)
+        })
+    }
+
+    fn run(&self, step: ProxyStep) -> Response {
+        match step {
+            ProxyStep::Answer(response) => response,
+            ProxyStep::Send(forward, spec) => {
+                let outcome = RequestBuilder::from_spec(self.client.clone(), spec).send();
+                self.core.finish(forward, outcome, self.now())
+            }
+        }
+    }
+
+    fn now(&self) -> coap_proto::Instant {
+        coap_proto::Instant::ZERO + self.origin.elapsed()
+    }
+}

@@ -1,0 +1,136 @@
+//! What the runtime crates' `Proxy` share: the [`proxy::Proxy`] behind a lock, and the
+//! conversions between it, a request handed to a handler, and the client that forwards.
+
+use alloc::string::ToString;
+use core::time::Duration;
+use std::sync::{Mutex, MutexGuard, PoisonError};
+
+use super::{Error, Incoming, IncomingResponse, RequestSpec};
+use crate::msg::Code;
+use crate::proxy::{self, CacheLimits, Forward, ProxyStats, Start, UpstreamError};
+use crate::request::Response;
+use crate::uri::{CoapUri, Scheme};
+use crate::Instant;
+
+/// How long a proxy waits for the origin before answering 5.04 Gateway Timeout, unless told
+/// otherwise.
+pub const DEFAULT_UPSTREAM_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// A [`proxy::Proxy`] that handlers on several tasks or threads share. The lock is held for
+/// one decision at a time, never while a request is out.
+#[derive(Debug)]
+pub struct ProxyCore {
+    state: Mutex<proxy::Proxy>,
+}
+
+/// What a proxy handler does next, from [`ProxyCore::start_forward`] or
+/// [`ProxyCore::start_reverse`].
+#[derive(Debug)]
+pub enum ProxyStep {
+    /// Answer with this.
+    Answer(Response),
+    /// Send this request with the proxy's client, then call [`ProxyCore::finish`].
+    Send(Forward, RequestSpec),
+}
+
+impl ProxyCore {
+    /// A proxy whose cache keeps within `limits`.
+    pub fn new(limits: CacheLimits) -> ProxyCore {
+        ProxyCore {
+            state: Mutex::new(proxy::Proxy::new(limits)),
+        }
+    }
+
+    /// What the proxy has done so far.
+    pub fn stats(&self) -> ProxyStats {
+        self.lock().stats()
+    }
+
+    /// Starts a forward-proxy request: the destination is in its Proxy-Uri, or Proxy-Scheme
+    /// and Uri-* options (RFC 7252 §5.7.2). `timeout` bounds the request to the origin.
+    pub fn start_forward(&self, request: &Incoming, now: Instant, timeout: Duration) -> ProxyStep {
+        match proxy::forward_target(&request.message.options) {
+            Ok(Some(target)) => self.start(request, target, now, timeout),
+            Ok(None) => ProxyStep::Answer(Response::new(Code::PROXYING_NOT_SUPPORTED)),
+            Err(e) => ProxyStep::Answer(e.response()),
+        }
+    }
+
+    /// Starts a reverse-proxy request: the destination is `base` followed by the request's
+    /// path below its route's prefix, and its query (RFC 7252 §5.7.3).
+    pub fn start_reverse(
+        &self,
+        base: &CoapUri,
+        request: &Incoming,
+        now: Instant,
+        timeout: Duration,
+    ) -> ProxyStep {
+        match proxy::reverse_target(base, request.rest(), request.query()) {
+            Ok(target) => self.start(request, target, now, timeout),
+            Err(e) => ProxyStep::Answer(e.response()),
+        }
+    }
+
+    fn start(
+        &self,
+        request: &Incoming,
+        target: CoapUri,
+        now: Instant,
+        timeout: Duration,
+    ) -> ProxyStep {
+        let m = &request.message;
+        match self
+            .lock()
+            .start(m.code, &m.options, &m.payload, target, now)
+        {
+            Start::Answer(response) => ProxyStep::Answer(response),
+            Start::Forward(forward) => {
+                let mut spec = RequestSpec::new(forward.method(), forward.uri().to_string());
+                for (number, value) in forward.options().iter() {
+                    spec.push_option(number, value);
+                }
+                spec.set_payload(forward.payload().clone());
+                spec.set_timeout(timeout);
+                ProxyStep::Send(forward, spec)
+            }
+        }
+    }
+
+    /// Finishes a forwarded request with what the client got, and returns the answer.
+    pub fn finish(
+        &self,
+        forward: Forward,
+        outcome: Result<IncomingResponse, Error>,
+        now: Instant,
+    ) -> Response {
+        let outcome = match outcome {
+            Ok(response) => {
+                let m = response.into_message();
+                Ok(Response {
+                    code: m.code,
+                    options: m.options,
+                    payload: m.payload,
+                    message_type: None,
+                })
+            }
+            // RFC 7252 §5.7.1: a timeout is 5.04, anything else the proxy cannot use 5.02.
+            Err(Error::Timeout) => Err(UpstreamError::Timeout),
+            Err(_) => Err(UpstreamError::Failed),
+        };
+        self.lock().finish(forward, outcome, now)
+    }
+
+    fn lock(&self) -> MutexGuard<'_, proxy::Proxy> {
+        // The proxy's calls do not panic, and the lock is never held across a wait.
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+/// Parses the base URI of a reverse proxy: a `coap://` URI (this crate has no DTLS).
+pub fn reverse_base(base: &str) -> Result<CoapUri, Error> {
+    let uri = CoapUri::parse(base)?;
+    if uri.scheme() != Scheme::Coap {
+        return Err(Error::UnsupportedScheme(uri.scheme()));
+    }
+    Ok(uri)
+}
