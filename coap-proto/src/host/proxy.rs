@@ -25,6 +25,8 @@ pub struct ProxyCore {
 
 /// What a proxy handler does next, from [`ProxyCore::start_forward`] or
 /// [`ProxyCore::start_reverse`].
+// Made once per request and matched at once.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug)]
 pub enum ProxyStep {
     /// Answer with this.
