@@ -5,6 +5,8 @@
 //! coap get coap://[::1]/time                  # a request
 //! coap observe coap://[::1]/time --count 3    # three notifications, then cancel
 //! coap fileserver ./public --write            # a directory over CoAP
+//! coap proxy -b [::]:5684                      # a forward proxy with a cache
+//! coap get coap://[::1]/time --proxy coap://[::1]:5684   # a request through it
 //! ```
 //!
 //! Exit status: 0 for a 2.xx response, 1 for any other response code, 2 for bad arguments,
@@ -15,6 +17,7 @@ mod demo;
 mod fileserver;
 mod format;
 mod plugtest;
+mod proxy;
 
 use std::io::IsTerminal;
 use std::net::SocketAddr;
@@ -81,6 +84,10 @@ enum Command {
     /// Serve a directory: files with Block2 and ETags, directories as link-format listings,
     /// observation of files; with --write, PUT and DELETE of files.
     Fileserver(FileserverArgs),
+    /// Run a CoAP-to-CoAP proxy (RFC 7252 §5.7) with a response cache: a forward proxy for
+    /// requests naming their target in Proxy-Uri or Proxy-Scheme (`coap get URI --proxy
+    /// coap://this-proxy`), and reverse routes mapping a path prefix onto an origin server.
+    Proxy(proxy::ProxyArgs),
 }
 
 /// Where a server listens.
@@ -122,7 +129,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let server = matches!(
         cli.command,
-        Command::Serve(_) | Command::PlugtestServer(_) | Command::Fileserver(_)
+        Command::Serve(_) | Command::PlugtestServer(_) | Command::Fileserver(_) | Command::Proxy(_)
     );
     init_logging(server);
     let runtime = match tokio::runtime::Builder::new_multi_thread()
@@ -159,6 +166,7 @@ async fn run(command: Command) -> Exit {
         Command::Fileserver(args) => {
             server_exit(fileserver::run(args.dir, args.write, args.bind, shutdown_signal()).await)
         }
+        Command::Proxy(args) => server_exit(proxy::run(args, shutdown_signal()).await),
     }
 }
 

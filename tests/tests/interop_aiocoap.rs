@@ -473,3 +473,41 @@ async fn aiocoap_client_against_our_server() {
     .await
     .expect("interop test took too long");
 }
+
+/// aiocoap's client through our forward proxy (`--proxy`) to our server: the request arrives
+/// with Proxy-Uri or Proxy-Scheme (whichever aiocoap picks), is forwarded, and its answer,
+/// a large one block-wise, comes back; the second GET is served from the proxy's cache.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn aiocoap_client_through_our_proxy() {
+    let Some(client_bin) = aiocoap_client() else {
+        return;
+    };
+    tokio::time::timeout(LIMIT, async {
+        let origin = Server::bind("127.0.0.1:0").await.unwrap();
+        let origin_addr = origin.local_addr();
+        tokio::spawn(origin.serve(our_app()));
+        let proxy = coap_tokio::Proxy::new(Client::bind("127.0.0.1:0").await.unwrap());
+        let forward = proxy.clone();
+        let app = Router::new().proxy(move |req: IncomingRequest| {
+            let proxy = forward.clone();
+            async move { proxy.forward(req).await }
+        });
+        let server = Server::bind("127.0.0.1:0").await.unwrap();
+        let via = format!("coap://{}", server.local_addr());
+        tokio::spawn(server.serve(app));
+        let url = |path: &str| format!("coap://{origin_addr}{path}");
+
+        for _ in 0..2 {
+            let (ok, out, err) = run(&client_bin, &["--proxy", &via, &url("/hello")]).await;
+            assert!(ok, "stdout: {out} stderr: {err}");
+            assert_eq!(out.trim(), "hello from coap-tokio");
+        }
+        assert_eq!(proxy.stats().hits, 1, "{:?}", proxy.stats());
+
+        let (ok, out, err) = run(&client_bin, &["--proxy", &via, &url("/big")]).await;
+        assert!(ok, "stderr: {err}");
+        assert_eq!(out.trim_end().as_bytes(), &pattern(5000)[..]);
+    })
+    .await
+    .expect("the interop test took too long");
+}
