@@ -1087,6 +1087,47 @@ fn proxy_scheme_through_aiocoap_proxy() {
     assert_eq!(via.stdout, direct.stdout);
 }
 
+/// `coap proxy`: our own proxy, both forms of forward request and a reverse route, and the
+/// cache (the demo's /other/block has no Max-Age: 60 s fresh, so the second GET is not seen by
+/// the origin).
+#[test]
+fn our_proxy_forwards_reverses_and_caches() {
+    let server = demo();
+    let reverse = format!("/demo={}", server.uri("/"));
+    let proxy = start_server(&["proxy", "--bind", "127.0.0.1:0", "--reverse", &reverse]);
+    let via = proxy.uri("");
+    let direct = coap(&["get", &server.uri("/other/block")]);
+    assert_ok(&direct, "GET /other/block");
+    let _ = server.drain_log();
+
+    let first = coap(&["get", "--proxy", &via, &server.uri("/other/block")]);
+    assert_ok(&first, "GET through coap proxy (Proxy-Uri)");
+    assert_eq!(first.stdout, direct.stdout);
+    let second = coap(&[
+        "get",
+        "--proxy",
+        &via,
+        "--proxy-scheme",
+        &server.uri("/other/block"),
+    ]);
+    assert_ok(&second, "GET through coap proxy (Proxy-Scheme)");
+    assert_eq!(second.stdout, direct.stdout);
+    let reversed = coap(&["get", &proxy.uri("/demo/other/block")]);
+    assert_ok(&reversed, "GET through the reverse route");
+    assert_eq!(reversed.stdout, direct.stdout);
+    // The origin's handler ran once (its engine serves the Block2 pieces); the other two
+    // GETs were answered from the proxy's cache.
+    let log = server.drain_log().join("\n");
+    assert_eq!(log.matches("GET /other/block").count(), 1, "{log}");
+
+    let refused = coap(&["get", "--proxy", &via, "http://127.0.0.1/"]);
+    assert_eq!(refused.code, Some(1), "{refused:?}");
+    assert!(
+        refused.text().contains("5.05") || refused.stderr.contains("5.05"),
+        "{refused:?}"
+    );
+}
+
 #[test]
 fn fileserver_notifies_directory_changes() {
     let dir = file_tree("fs-dir-observe");
