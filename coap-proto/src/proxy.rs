@@ -291,7 +291,13 @@ pub enum UpstreamError {
     /// The origin could not be reached, reset the request, or answered with something the
     /// proxy cannot process (5.02 Bad Gateway).
     Failed,
+    /// The proxy's client has as many requests under way as it may (5.03 Service Unavailable,
+    /// with a Max-Age of [`BUSY_RETRY_AFTER`] seconds saying when to try again, §5.9.3.4).
+    Busy,
 }
+
+/// The Max-Age of the 5.03 a proxy answers while its client is busy.
+pub const BUSY_RETRY_AFTER: u32 = 2;
 
 impl Proxy {
     /// A proxy whose cache keeps within `limits`.
@@ -418,10 +424,13 @@ impl Proxy {
             Ok(response) => response,
             Err(e) => {
                 self.stats.errors += 1;
-                return Response::new(match e {
-                    UpstreamError::Timeout => Code::GATEWAY_TIMEOUT,
-                    UpstreamError::Failed => Code::BAD_GATEWAY,
-                });
+                return match e {
+                    UpstreamError::Timeout => Response::new(Code::GATEWAY_TIMEOUT),
+                    UpstreamError::Failed => Response::new(Code::BAD_GATEWAY),
+                    UpstreamError::Busy => {
+                        Response::new(Code::SERVICE_UNAVAILABLE).with_max_age(BUSY_RETRY_AFTER)
+                    }
+                };
             }
         };
         let mut options = Options::new();

@@ -117,6 +117,7 @@ impl ProxyCore {
             }
             // RFC 7252 §5.7.1: a timeout is 5.04, anything else the proxy cannot use 5.02.
             Err(Error::Timeout) => Err(UpstreamError::Timeout),
+            Err(Error::Busy(_)) => Err(UpstreamError::Busy),
             Err(_) => Err(UpstreamError::Failed),
         };
         self.lock().finish(forward, outcome, now)

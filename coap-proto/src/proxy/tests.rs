@@ -308,6 +308,10 @@ fn upstream_failures_become_5_04_and_5_02() {
         p.finish(f, Err(UpstreamError::Failed), t(0)).code,
         Code::BAD_GATEWAY
     );
+    let f = forward(&mut p, &o, "coap://10.0.0.1/x", t(0));
+    let busy = p.finish(f, Err(UpstreamError::Busy), t(0));
+    assert_eq!(busy.code, Code::SERVICE_UNAVAILABLE);
+    assert_eq!(busy.options.max_age(), Some(BUSY_RETRY_AFTER));
     // An unrecognized Unsafe option in the response (§5.7.1).
     let f = forward(&mut p, &o, "coap://10.0.0.1/x", t(0));
     let odd = content(b"x").with_option(OptionNumber(65002), b"?");
@@ -380,4 +384,97 @@ fn a_proxy_with_no_room_forwards_everything() {
         "coap://10.0.0.1/a",
         t(0) + Duration::from_millis(1),
     );
+}
+
+mod properties {
+    use super::*;
+    use proptest::prelude::*;
+
+    /// One step of traffic through a proxy.
+    #[derive(Clone, Debug)]
+    enum Step {
+        /// A request for resource `r` (GET or, when `put`, PUT) answered with `code`, a body of
+        /// `len` bytes, `max_age` (None: absent) and an ETag of `etag`, `wait_ms` later.
+        Request {
+            r: u8,
+            put: bool,
+            code: u8,
+            len: usize,
+            max_age: Option<u32>,
+            etag: Option<u8>,
+            wait_ms: u64,
+        },
+    }
+
+    fn step() -> impl Strategy<Value = Step> {
+        (
+            0u8..12,
+            any::<bool>(),
+            prop::sample::select(vec![0x45u8, 0x43, 0x44, 0x84, 0xa3, 0x41]),
+            0usize..400,
+            prop::option::of(0u32..20),
+            prop::option::of(0u8..3),
+            0u64..30_000,
+        )
+            .prop_map(
+                |(r, put, code, len, max_age, etag, wait_ms)| Step::Request {
+                    r,
+                    put,
+                    code,
+                    len,
+                    max_age,
+                    etag,
+                    wait_ms,
+                },
+            )
+    }
+
+    proptest! {
+        /// Whatever the traffic, the cache stays within its limits, its byte count is the sum
+        /// of its entries' sizes, its LRU index names exactly its entries, and no stored
+        /// answer is served with a Max-Age beyond what is left of the original.
+        #[test]
+        fn the_cache_keeps_its_bounds_and_its_books(
+            steps in prop::collection::vec(step(), 1..120),
+            max_entries in 0usize..6,
+            max_bytes in 0usize..1500,
+        ) {
+            let limits = CacheLimits { max_entries, max_bytes, max_entry_bytes: 600 };
+            let mut p = Proxy::new(limits);
+            let mut now = Instant::ZERO;
+            for Step::Request { r, put, code, len, max_age, etag, wait_ms } in steps {
+                now = now + Duration::from_millis(wait_ms);
+                let uri = alloc::format!("coap://10.0.0.1/{r}");
+                let method = if put { Code::PUT } else { Code::GET };
+                let start = p.start(method, &proxy_uri(&uri), &Bytes::new(), target(&uri), now);
+                match start {
+                    Start::Answer(answer) => {
+                        prop_assert!(!put, "only a GET is answered from the cache");
+                        // At most the largest Max-Age given (19), or the default of 60 when absent.
+                        prop_assert!(answer.options.max_age().is_some_and(|m| m <= 60));
+                    }
+                    Start::Forward(f) => {
+                        let mut response = Response::new(Code::from_u8(code))
+                            .with_payload(Bytes::from(vec![7u8; len]));
+                        if let Some(m) = max_age {
+                            response = response.with_max_age(m);
+                        }
+                        if let Some(e) = etag {
+                            response = response.with_option(OptionNumber::ETAG, &[e]);
+                        }
+                        let answer = p.finish(f, Ok(response), now);
+                        prop_assert!(answer.code.is_response());
+                    }
+                }
+                let c = &p.cache;
+                prop_assert!(c.entries.len() <= max_entries);
+                prop_assert!(c.bytes <= max_bytes);
+                prop_assert_eq!(c.bytes, c.entries.values().map(|e| e.size).sum::<usize>());
+                prop_assert_eq!(c.lru.len(), c.entries.len());
+                for (tick, key) in &c.lru {
+                    prop_assert_eq!(c.entries.get(key).map(|e| e.used), Some(*tick));
+                }
+            }
+        }
+    }
 }
