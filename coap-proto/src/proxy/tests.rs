@@ -443,7 +443,7 @@ mod properties {
             let mut p = Proxy::new(limits);
             let mut now = Instant::ZERO;
             for Step::Request { r, put, code, len, max_age, etag, wait_ms } in steps {
-                now = now + Duration::from_millis(wait_ms);
+                now += Duration::from_millis(wait_ms);
                 let uri = alloc::format!("coap://10.0.0.1/{r}");
                 let method = if put { Code::PUT } else { Code::GET };
                 let start = p.start(method, &proxy_uri(&uri), &Bytes::new(), target(&uri), now);
