@@ -17,8 +17,9 @@ use crate::{Client, Error, IncomingRequest};
 ///
 /// Each forwarded request holds a worker while it waits for the origin, so give the server
 /// as many workers as requests should be in flight at once
-/// ([`ServerBuilder::workers`](crate::ServerBuilder::workers)); the proxy cannot run on the
-/// I/O thread (`workers(0)`), where sending would wait for that same thread.
+/// ([`ServerBuilder::workers`](crate::ServerBuilder::workers)). With `workers(0)` a forwarded
+/// request would hold the server's I/O thread for the whole wait, stalling everything else
+/// it serves.
 ///
 /// ```no_run
 /// # fn run() -> Result<(), coap_blocking::Error> {

@@ -257,9 +257,25 @@ pub struct Forward {
     client_etags: Vec<Vec<u8>>,
     /// The ETag of the stale entry being revalidated.
     validating: Option<Vec<u8>>,
+    /// For a reverse proxy: the origin's path prefix and the local prefix it is served under.
+    locations: Option<(Vec<String>, Vec<String>)>,
 }
 
 impl Forward {
+    /// For a reverse proxy: the origin's resources under `origin_prefix` are served here under
+    /// `local_prefix`, so a Location-Path in the answer (a 2.01 Created) that starts with
+    /// `origin_prefix` is rewritten to start with `local_prefix` (RFC 7252 §5.7.3: the reverse
+    /// proxy translates between the namespaces). Locations elsewhere on the origin pass
+    /// unchanged.
+    pub fn map_locations<S: Into<String>>(
+        &mut self,
+        origin_prefix: &[String],
+        local_prefix: impl IntoIterator<Item = S>,
+    ) {
+        let local = local_prefix.into_iter().map(Into::into).collect();
+        self.locations = Some((origin_prefix.to_vec(), local));
+    }
+
     /// The method.
     pub fn method(&self) -> Code {
         self.method
@@ -409,6 +425,7 @@ impl Proxy {
             resource,
             client_etags,
             validating,
+            locations: None,
         }))
     }
 
@@ -444,6 +461,9 @@ impl Proxy {
                     return Response::new(Code::BAD_GATEWAY);
                 }
             }
+        }
+        if let Some((origin, local)) = &forward.locations {
+            map_location_path(&mut options, origin, local);
         }
         let response = Response {
             code: upstream.code,
@@ -552,6 +572,34 @@ fn classify_response_option(number: OptionNumber) -> ResponseOption {
         | OptionNumber::REQUEST_TAG => ResponseOption::Drop,
         n if n.definition().is_some() || !n.is_unsafe_to_forward() => ResponseOption::Forward,
         _ => ResponseOption::Refuse,
+    }
+}
+
+/// Rewrites the Location-Path of `options` from under `origin` to under `local`, if it is
+/// under `origin`.
+fn map_location_path(options: &mut Options, origin: &[String], local: &[String]) {
+    let segments: Vec<&[u8]> = options.get_all(OptionNumber::LOCATION_PATH).collect();
+    if segments.is_empty()
+        || segments.len() < origin.len()
+        || !origin
+            .iter()
+            .zip(&segments)
+            .all(|(o, s)| o.as_bytes() == *s)
+    {
+        return;
+    }
+    let rest: Vec<Vec<u8>> = segments
+        .get(origin.len()..)
+        .unwrap_or_default()
+        .iter()
+        .map(|s| s.to_vec())
+        .collect();
+    options.remove(OptionNumber::LOCATION_PATH);
+    for segment in local {
+        options.push(OptionNumber::LOCATION_PATH, segment.as_bytes());
+    }
+    for segment in &rest {
+        options.push(OptionNumber::LOCATION_PATH, segment);
     }
 }
 

@@ -59,6 +59,12 @@ async fn origin() -> (SocketAddr, Arc<Origin>) {
         })
         .get("/big", |_req: IncomingRequest| async {
             Response::content(vec![b'x'; 3000])
+        })
+        .post("/items", |_req: IncomingRequest| async {
+            let mut created = Response::new(Code::CREATED);
+            created.options.push_location_path("items");
+            created.options.push_location_path("7");
+            created
         });
     let server = Server::bind("127.0.0.1:0").await.unwrap();
     let addr = server.local_addr();
@@ -224,6 +230,36 @@ async fn the_proxy_answers_what_it_cannot_forward_as_the_rfc_says() {
         // A server without a proxy route answers 5.05.
         let r = get_via(&client, origin_addr, &uri).await;
         assert_eq!(r.code(), Code::PROXYING_NOT_SUPPORTED);
+    })
+    .await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_reverse_proxy_answers_with_locations_in_its_own_namespace() {
+    bounded(async {
+        let (origin_addr, _) = origin().await;
+        let (proxy_addr, _) =
+            proxy_server(&format!("coap://{origin_addr}/"), Duration::from_secs(5)).await;
+        let client = Client::bind("127.0.0.1:0").await.unwrap();
+        // The origin says /items/7; through the proxy's /rev route that is /rev/items/7.
+        let r = client
+            .post(format!("coap://{proxy_addr}/rev/items"))
+            .await
+            .unwrap();
+        assert_eq!(r.code(), Code::CREATED);
+        let location: Vec<&str> = r.message().options.location_path().collect();
+        assert_eq!(location, ["rev", "items", "7"]);
+        // A forward request keeps the origin's own location.
+        let r = client
+            .post(format!("coap://{proxy_addr}"))
+            .option_str(
+                OptionNumber::PROXY_URI,
+                &format!("coap://{origin_addr}/items"),
+            )
+            .await
+            .unwrap();
+        let location: Vec<&str> = r.message().options.location_path().collect();
+        assert_eq!(location, ["items", "7"]);
     })
     .await;
 }

@@ -2,6 +2,7 @@
 //! conversions between it, a request handed to a handler, and the client that forwards.
 
 use alloc::string::ToString;
+use alloc::vec::Vec;
 use core::time::Duration;
 use std::sync::{Mutex, MutexGuard, PoisonError};
 
@@ -68,7 +69,17 @@ impl ProxyCore {
         timeout: Duration,
     ) -> ProxyStep {
         match proxy::reverse_target(base, request.rest(), request.query()) {
-            Ok(target) => self.start(request, target, now, timeout),
+            Ok(target) => match self.start(request, target, now, timeout) {
+                ProxyStep::Send(mut forward, spec) => {
+                    // The route's prefix: the request's path without what lies below it.
+                    let below = request.rest().count();
+                    let path: Vec<&str> = request.path().collect();
+                    let prefix = path.get(..path.len().saturating_sub(below)).unwrap_or(&[]);
+                    forward.map_locations(base.path(), prefix.iter().copied());
+                    ProxyStep::Send(forward, spec)
+                }
+                answer => answer,
+            },
             Err(e) => ProxyStep::Answer(e.response()),
         }
     }

@@ -478,3 +478,43 @@ mod properties {
         }
     }
 }
+
+#[test]
+fn a_reverse_proxy_translates_locations_into_its_own_namespace() {
+    let mut p = Proxy::default();
+    let base = target("coap://10.0.0.1/api/v1");
+    let uri = reverse_target(&base, ["items"], []).unwrap();
+    let created = |f: Forward, p: &mut Proxy, location: &[&str]| {
+        let mut r = Response::new(Code::CREATED);
+        for segment in location {
+            r.options.push_location_path(segment);
+        }
+        let r = p.finish(f, Ok(r), t(0));
+        r.options
+            .location_path()
+            .map(ToString::to_string)
+            .collect::<Vec<_>>()
+    };
+    let start = |p: &mut Proxy| {
+        let Start::Forward(mut f) = p.start(
+            Code::POST,
+            &Options::new(),
+            &Bytes::new(),
+            uri.clone(),
+            t(0),
+        ) else {
+            panic!("a POST is forwarded");
+        };
+        f.map_locations(base.path(), ["store"]);
+        f
+    };
+    // Served here as /store/...: /api/v1/items/7 becomes /store/items/7.
+    let f = start(&mut p);
+    assert_eq!(
+        created(f, &mut p, &["api", "v1", "items", "7"]),
+        ["store", "items", "7"]
+    );
+    // A location outside the mapped part of the origin is left alone.
+    let f = start(&mut p);
+    assert_eq!(created(f, &mut p, &["other", "1"]), ["other", "1"]);
+}
