@@ -479,6 +479,10 @@ fn multi_format(req: &IncomingRequest) -> Result<Response, CoapError> {
 }
 
 /// `/validate`: ETag validation and conditional PUT (TD_COAP_CORE_21, 22).
+/// The Max-Age of `/validate`'s representations: TD_COAP_CORE_29 sets up the server with a
+/// Max-Age of 30 s and checks that a proxy serves the representation from its cache.
+const VALIDATE_MAX_AGE: u32 = 30;
+
 fn validate(state: &State, req: &IncomingRequest) -> Result<Response, CoapError> {
     let mut v = lock(&state.validate);
     match req.method() {
@@ -488,7 +492,9 @@ fn validate(state: &State, req: &IncomingRequest) -> Result<Response, CoapError>
                 // resource then starts over, so the test description can be repeated.
                 let etag = v.etag.clone();
                 v.reset();
-                return Ok(Response::new(Code::VALID).with_option(OptionNumber::ETAG, &etag));
+                return Ok(Response::new(Code::VALID)
+                    .with_option(OptionNumber::ETAG, &etag)
+                    .with_max_age(VALIDATE_MAX_AGE));
             }
             let rsp = match &v.data {
                 Some(data) => stored_response(req, data)?,
@@ -497,7 +503,9 @@ fn validate(state: &State, req: &IncomingRequest) -> Result<Response, CoapError>
                     small_text(describe(req))
                 }
             };
-            Ok(rsp.with_option(OptionNumber::ETAG, &v.etag))
+            Ok(rsp
+                .with_option(OptionNumber::ETAG, &v.etag)
+                .with_max_age(VALIDATE_MAX_AGE))
         }
         Code::PUT => {
             let if_match: Vec<&[u8]> = req.options().if_match().collect();

@@ -84,9 +84,24 @@ impl PlugtestServer {
 
     /// Starts the server on `bind`.
     fn start_at(bind: &str, env: &[(&str, &str)]) -> PlugtestServer {
+        PlugtestServer::start_coap(&["plugtest-server", "--bind", bind], env)
+    }
+
+    /// `coap proxy` as a reverse proxy for the whole namespace of `origin`, the proxy of
+    /// configuration CoAP_CFG_03 (TD_COAP_CORE_24 to 29).
+    fn reverse_proxy_for(origin: &PlugtestServer) -> PlugtestServer {
+        let route = format!("/={}", origin.uri("/"));
+        PlugtestServer::start_coap(
+            &["proxy", "--bind", "127.0.0.1:0", "--reverse", &route],
+            &[],
+        )
+    }
+
+    /// Starts `coap ARGS` and waits (at most 30 s) for its `listening on ADDR` line.
+    fn start_coap(args: &[&str], env: &[(&str, &str)]) -> PlugtestServer {
         let mut command = Command::new(env!("CARGO_BIN_EXE_coap"));
         command
-            .args(["plugtest-server", "--bind", bind])
+            .args(args)
             .env("COAP_PLUGTEST_INTERVAL_MS", INTERVAL_MS)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
@@ -94,7 +109,7 @@ impl PlugtestServer {
         for (k, v) in env {
             command.env(k, v);
         }
-        let mut child = command.spawn().expect("start coap plugtest-server");
+        let mut child = command.spawn().expect("start coap");
         let stderr = child.stderr.take().expect("piped stderr");
         let log = Arc::new(Mutex::new(String::new()));
         let (tx, rx) = mpsc::channel();
@@ -122,7 +137,7 @@ impl PlugtestServer {
         match rx.recv_timeout(Duration::from_secs(30)) {
             Ok(addr) => server.addr = addr,
             Err(_) => panic!(
-                "coap plugtest-server printed no `listening on` line within 30 s; stderr:\n{}",
+                "coap {args:?} printed no `listening on` line within 30 s; stderr:\n{}",
                 server.log()
             ),
         }
@@ -1047,6 +1062,186 @@ fn td_coap_core_23() {
     assert!(req.has("If-None-Match") && req.has("Content-Format"));
     let second = run_client(&client, 10, &args);
     assert_piggybacked(&second, &["4.12"]);
+}
+
+// ---- TD_COAP_CORE_24 to 29: through a reverse proxy (CoAP_CFG_03) ------------------------------
+
+#[test]
+fn td_coap_core_24() {
+    let client = peer_or_skip!();
+    let server = PlugtestServer::start();
+    let proxy = PlugtestServer::reverse_proxy_for(&server);
+    let run = run_client(
+        &client,
+        10,
+        &["-m", "post", "-t", "0", "-e", "td24", &proxy.uri("/test")],
+    );
+    let (_, rsp) = assert_piggybacked(&run, &["2.01"]);
+    // Forwarded unchanged: the client reads coap://proxy/location1/location2/location3.
+    assert_eq!(
+        rsp.opts("Location-Path"),
+        ["location1", "location2", "location3"]
+    );
+}
+
+#[test]
+fn td_coap_core_25() {
+    let client = peer_or_skip!();
+    let server = PlugtestServer::start();
+    let proxy = PlugtestServer::reverse_proxy_for(&server);
+    let run = run_client(
+        &client,
+        10,
+        &[
+            "-m",
+            "post",
+            "-t",
+            "0",
+            "-e",
+            "td25",
+            &proxy.uri("/location-query"),
+        ],
+    );
+    let (_, rsp) = assert_piggybacked(&run, &["2.01"]);
+    assert_eq!(rsp.opts("Location-Query"), ["first=1", "second=2"]);
+}
+
+#[test]
+fn td_coap_core_26() {
+    let client = peer_or_skip!();
+    let server = PlugtestServer::start();
+    let proxy = PlugtestServer::reverse_proxy_for(&server);
+    let text = run_client(&client, 10, &["-A", "0", &proxy.uri("/multi-format")]);
+    let (_, rsp) = assert_piggybacked(&text, &["2.05"]);
+    assert_eq!(rsp.opt("Content-Format"), Some("text/plain"));
+    // Accept is part of the cache key: the stored text/plain answer does not serve this.
+    let xml = run_client(&client, 10, &["-A", "41", &proxy.uri("/multi-format")]);
+    let (req, rsp) = assert_piggybacked(&xml, &["2.05"]);
+    assert!(req.has("Accept"));
+    assert_eq!(rsp.opt("Content-Format"), Some("application/xml"));
+    assert!(rsp.text().starts_with("<msg "), "{}", rsp.text());
+}
+
+#[test]
+fn td_coap_core_27() {
+    let client = peer_or_skip!();
+    let server = PlugtestServer::start();
+    let proxy = PlugtestServer::reverse_proxy_for(&server);
+    let uri = proxy.uri("/validate");
+    let get = run_client(&client, 10, &[&uri]);
+    let etag1 = assert_piggybacked(&get, &["2.05"])
+        .1
+        .opt("ETag")
+        .expect("an ETag")
+        .to_owned();
+    let if_match1 = format!("1,{etag1}");
+    let put = run_client(
+        &client,
+        10,
+        &[
+            "-m", "put", "-O", &if_match1, "-t", "0", "-e", "td27-1", &uri,
+        ],
+    );
+    assert_piggybacked(&put, &["2.04"]);
+    // The 2.04 made the proxy's stored answer stale: this GET shows the new state.
+    let get = run_client(&client, 10, &[&uri]);
+    let (_, rsp) = assert_piggybacked(&get, &["2.05"]);
+    let etag2 = rsp.opt("ETag").expect("an ETag").to_owned();
+    assert_ne!(etag2, etag1);
+    assert_eq!(rsp.text(), "td27-1");
+    // A concurrent update, straight to the server.
+    let other = run_client(
+        &client,
+        10,
+        &[
+            "-m",
+            "put",
+            "-t",
+            "0",
+            "-e",
+            "td27-2",
+            &server.uri("/validate"),
+        ],
+    );
+    assert_piggybacked(&other, &["2.04"]);
+    let if_match2 = format!("1,{etag2}");
+    let stale = run_client(
+        &client,
+        10,
+        &[
+            "-m", "put", "-O", &if_match2, "-t", "0", "-e", "td27-3", &uri,
+        ],
+    );
+    assert_piggybacked(&stale, &["4.12"]);
+}
+
+#[test]
+fn td_coap_core_28() {
+    let client = peer_or_skip!();
+    let server = PlugtestServer::start();
+    let proxy = PlugtestServer::reverse_proxy_for(&server);
+    let uri = proxy.uri("/create1");
+    let args = [
+        "-m",
+        "put",
+        "-O",
+        "5,",
+        "-t",
+        "0",
+        "-e",
+        "td28",
+        uri.as_str(),
+    ];
+    let first = run_client(&client, 10, &args);
+    let (req, _) = assert_piggybacked(&first, &["2.01"]);
+    assert!(req.has("If-None-Match"));
+    let second = run_client(&client, 10, &args);
+    assert_piggybacked(&second, &["4.12"]);
+}
+
+#[test]
+fn td_coap_core_29() {
+    let client = peer_or_skip!();
+    let server = PlugtestServer::start();
+    let proxy = PlugtestServer::reverse_proxy_for(&server);
+    let uri = proxy.uri("/validate");
+    let first = run_client(&client, 10, &[&uri]);
+    let (_, rsp) = assert_piggybacked(&first, &["2.05"]);
+    let etag = rsp.opt("ETag").expect("an ETag").to_owned();
+    let max_age: u32 = rsp
+        .opt("Max-Age")
+        .expect("a Max-Age")
+        .parse()
+        .expect("a number");
+    assert_eq!(max_age, 30);
+    let payload = rsp.payload.clone();
+    // The server's state changes behind the proxy's back; within the Max-Age the proxy does
+    // not ask it again, so the client still gets the stored answer, with less Max-Age left.
+    let update = run_client(
+        &client,
+        10,
+        &[
+            "-m",
+            "put",
+            "-t",
+            "0",
+            "-e",
+            "td29",
+            &server.uri("/validate"),
+        ],
+    );
+    assert_piggybacked(&update, &["2.04"]);
+    thread::sleep(Duration::from_millis(1100));
+    let second = run_client(&client, 10, &[&uri]);
+    let (_, rsp) = assert_piggybacked(&second, &["2.05"]);
+    assert_eq!(rsp.opt("ETag"), Some(etag.as_str()));
+    assert_eq!(rsp.payload, payload, "the cached payload");
+    let left: u32 = rsp
+        .opt("Max-Age")
+        .expect("a Max-Age")
+        .parse()
+        .expect("a number");
+    assert!(left < max_age, "Max-Age {left} after a second in the cache");
 }
 
 #[test]
