@@ -109,4 +109,5 @@ pub use coap_proto::endpoint::Stats;
 pub use coap_proto::msg::{Code, ContentFormat, MessageType, OptionNumber, Options};
 pub use coap_proto::proxy::{CacheLimits, ProxyStats};
 pub use coap_proto::resource::{hashing_etag, CoapError, ResourceAttributes};
+pub use coap_proto::uri::{CoapUri, Host};
 pub use coap_proto::{Config, IncomingId, RequestId, Response};

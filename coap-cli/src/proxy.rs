@@ -7,7 +7,7 @@ use std::future::Future;
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use coap_tokio::{CacheLimits, Client, IncomingRequest, Proxy, Router, Server};
+use coap_tokio::{CacheLimits, Client, Host, IncomingRequest, Proxy, Router, Server};
 
 /// What `coap proxy` takes.
 #[derive(Debug, clap::Args)]
@@ -30,6 +30,13 @@ pub(crate) struct ProxyArgs {
     #[arg(long)]
     pub(crate) no_forward: bool,
 
+    /// Forward only to this host (a name, an IPv4 address, or an IPv6 address with or without
+    /// brackets); may be given several times. Requests for other hosts get 5.05. Without it
+    /// the forward proxy relays to any host: do not leave such a proxy where strangers can
+    /// reach it.
+    #[arg(long, value_name = "HOST", value_parser = parse_host)]
+    pub(crate) allow_host: Vec<Host>,
+
     /// The most responses the cache keeps (0: no cache).
     #[arg(long, value_name = "N", default_value_t = CacheLimits::default().max_entries)]
     pub(crate) cache_entries: usize,
@@ -41,6 +48,17 @@ pub(crate) struct ProxyArgs {
     /// Seconds to wait for an origin server before answering 5.04 Gateway Timeout.
     #[arg(long, value_name = "SECONDS", default_value_t = 30.0)]
     pub(crate) upstream_timeout: f64,
+}
+
+fn parse_host(text: &str) -> Result<Host, String> {
+    let bare = text
+        .strip_prefix('[')
+        .and_then(|t| t.strip_suffix(']'))
+        .unwrap_or(text);
+    match bare.parse::<std::net::IpAddr>() {
+        Ok(ip) => Ok(Host::ip(ip)),
+        Err(_) => Host::name(bare).map_err(|e| format!("{text:?}: {e}")),
+    }
 }
 
 fn parse_reverse(text: &str) -> Result<(String, String), String> {
@@ -78,8 +96,12 @@ pub(crate) async fn run(
         max_bytes: args.cache_bytes,
         ..CacheLimits::default()
     };
-    let proxy = Proxy::with_cache(client, limits)
+    let mut proxy = Proxy::with_cache(client, limits)
         .upstream_timeout(Duration::from_secs_f64(args.upstream_timeout));
+    if !args.allow_host.is_empty() {
+        let hosts = args.allow_host.clone();
+        proxy = proxy.allow_destinations(move |uri| hosts.contains(uri.host()));
+    }
     let mut app = Router::new();
     if !args.no_forward {
         let forward = proxy.clone();

@@ -1128,6 +1128,41 @@ fn our_proxy_forwards_reverses_and_caches() {
     );
 }
 
+/// `coap proxy --allow-host`: a forward proxy that serves only the hosts it is told.
+#[test]
+fn our_proxy_forwards_only_to_allowed_hosts() {
+    let server = demo();
+    let only_localhost = start_server(&[
+        "proxy",
+        "--bind",
+        "127.0.0.1:0",
+        "--allow-host",
+        "localhost",
+    ]);
+    let refused = coap(&[
+        "get",
+        "--proxy",
+        &only_localhost.uri(""),
+        &server.uri("/time"),
+    ]);
+    assert_eq!(refused.code, Some(1), "{refused:?}");
+    assert!(
+        refused.text().contains("5.05") || refused.stderr.contains("5.05"),
+        "{refused:?}"
+    );
+    let loopback = start_server(&[
+        "proxy",
+        "--bind",
+        "127.0.0.1:0",
+        "--allow-host",
+        "[::1]",
+        "--allow-host",
+        "127.0.0.1",
+    ]);
+    let allowed = coap(&["get", "--proxy", &loopback.uri(""), &server.uri("/time")]);
+    assert_ok(&allowed, "GET through a proxy that allows 127.0.0.1");
+}
+
 #[test]
 fn fileserver_notifies_directory_changes() {
     let dir = file_tree("fs-dir-observe");

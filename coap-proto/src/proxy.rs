@@ -57,6 +57,9 @@ const DEFAULT_MAX_AGE: u32 = 60;
 pub enum ProxyError {
     /// The destination's scheme is not one this proxy forwards to (5.05, RFC 7252 §5.7.2).
     UnsupportedScheme(String),
+    /// The proxy is configured not to forward to this destination (5.05, §5.7.2: "unwilling
+    /// to act as proxy for the request URI"); holds the destination's host.
+    DestinationRefused(String),
     /// The Proxy-Uri (or the URI assembled from Proxy-Scheme and the Uri-* options) is not a
     /// valid CoAP URI (4.02, §5.10.2).
     BadProxyUri(UriError),
@@ -77,7 +80,9 @@ impl ProxyError {
     /// The response code for this error.
     pub fn code(&self) -> Code {
         match self {
-            ProxyError::UnsupportedScheme(_) => Code::PROXYING_NOT_SUPPORTED,
+            ProxyError::UnsupportedScheme(_) | ProxyError::DestinationRefused(_) => {
+                Code::PROXYING_NOT_SUPPORTED
+            }
             ProxyError::BadProxyUri(_)
             | ProxyError::ConflictingUriOptions
             | ProxyError::NoHost
@@ -99,6 +104,7 @@ impl fmt::Display for ProxyError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             ProxyError::UnsupportedScheme(s) => write!(f, "no proxying to {s:?} URIs"),
+            ProxyError::DestinationRefused(host) => write!(f, "no proxying to {host}"),
             ProxyError::BadProxyUri(e) => write!(f, "bad proxy URI: {e}"),
             ProxyError::ConflictingUriOptions => {
                 f.write_str("Proxy-Uri cannot be combined with Uri-* options or Proxy-Scheme")

@@ -6,8 +6,9 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
-use coap_proto::host::{self, ProxyCore, ProxyStep, DEFAULT_UPSTREAM_TIMEOUT};
+use coap_proto::host::{self, DestinationFilter, ProxyCore, ProxyStep, DEFAULT_UPSTREAM_TIMEOUT};
 use coap_proto::proxy::{CacheLimits, ProxyStats};
+use coap_proto::uri::CoapUri;
 use coap_proto::Response;
 
 use crate::client::RequestBuilder;
@@ -32,16 +33,28 @@ use crate::{Client, Error, IncomingRequest};
 /// Server::bind("[::]:5683").await?.serve(app).await
 /// # }
 /// ```
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 pub struct Proxy {
     client: Client,
     core: Arc<ProxyCore>,
+    allow: Option<DestinationFilter>,
     origin: tokio::time::Instant,
     timeout: Duration,
 }
 
 /// The future a [`Proxy::reverse`] handler returns.
 pub type ProxyFuture = Pin<Box<dyn Future<Output = Response> + Send + 'static>>;
+
+impl std::fmt::Debug for Proxy {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Proxy")
+            .field("client", &self.client)
+            .field("core", &self.core)
+            .field("timeout", &self.timeout)
+            .field("filtered", &self.allow.is_some())
+            .finish()
+    }
+}
 
 impl Proxy {
     /// A proxy that sends with `client`, with the default [`CacheLimits`].
@@ -54,6 +67,7 @@ impl Proxy {
         Proxy {
             client,
             core: Arc::new(ProxyCore::new(limits)),
+            allow: None,
             origin: tokio::time::Instant::now(),
             timeout: DEFAULT_UPSTREAM_TIMEOUT,
         }
@@ -67,6 +81,19 @@ impl Proxy {
         self
     }
 
+    /// Forwards only to destinations `allow` accepts; the others are answered 5.05 Proxying
+    /// Not Supported (RFC 7252 §5.7.2). Without it a forward proxy relays to any host, which
+    /// on an address others can reach makes it an open relay. Reverse routes are not
+    /// filtered: their destinations are the ones configured.
+    #[must_use]
+    pub fn allow_destinations(
+        mut self,
+        allow: impl Fn(&CoapUri) -> bool + Send + Sync + 'static,
+    ) -> Proxy {
+        self.allow = Some(Arc::new(allow));
+        self
+    }
+
     /// What the proxy has done: cache hits and misses, revalidations, evictions, errors.
     pub fn stats(&self) -> ProxyStats {
         self.core.stats()
@@ -75,7 +102,9 @@ impl Proxy {
     /// Serves a request for a forward proxy, whose destination is in its Proxy-Uri, or its
     /// Proxy-Scheme and Uri-* options (RFC 7252 §5.7.2).
     pub async fn forward(&self, request: IncomingRequest) -> Response {
-        let step = self.core.start_forward(&request, self.now(), self.timeout);
+        let step = self
+            .core
+            .start_forward(&request, self.now(), self.timeout, self.allow.as_ref());
         self.run(step).await
     }
 

@@ -263,3 +263,26 @@ async fn a_reverse_proxy_answers_with_locations_in_its_own_namespace() {
     })
     .await;
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_destination_filter_refuses_with_5_05() {
+    bounded(async {
+        let (origin_addr, _) = origin().await;
+        let upstream = Client::bind("127.0.0.1:0").await.unwrap();
+        let allowed = origin_addr.port();
+        let proxy = Proxy::new(upstream).allow_destinations(move |uri| uri.port() == allowed);
+        let app = Router::new().proxy(move |req: IncomingRequest| {
+            let proxy = proxy.clone();
+            async move { proxy.forward(req).await }
+        });
+        let server = Server::bind("127.0.0.1:0").await.unwrap();
+        let proxy_addr = server.local_addr();
+        tokio::spawn(server.serve(app));
+        let client = Client::bind("127.0.0.1:0").await.unwrap();
+        let r = get_via(&client, proxy_addr, &format!("coap://{origin_addr}/temp")).await;
+        assert_eq!(r.code(), Code::CONTENT);
+        let r = get_via(&client, proxy_addr, "coap://127.0.0.1:9/temp").await;
+        assert_eq!(r.code(), Code::PROXYING_NOT_SUPPORTED);
+    })
+    .await;
+}

@@ -2,13 +2,14 @@
 //! conversions between it, a request handed to a handler, and the client that forwards.
 
 use alloc::string::ToString;
+use alloc::sync::Arc;
 use alloc::vec::Vec;
 use core::time::Duration;
 use std::sync::{Mutex, MutexGuard, PoisonError};
 
 use super::{Error, Incoming, IncomingResponse, RequestSpec};
 use crate::msg::Code;
-use crate::proxy::{self, CacheLimits, Forward, ProxyStats, Start, UpstreamError};
+use crate::proxy::{self, CacheLimits, Forward, ProxyError, ProxyStats, Start, UpstreamError};
 use crate::request::Response;
 use crate::uri::{CoapUri, Scheme};
 use crate::Instant;
@@ -16,6 +17,9 @@ use crate::Instant;
 /// How long a proxy waits for the origin before answering 5.04 Gateway Timeout, unless told
 /// otherwise.
 pub const DEFAULT_UPSTREAM_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Which destinations a forward proxy serves: true to forward, false to answer 5.05.
+pub type DestinationFilter = Arc<dyn Fn(&CoapUri) -> bool + Send + Sync>;
 
 /// A [`proxy::Proxy`] that handlers on several tasks or threads share. The lock is held for
 /// one decision at a time, never while a request is out.
@@ -50,9 +54,20 @@ impl ProxyCore {
     }
 
     /// Starts a forward-proxy request: the destination is in its Proxy-Uri, or Proxy-Scheme
-    /// and Uri-* options (RFC 7252 §5.7.2). `timeout` bounds the request to the origin.
-    pub fn start_forward(&self, request: &Incoming, now: Instant, timeout: Duration) -> ProxyStep {
+    /// and Uri-* options (RFC 7252 §5.7.2). `timeout` bounds the request to the origin; a
+    /// destination `allow` refuses is answered 5.05.
+    pub fn start_forward(
+        &self,
+        request: &Incoming,
+        now: Instant,
+        timeout: Duration,
+        allow: Option<&DestinationFilter>,
+    ) -> ProxyStep {
         match proxy::forward_target(&request.message.options) {
+            Ok(Some(target)) if allow.is_some_and(|allow| !allow(&target)) => {
+                let refused = ProxyError::DestinationRefused(target.host().to_string());
+                ProxyStep::Answer(refused.response())
+            }
             Ok(Some(target)) => self.start(request, target, now, timeout),
             Ok(None) => ProxyStep::Answer(Response::new(Code::PROXYING_NOT_SUPPORTED)),
             Err(e) => ProxyStep::Answer(e.response()),
