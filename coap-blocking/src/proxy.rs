@@ -4,9 +4,7 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use coap_proto::host::{self, DestinationFilter, ProxyCore, ProxyStep, DEFAULT_UPSTREAM_TIMEOUT};
-use coap_proto::proxy::{CacheLimits, ProxyStats};
-use coap_proto::uri::CoapUri;
+use coap_proto::host::{self, DestinationFilter, ProxyCore, ProxyStep};
 use coap_proto::Response;
 
 use crate::client::RequestBuilder;
@@ -43,60 +41,9 @@ pub struct Proxy {
     timeout: Duration,
 }
 
-impl std::fmt::Debug for Proxy {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Proxy")
-            .field("client", &self.client)
-            .field("core", &self.core)
-            .field("timeout", &self.timeout)
-            .field("filtered", &self.allow.is_some())
-            .finish()
-    }
-}
+coap_proto::proxy_methods!(Instant);
 
 impl Proxy {
-    /// A proxy that sends with `client`, with the default [`CacheLimits`].
-    pub fn new(client: Client) -> Proxy {
-        Proxy::with_cache(client, CacheLimits::default())
-    }
-
-    /// A proxy whose cache keeps within `limits` (`max_entries: 0`: no cache).
-    pub fn with_cache(client: Client, limits: CacheLimits) -> Proxy {
-        Proxy {
-            client,
-            core: Arc::new(ProxyCore::new(limits)),
-            allow: None,
-            origin: Instant::now(),
-            timeout: DEFAULT_UPSTREAM_TIMEOUT,
-        }
-    }
-
-    /// How long to wait for the origin before answering 5.04 Gateway Timeout (default
-    /// [`DEFAULT_UPSTREAM_TIMEOUT`]).
-    #[must_use]
-    pub fn upstream_timeout(mut self, timeout: Duration) -> Proxy {
-        self.timeout = timeout;
-        self
-    }
-
-    /// Forwards only to destinations `allow` accepts; the others are answered 5.05 Proxying
-    /// Not Supported (RFC 7252 §5.7.2). Without it a forward proxy relays to any host, which
-    /// on an address others can reach makes it an open relay. Reverse routes are not
-    /// filtered: their destinations are the ones configured.
-    #[must_use]
-    pub fn allow_destinations(
-        mut self,
-        allow: impl Fn(&CoapUri) -> bool + Send + Sync + 'static,
-    ) -> Proxy {
-        self.allow = Some(Arc::new(allow));
-        self
-    }
-
-    /// What the proxy has done: cache hits and misses, revalidations, evictions, errors.
-    pub fn stats(&self) -> ProxyStats {
-        self.core.stats()
-    }
-
     /// Serves a request for a forward proxy, whose destination is in its Proxy-Uri, or its
     /// Proxy-Scheme and Uri-* options (RFC 7252 §5.7.2). Blocks while the origin answers.
     pub fn forward(&self, request: IncomingRequest) -> Response {
@@ -131,9 +78,5 @@ impl Proxy {
                 self.core.finish(forward, outcome, self.now())
             }
         }
-    }
-
-    fn now(&self) -> coap_proto::Instant {
-        coap_proto::Instant::ZERO + self.origin.elapsed()
     }
 }

@@ -917,11 +917,13 @@ fn td_coap_core_17() {
 fn td_coap_core_18() {
     let client = peer_or_skip!();
     let server = PlugtestServer::start();
-    let run = run_client(
-        &client,
-        10,
-        &["-m", "post", "-t", "0", "-e", "td18", &server.uri("/test")],
-    );
+    location_path_steps(&client, &server.uri("/test"));
+}
+
+/// TD_COAP_CORE_18 (and 24 through a proxy): a POST answered 2.01 with three Location-Path
+/// options, each a single segment.
+fn location_path_steps(client: &Path, uri: &str) {
+    let run = run_client(client, 10, &["-m", "post", "-t", "0", "-e", "created", uri]);
     let (_, rsp) = assert_piggybacked(&run, &["2.01"]);
     let location = rsp.opts("Location-Path");
     assert_eq!(location, ["location1", "location2", "location3"]);
@@ -932,35 +934,35 @@ fn td_coap_core_18() {
 fn td_coap_core_19() {
     let client = peer_or_skip!();
     let server = PlugtestServer::start();
-    let run = run_client(
-        &client,
-        10,
-        &[
-            "-m",
-            "post",
-            "-t",
-            "0",
-            "-e",
-            "td19",
-            &server.uri("/location-query"),
-        ],
-    );
+    location_query_steps(&client, &server.uri("/location-query"));
+}
+
+/// TD_COAP_CORE_19 (and 25 through a proxy): a POST answered 2.01 with two Location-Query
+/// options.
+fn location_query_steps(client: &Path, uri: &str) {
+    let run = run_client(client, 10, &["-m", "post", "-t", "0", "-e", "created", uri]);
     let (_, rsp) = assert_piggybacked(&run, &["2.01"]);
-    let query = rsp.opts("Location-Query");
-    assert_eq!(query, ["first=1", "second=2"]);
-    assert!(query.iter().all(|s| !s.contains('?') && !s.contains('&')));
+    assert_eq!(rsp.opts("Location-Query"), ["first=1", "second=2"]);
 }
 
 #[test]
 fn td_coap_core_20() {
     let client = peer_or_skip!();
     let server = PlugtestServer::start();
-    let text = run_client(&client, 10, &["-A", "0", &server.uri("/multi-format")]);
+    accept_steps(&client, &server.uri("/multi-format"));
+}
+
+/// TD_COAP_CORE_20 (and 26 through a proxy): the same resource in the format each Accept
+/// asks for.
+fn accept_steps(client: &Path, uri: &str) {
+    let text = run_client(client, 10, &["-A", "0", uri]);
     let (req, rsp) = assert_piggybacked(&text, &["2.05"]);
     assert!(req.has("Accept"));
     assert_eq!(rsp.opt("Content-Format"), Some("text/plain"));
     assert!(!rsp.payload.is_empty());
-    let xml = run_client(&client, 10, &["-A", "41", &server.uri("/multi-format")]);
+    // Behind a proxy, Accept is part of the cache key: the stored text/plain answer does
+    // not serve this.
+    let xml = run_client(client, 10, &["-A", "41", uri]);
     let (req2, rsp) = assert_piggybacked(&xml, &["2.05"]);
     assert_ne!(req2.mid, req.mid, "a new MID");
     assert_eq!(rsp.opt("Content-Format"), Some("application/xml"));
@@ -1003,39 +1005,66 @@ fn td_coap_core_22() {
     let client = peer_or_skip!();
     let server = PlugtestServer::start();
     let uri = server.uri("/validate");
-    let get = run_client(&client, 10, &[&uri]);
+    if_match_steps(&client, &uri, &uri);
+}
+
+/// TD_COAP_CORE_22 (and 27 through a proxy): ETag and If-Match on `uri`, with a concurrent
+/// update made by another client straight to the server at `direct`.
+fn if_match_steps(client: &Path, uri: &str, direct: &str) {
+    let get = run_client(client, 10, &[uri]);
     let etag1 = assert_piggybacked(&get, &["2.05"])
         .1
         .opt("ETag")
-        .unwrap()
+        .expect("an ETag")
         .to_owned();
 
     let if_match1 = format!("1,{etag1}");
     let put = run_client(
-        &client,
+        client,
         10,
         &[
-            "-m", "put", "-O", &if_match1, "-t", "0", "-e", "td22-1", &uri,
+            "-m",
+            "put",
+            "-O",
+            &if_match1,
+            "-t",
+            "0",
+            "-e",
+            "if-match-1",
+            uri,
         ],
     );
     let (req, _) = assert_piggybacked(&put, &["2.04"]);
     assert_eq!(req.opt("If-Match"), Some(etag1.as_str()));
 
-    let get = run_client(&client, 10, &[&uri]);
+    // Behind a proxy, the 2.04 made the stored answer stale: this GET shows the new state.
+    let get = run_client(client, 10, &[uri]);
     let (_, rsp) = assert_piggybacked(&get, &["2.05"]);
-    let etag2 = rsp.opt("ETag").unwrap().to_owned();
+    let etag2 = rsp.opt("ETag").expect("an ETag").to_owned();
     assert_ne!(etag2, etag1);
-    assert_eq!(rsp.text(), "td22-1");
+    assert_eq!(rsp.text(), "if-match-1");
 
-    let other = run_client(&client, 10, &["-m", "put", "-t", "0", "-e", "td22-2", &uri]);
+    let other = run_client(
+        client,
+        10,
+        &["-m", "put", "-t", "0", "-e", "if-match-2", direct],
+    );
     assert_piggybacked(&other, &["2.04"]);
 
     let if_match2 = format!("1,{etag2}");
     let stale = run_client(
-        &client,
+        client,
         10,
         &[
-            "-m", "put", "-O", &if_match2, "-t", "0", "-e", "td22-3", &uri,
+            "-m",
+            "put",
+            "-O",
+            &if_match2,
+            "-t",
+            "0",
+            "-e",
+            "if-match-3",
+            uri,
         ],
     );
     assert_piggybacked(&stale, &["4.12"]);
@@ -1045,7 +1074,11 @@ fn td_coap_core_22() {
 fn td_coap_core_23() {
     let client = peer_or_skip!();
     let server = PlugtestServer::start();
-    let uri = server.uri("/create1");
+    if_none_match_steps(&client, &server.uri("/create1"));
+}
+
+/// TD_COAP_CORE_23 (and 28 through a proxy): PUT with If-None-Match creates, then fails.
+fn if_none_match_steps(client: &Path, uri: &str) {
     let args = [
         "-m",
         "put",
@@ -1054,13 +1087,13 @@ fn td_coap_core_23() {
         "-t",
         "0",
         "-e",
-        "td23",
-        uri.as_str(),
+        "if-none-match",
+        uri,
     ];
-    let first = run_client(&client, 10, &args);
+    let first = run_client(client, 10, &args);
     let (req, _) = assert_piggybacked(&first, &["2.01"]);
     assert!(req.has("If-None-Match") && req.has("Content-Format"));
-    let second = run_client(&client, 10, &args);
+    let second = run_client(client, 10, &args);
     assert_piggybacked(&second, &["4.12"]);
 }
 
@@ -1071,17 +1104,8 @@ fn td_coap_core_24() {
     let client = peer_or_skip!();
     let server = PlugtestServer::start();
     let proxy = PlugtestServer::reverse_proxy_for(&server);
-    let run = run_client(
-        &client,
-        10,
-        &["-m", "post", "-t", "0", "-e", "td24", &proxy.uri("/test")],
-    );
-    let (_, rsp) = assert_piggybacked(&run, &["2.01"]);
     // Forwarded unchanged: the client reads coap://proxy/location1/location2/location3.
-    assert_eq!(
-        rsp.opts("Location-Path"),
-        ["location1", "location2", "location3"]
-    );
+    location_path_steps(&client, &proxy.uri("/test"));
 }
 
 #[test]
@@ -1089,21 +1113,7 @@ fn td_coap_core_25() {
     let client = peer_or_skip!();
     let server = PlugtestServer::start();
     let proxy = PlugtestServer::reverse_proxy_for(&server);
-    let run = run_client(
-        &client,
-        10,
-        &[
-            "-m",
-            "post",
-            "-t",
-            "0",
-            "-e",
-            "td25",
-            &proxy.uri("/location-query"),
-        ],
-    );
-    let (_, rsp) = assert_piggybacked(&run, &["2.01"]);
-    assert_eq!(rsp.opts("Location-Query"), ["first=1", "second=2"]);
+    location_query_steps(&client, &proxy.uri("/location-query"));
 }
 
 #[test]
@@ -1111,15 +1121,7 @@ fn td_coap_core_26() {
     let client = peer_or_skip!();
     let server = PlugtestServer::start();
     let proxy = PlugtestServer::reverse_proxy_for(&server);
-    let text = run_client(&client, 10, &["-A", "0", &proxy.uri("/multi-format")]);
-    let (_, rsp) = assert_piggybacked(&text, &["2.05"]);
-    assert_eq!(rsp.opt("Content-Format"), Some("text/plain"));
-    // Accept is part of the cache key: the stored text/plain answer does not serve this.
-    let xml = run_client(&client, 10, &["-A", "41", &proxy.uri("/multi-format")]);
-    let (req, rsp) = assert_piggybacked(&xml, &["2.05"]);
-    assert!(req.has("Accept"));
-    assert_eq!(rsp.opt("Content-Format"), Some("application/xml"));
-    assert!(rsp.text().starts_with("<msg "), "{}", rsp.text());
+    accept_steps(&client, &proxy.uri("/multi-format"));
 }
 
 #[test]
@@ -1127,52 +1129,7 @@ fn td_coap_core_27() {
     let client = peer_or_skip!();
     let server = PlugtestServer::start();
     let proxy = PlugtestServer::reverse_proxy_for(&server);
-    let uri = proxy.uri("/validate");
-    let get = run_client(&client, 10, &[&uri]);
-    let etag1 = assert_piggybacked(&get, &["2.05"])
-        .1
-        .opt("ETag")
-        .expect("an ETag")
-        .to_owned();
-    let if_match1 = format!("1,{etag1}");
-    let put = run_client(
-        &client,
-        10,
-        &[
-            "-m", "put", "-O", &if_match1, "-t", "0", "-e", "td27-1", &uri,
-        ],
-    );
-    assert_piggybacked(&put, &["2.04"]);
-    // The 2.04 made the proxy's stored answer stale: this GET shows the new state.
-    let get = run_client(&client, 10, &[&uri]);
-    let (_, rsp) = assert_piggybacked(&get, &["2.05"]);
-    let etag2 = rsp.opt("ETag").expect("an ETag").to_owned();
-    assert_ne!(etag2, etag1);
-    assert_eq!(rsp.text(), "td27-1");
-    // A concurrent update, straight to the server.
-    let other = run_client(
-        &client,
-        10,
-        &[
-            "-m",
-            "put",
-            "-t",
-            "0",
-            "-e",
-            "td27-2",
-            &server.uri("/validate"),
-        ],
-    );
-    assert_piggybacked(&other, &["2.04"]);
-    let if_match2 = format!("1,{etag2}");
-    let stale = run_client(
-        &client,
-        10,
-        &[
-            "-m", "put", "-O", &if_match2, "-t", "0", "-e", "td27-3", &uri,
-        ],
-    );
-    assert_piggybacked(&stale, &["4.12"]);
+    if_match_steps(&client, &proxy.uri("/validate"), &server.uri("/validate"));
 }
 
 #[test]
@@ -1180,23 +1137,7 @@ fn td_coap_core_28() {
     let client = peer_or_skip!();
     let server = PlugtestServer::start();
     let proxy = PlugtestServer::reverse_proxy_for(&server);
-    let uri = proxy.uri("/create1");
-    let args = [
-        "-m",
-        "put",
-        "-O",
-        "5,",
-        "-t",
-        "0",
-        "-e",
-        "td28",
-        uri.as_str(),
-    ];
-    let first = run_client(&client, 10, &args);
-    let (req, _) = assert_piggybacked(&first, &["2.01"]);
-    assert!(req.has("If-None-Match"));
-    let second = run_client(&client, 10, &args);
-    assert_piggybacked(&second, &["4.12"]);
+    if_none_match_steps(&client, &proxy.uri("/create1"));
 }
 
 #[test]

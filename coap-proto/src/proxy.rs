@@ -532,29 +532,43 @@ enum RequestOption {
     Refuse,
 }
 
+/// Options that belong to one leg of a proxied exchange, in requests and responses alike:
+/// each leg does its own block-wise transfer (RFC 7959, RFC 9175, RFC 9177), and observations
+/// are not relayed.
+const ONE_LEG: &[OptionNumber] = &[
+    OptionNumber::OBSERVE,
+    OptionNumber::BLOCK1,
+    OptionNumber::BLOCK2,
+    OptionNumber::SIZE1,
+    OptionNumber::SIZE2,
+    OptionNumber::Q_BLOCK1,
+    OptionNumber::Q_BLOCK2,
+    OptionNumber::REQUEST_TAG,
+];
+
+/// Whether the proxy recognizes `number`, or may forward it without doing so (§5.7.1).
+fn forwardable(number: OptionNumber) -> bool {
+    number.definition().is_some() || !number.is_unsafe_to_forward()
+}
+
 fn classify_request_option(number: OptionNumber) -> RequestOption {
     match number {
+        n if ONE_LEG.contains(&n) => RequestOption::Consumed,
+        // The destination (turned into the URI of the forwarded request), and options that
+        // mean nothing in a request or apply to the client's leg (No-Response, RFC 7967).
         OptionNumber::URI_HOST
         | OptionNumber::URI_PORT
         | OptionNumber::URI_PATH
         | OptionNumber::URI_QUERY
         | OptionNumber::PROXY_URI
         | OptionNumber::PROXY_SCHEME
-        | OptionNumber::OBSERVE
-        | OptionNumber::BLOCK1
-        | OptionNumber::BLOCK2
-        | OptionNumber::SIZE1
-        | OptionNumber::SIZE2
-        | OptionNumber::Q_BLOCK1
-        | OptionNumber::Q_BLOCK2
-        | OptionNumber::REQUEST_TAG
         | OptionNumber::NO_RESPONSE
         | OptionNumber::MAX_AGE
         | OptionNumber::LOCATION_PATH
         | OptionNumber::LOCATION_QUERY => RequestOption::Consumed,
         OptionNumber::ETAG => RequestOption::ETag,
         OptionNumber::HOP_LIMIT => RequestOption::HopLimit,
-        n if n.definition().is_some() || !n.is_unsafe_to_forward() => RequestOption::Forward,
+        n if forwardable(n) => RequestOption::Forward,
         _ => RequestOption::Refuse,
     }
 }
@@ -568,15 +582,8 @@ enum ResponseOption {
 
 fn classify_response_option(number: OptionNumber) -> ResponseOption {
     match number {
-        OptionNumber::OBSERVE
-        | OptionNumber::BLOCK1
-        | OptionNumber::BLOCK2
-        | OptionNumber::SIZE1
-        | OptionNumber::SIZE2
-        | OptionNumber::Q_BLOCK1
-        | OptionNumber::Q_BLOCK2
-        | OptionNumber::REQUEST_TAG => ResponseOption::Drop,
-        n if n.definition().is_some() || !n.is_unsafe_to_forward() => ResponseOption::Forward,
+        n if ONE_LEG.contains(&n) => ResponseOption::Drop,
+        n if forwardable(n) => ResponseOption::Forward,
         _ => ResponseOption::Refuse,
     }
 }

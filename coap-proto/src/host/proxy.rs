@@ -163,3 +163,137 @@ pub fn reverse_base(base: &str) -> Result<CoapUri, Error> {
     }
     Ok(uri)
 }
+
+/// Writes what a runtime crate's `Proxy` shares with the others: `new`, `with_cache`,
+/// `upstream_timeout`, `allow_destinations`, `stats`, the private clock `now`, and `Debug`.
+///
+/// The `Proxy` must have the fields `client` (the crate's `Client`), `core`
+/// (`Arc<ProxyCore>`), `origin` (an instant of the clock `$instant`, which has `now()` and
+/// `elapsed()`), `timeout` (a `Duration`) and `allow` (`Option<DestinationFilter>`).
+#[macro_export]
+macro_rules! proxy_methods {
+    ($instant:ty) => {
+        impl Proxy {
+            /// A proxy that sends with `client`, with the default
+            /// [`CacheLimits`](coap_proto::proxy::CacheLimits).
+            pub fn new(client: Client) -> Proxy {
+                Proxy::with_cache(client, $crate::proxy::CacheLimits::default())
+            }
+
+            /// A proxy whose cache keeps within `limits` (`max_entries: 0`: no cache).
+            pub fn with_cache(client: Client, limits: $crate::proxy::CacheLimits) -> Proxy {
+                Proxy {
+                    client,
+                    core: ::std::sync::Arc::new($crate::host::ProxyCore::new(limits)),
+                    origin: <$instant>::now(),
+                    timeout: $crate::host::DEFAULT_UPSTREAM_TIMEOUT,
+                    allow: None,
+                }
+            }
+
+            /// How long to wait for the origin before answering 5.04 Gateway Timeout
+            /// (default [`DEFAULT_UPSTREAM_TIMEOUT`](coap_proto::host::DEFAULT_UPSTREAM_TIMEOUT)).
+            #[must_use]
+            pub fn upstream_timeout(mut self, timeout: ::core::time::Duration) -> Proxy {
+                self.timeout = timeout;
+                self
+            }
+
+            /// Forwards only to destinations `allow` accepts; the others are answered 5.05
+            /// Proxying Not Supported (RFC 7252 §5.7.2). Without it a forward proxy relays to
+            /// any host, which on an address others can reach makes it an open relay. Reverse
+            /// routes are not filtered: their destinations are the ones configured.
+            #[must_use]
+            pub fn allow_destinations(
+                mut self,
+                allow: impl Fn(&$crate::uri::CoapUri) -> bool + Send + Sync + 'static,
+            ) -> Proxy {
+                self.allow = Some(::std::sync::Arc::new(allow));
+                self
+            }
+
+            /// What the proxy has done: cache hits and misses, revalidations, evictions,
+            /// errors.
+            pub fn stats(&self) -> $crate::proxy::ProxyStats {
+                self.core.stats()
+            }
+
+            fn now(&self) -> $crate::Instant {
+                $crate::Instant::ZERO + self.origin.elapsed()
+            }
+        }
+
+        impl ::core::fmt::Debug for Proxy {
+            fn fmt(&self, f: &mut ::core::fmt::Formatter<'_>) -> ::core::fmt::Result {
+                f.debug_struct("Proxy")
+                    .field("client", &self.client)
+                    .field("core", &self.core)
+                    .field("timeout", &self.timeout)
+                    .field("filtered", &self.allow.is_some())
+                    .finish()
+            }
+        }
+    };
+}
+
+/// Writes the request handlers of an async runtime crate's `Proxy`: `forward`, `reverse`
+/// (with its `ProxyFuture`) and the private `run`, on top of [`proxy_methods!`].
+///
+/// The invoking module must have the crate's `IncomingRequest`, `RequestBuilder` (with a
+/// `from_spec(Client, RequestSpec)` constructor it can await) and `Error` in scope.
+#[macro_export]
+macro_rules! async_proxy_methods {
+    () => {
+        /// The future a [`Proxy::reverse`] handler returns.
+        pub type ProxyFuture = ::core::pin::Pin<
+            ::std::boxed::Box<dyn ::core::future::Future<Output = $crate::Response> + Send>,
+        >;
+
+        impl Proxy {
+            /// Serves a request for a forward proxy, whose destination is in its Proxy-Uri, or
+            /// its Proxy-Scheme and Uri-* options (RFC 7252 §5.7.2).
+            pub async fn forward(&self, request: IncomingRequest) -> $crate::Response {
+                let step = self.core.start_forward(
+                    &request,
+                    self.now(),
+                    self.timeout,
+                    self.allow.as_ref(),
+                );
+                self.run(step).await
+            }
+
+            /// A handler for a prefix route (`Router::prefix_any("/sensors", handler)`) that
+            /// forwards each request to `base` followed by the path below the prefix and the
+            /// query (a reverse proxy, RFC 7252 §5.7.3). Fails if `base` is not a `coap://`
+            /// URI.
+            pub fn reverse(
+                &self,
+                base: &str,
+            ) -> Result<
+                impl Fn(IncomingRequest) -> ProxyFuture + Clone + Send + Sync + 'static,
+                Error,
+            > {
+                let base = ::std::sync::Arc::new($crate::host::reverse_base(base)?);
+                let proxy = self.clone();
+                Ok(move |request: IncomingRequest| -> ProxyFuture {
+                    let step =
+                        proxy
+                            .core
+                            .start_reverse(&base, &request, proxy.now(), proxy.timeout);
+                    let proxy = proxy.clone();
+                    ::std::boxed::Box::pin(async move { proxy.run(step).await })
+                })
+            }
+
+            async fn run(&self, step: $crate::host::ProxyStep) -> $crate::Response {
+                match step {
+                    $crate::host::ProxyStep::Answer(response) => response,
+                    $crate::host::ProxyStep::Send(forward, spec) => {
+                        let outcome = RequestBuilder::from_spec(self.client.clone(), spec).await;
+                        self.core.finish(forward, outcome, self.now())
+                    }
+                }
+            }
+        }
+    };
+}
