@@ -1,13 +1,19 @@
 //! `coap proxy`: a CoAP-to-CoAP forward proxy (requests naming their target in Proxy-Uri or
 //! Proxy-Scheme, RFC 7252 §5.7.2), reverse proxy routes (a path prefix mapped onto an origin
 //! server, §5.7.3), and a response cache (§5.6), on `coap_tokio::Proxy`.
+//!
+//! Towards each origin the proxy is one client and keeps the RFC's rules: at most NSTART
+//! requests in flight (§4.7), and no Message ID used twice within EXCHANGE_LIFETIME (§4.4),
+//! so at most 65 536 requests per 247 s, about 265 a second sustained, to one origin. What
+//! goes beyond waits, and is answered 5.04 once `--upstream-timeout` passes. The cache
+//! answers repeated reads without the origin.
 
 use std::error::Error;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use coap_tokio::{CacheLimits, Client, Host, IncomingRequest, Proxy, Router, Server};
+use coap_tokio::{CacheLimits, Client, Config, Host, IncomingRequest, Proxy, Router, Server};
 
 /// What `coap proxy` takes.
 #[derive(Debug, clap::Args)]
@@ -44,6 +50,12 @@ pub(crate) struct ProxyArgs {
     /// The most bytes the cache keeps.
     #[arg(long, value_name = "BYTES", default_value_t = CacheLimits::default().max_bytes)]
     pub(crate) cache_bytes: usize,
+
+    /// Requests the proxy keeps in flight towards one origin server at a time (NSTART, RFC
+    /// 7252 §4.7); more wait in a queue. The RFC's default is 1, which makes every client of
+    /// the proxy wait behind the others; raise it only towards servers that cope.
+    #[arg(long, value_name = "N", default_value_t = 1)]
+    pub(crate) upstream_nstart: u16,
 
     /// Seconds to wait for an origin server before answering 5.04 Gateway Timeout.
     #[arg(long, value_name = "SECONDS", default_value_t = 30.0)]
@@ -88,7 +100,14 @@ pub(crate) async fn run(
         SocketAddr::V4(_) => "0.0.0.0:0",
         SocketAddr::V6(_) => "[::]:0",
     };
-    let client = Client::bind(upstream)
+    if args.upstream_nstart == 0 {
+        return Err("--upstream-nstart must be at least 1".into());
+    }
+    let mut config = Config::default();
+    config.nstart = args.upstream_nstart.into();
+    let client = Client::builder()
+        .config(config)
+        .bind(upstream)
         .await
         .map_err(|e| format!("cannot bind the upstream socket {upstream}: {e}"))?;
     let limits = CacheLimits {

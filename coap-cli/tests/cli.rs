@@ -1094,7 +1094,15 @@ fn proxy_scheme_through_aiocoap_proxy() {
 fn our_proxy_forwards_reverses_and_caches() {
     let server = demo();
     let reverse = format!("/demo={}", server.uri("/"));
-    let proxy = start_server(&["proxy", "--bind", "127.0.0.1:0", "--reverse", &reverse]);
+    let proxy = start_server(&[
+        "proxy",
+        "--bind",
+        "127.0.0.1:0",
+        "--reverse",
+        &reverse,
+        "--upstream-nstart",
+        "4",
+    ]);
     let via = proxy.uri("");
     let direct = coap(&["get", &server.uri("/other/block")]);
     assert_ok(&direct, "GET /other/block");

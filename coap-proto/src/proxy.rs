@@ -30,6 +30,11 @@
 //! ETag matches (§5.10.6.2), and marks what it holds for a resource as not fresh when a 2.01,
 //! 2.02 or 2.04 comes back for it (§5.9.1). It is bounded in entries and bytes, and evicts the
 //! least recently used entry first.
+//!
+//! Towards an origin, the host's client is one client like any other: at most NSTART requests
+//! in flight (§4.7) and no Message ID reused within EXCHANGE_LIFETIME (§4.4), which caps what
+//! one client endpoint can forward to one origin at 65 536 requests per 247 s. The cache is
+//! what lets a proxy answer more reads than that.
 
 use alloc::collections::BTreeMap;
 use alloc::string::String;
