@@ -96,7 +96,7 @@ fn tag(hash: u64) -> u32 {
 /// at hashbrown's load factor of 7/8. An estimate from the outside: if hashbrown changes its
 /// layout, the worst case is a growth or a sweep that was not needed.
 fn full_capacity(allocation: usize) -> usize {
-    let per_bucket = core::mem::size_of::<(u32, u32)>() + 1;
+    let per_bucket = size_of::<(u32, u32)>() + 1;
     let n = allocation / per_bucket;
     if n == 0 {
         return 0;
