@@ -337,7 +337,10 @@ impl Proxy {
 
     /// What the proxy has done so far.
     pub fn stats(&self) -> ProxyStats {
-        self.stats
+        ProxyStats {
+            evicted: self.cache.evicted,
+            ..self.stats
+        }
     }
 
     /// The number of responses in the cache and the bytes they take.
@@ -398,8 +401,9 @@ impl Proxy {
             target.to_options(&mut keyed, HostOption::Always);
             // Hop-Limit is NoCacheKey-like in effect: the same request from nearer or farther
             // is the same request.
-            keyed.remove(OptionNumber::HOP_LIMIT);
-            let mut key = CacheKey::new(method, &keyed, &[]).as_bytes().to_vec();
+            let mut key = CacheKey::new(method, &keyed, &[OptionNumber::HOP_LIMIT])
+                .as_bytes()
+                .to_vec();
             if method == Code::FETCH {
                 // RFC 8132 §2: the body is part of the key.
                 key.extend_from_slice(payload);
@@ -492,15 +496,17 @@ impl Proxy {
             return response;
         };
         if code == Code::VALID {
-            let etag = response.options.etag().map(<[u8]>::to_vec);
-            if let (Some(validating), Some(etag)) = (&forward.validating, &etag) {
-                if validating == etag {
-                    // §5.9.1.3: refresh the stored response and serve it.
-                    if let Some(entry) = self.cache.revalidate(&key, &response, now) {
-                        self.stats.revalidated += 1;
-                        return entry.answer(&forward.client_etags, now);
-                    }
-                }
+            let ours = forward
+                .validating
+                .as_deref()
+                .is_some_and(|tag| response.options.etag() == Some(tag));
+            // §5.9.1.3: refresh the stored response and serve it.
+            if let Some(entry) = ours
+                .then(|| self.cache.revalidate(&key, &response, now))
+                .flatten()
+            {
+                self.stats.revalidated += 1;
+                return entry.answer(&forward.client_etags, now);
             }
             // One of the client's own ETags: its business (§5.10.6.2).
             return response;
@@ -517,7 +523,6 @@ impl Proxy {
             {
                 self.stats.stored += 1;
             }
-            self.stats.evicted += self.cache.take_evicted();
         }
         response
     }
@@ -647,6 +652,7 @@ struct Cache {
     lru: BTreeMap<u64, Vec<u8>>,
     tick: u64,
     bytes: usize,
+    /// Entries evicted to stay within the limits, since the cache was made.
     evicted: u64,
 }
 
@@ -678,8 +684,7 @@ impl Entry {
     }
 
     fn is_fresh(&self, now: Instant) -> bool {
-        now.saturating_duration_since(self.stored).as_micros()
-            < u128::from(self.max_age) * 1_000_000
+        self.remaining(now) > 0
     }
 
     /// The stored response as an answer at `now`: 2.03 if the client holds its ETag
@@ -798,7 +803,7 @@ impl Cache {
 
     /// §5.9.1.3: a 2.03 for the stored response's ETag makes it fresh again for the new
     /// Max-Age, with the Safe-to-Forward options of the 2.03 replacing those it had.
-    fn revalidate(&mut self, key: &[u8], valid: &Response, now: Instant) -> Option<Entry> {
+    fn revalidate(&mut self, key: &[u8], valid: &Response, now: Instant) -> Option<&Entry> {
         let entry = self.entries.get_mut(key)?;
         entry.max_age = valid.options.max_age().unwrap_or(DEFAULT_MAX_AGE);
         entry.stored = now;
@@ -827,9 +832,8 @@ impl Cache {
             entry.size = entry.size.saturating_sub(old) + new;
             self.bytes = self.bytes.saturating_sub(old) + new;
         }
-        let entry = entry.clone();
         self.touch(key);
-        Some(entry)
+        self.entries.get(key)
     }
 
     /// Marks every response stored for `resource` as not fresh (§5.9.1).
@@ -839,10 +843,6 @@ impl Cache {
                 entry.max_age = 0;
             }
         }
-    }
-
-    fn take_evicted(&mut self) -> u64 {
-        core::mem::take(&mut self.evicted)
     }
 }
 

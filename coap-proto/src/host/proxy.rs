@@ -3,7 +3,6 @@
 
 use alloc::string::ToString;
 use alloc::sync::Arc;
-use alloc::vec::Vec;
 use core::time::Duration;
 use std::sync::{Mutex, MutexGuard, PoisonError};
 
@@ -86,11 +85,9 @@ impl ProxyCore {
         match proxy::reverse_target(base, request.rest(), request.query()) {
             Ok(target) => match self.start(request, target, now, timeout) {
                 ProxyStep::Send(mut forward, spec) => {
-                    // The route's prefix: the request's path without what lies below it.
-                    let below = request.rest().count();
-                    let path: Vec<&str> = request.path().collect();
-                    let prefix = path.get(..path.len().saturating_sub(below)).unwrap_or(&[]);
-                    forward.map_locations(base.path(), prefix.iter().copied());
+                    // The route's prefix: the segments the route matched.
+                    let prefix = request.path().take(request.matched);
+                    forward.map_locations(base.path(), prefix);
                     ProxyStep::Send(forward, spec)
                 }
                 answer => answer,
