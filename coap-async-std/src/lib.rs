@@ -105,6 +105,9 @@ pub use proxy::{Proxy, ProxyFuture};
 pub use router::{ObserveHooks, Router};
 pub use server::{Notifier, Server, ServerBuilder, ServerHandle};
 
+pub use coap_proto::addr::{
+    ALL_COAP_NODES_V4, ALL_COAP_NODES_V6_LINK_LOCAL, ALL_COAP_NODES_V6_SITE_LOCAL,
+};
 pub use coap_proto::endpoint::Stats;
 pub use coap_proto::msg::{Code, ContentFormat, MessageType, OptionNumber, Options};
 pub use coap_proto::proxy::{CacheLimits, ProxyStats};

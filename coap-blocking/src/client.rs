@@ -149,13 +149,25 @@ impl Client {
     }
 
     /// Joins an IPv4 multicast group on the interface with address `interface`.
+    ///
+    /// On Linux, requests sent to the group then reach a client with a service (such as
+    /// a server's) as multicast requests (RFC 7252 §8.2): answered after a random leisure,
+    /// never with an error.
     pub fn join_multicast_v4(&self, group: Ipv4Addr, interface: Ipv4Addr) -> Result<(), Error> {
-        Ok(self.shared.socket.join_multicast_v4(&group, &interface)?)
+        Ok(coap_udp::join_multicast_v4(
+            socket2::SockRef::from(&*self.shared.socket),
+            group,
+            interface,
+        )?)
     }
 
     /// Joins an IPv6 multicast group on the interface with index `interface` (0: any).
     pub fn join_multicast_v6(&self, group: Ipv6Addr, interface: u32) -> Result<(), Error> {
-        Ok(self.shared.socket.join_multicast_v6(&group, interface)?)
+        Ok(coap_udp::join_multicast_v6(
+            socket2::SockRef::from(&*self.shared.socket),
+            group,
+            interface,
+        )?)
     }
 
     /// Leaves an IPv4 multicast group.

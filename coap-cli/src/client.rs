@@ -12,6 +12,7 @@ use coap_proto::uri::{CoapUri, Host};
 use coap_tokio::{Client, Error, IncomingResponse, RequestBuilder};
 
 use crate::format::{self, OptionArg, Style};
+use crate::group;
 use crate::Exit;
 
 /// What every client verb takes.
@@ -43,7 +44,8 @@ pub(crate) struct RequestArgs {
     pub(crate) non: bool,
 
     /// Give up (exit status 3) when no response has arrived after SECS seconds. Without it,
-    /// a lost Confirmable request is given up after its retransmissions (about 93 s).
+    /// a lost Confirmable request is given up after its retransmissions (about 93 s). For a
+    /// request to a multicast group, how long answers are collected (default 10 s).
     #[arg(long, value_name = "SECS", value_parser = parse_seconds)]
     pub(crate) timeout: Option<Duration>,
 
@@ -63,6 +65,11 @@ pub(crate) struct RequestArgs {
     /// that form (such as aiocoap's).
     #[arg(long, requires = "proxy")]
     pub(crate) proxy_scheme: bool,
+
+    /// For a request to a multicast group: the interface it leaves from, by its IPv4 address
+    /// (IPv4 groups) or its index (IPv6 groups); by default the system picks.
+    #[arg(long, value_name = "INTERFACE", value_parser = group::parse_interface)]
+    pub(crate) multicast_interface: Option<group::Interface>,
 
     /// Write the response body to FILE (raw bytes) instead of standard output.
     #[arg(long, short = 'o', value_name = "FILE")]
@@ -280,6 +287,9 @@ pub(crate) async fn request(method: Code, args: RequestArgs) -> Exit {
                 .unwrap_or_default()
         );
     }
+    if args.proxy.is_none() && is_group(&args.uri) {
+        return multicast(&client, method, &args, payload).await;
+    }
     let stepwise = method == Code::GET
         && !args.non
         && !args.quiet
@@ -333,6 +343,90 @@ pub(crate) async fn request(method: Code, args: RequestArgs) -> Exit {
             say(&args, &describe_error(&e, &args, elapsed));
             exit_for(&e)
         }
+    }
+}
+
+/// Whether `uri` names a multicast group.
+fn is_group(uri: &str) -> bool {
+    matches!(
+        CoapUri::parse(uri).map(|u| u.host().clone()),
+        Ok(Host::Ip { addr, .. }) if addr.is_multicast()
+    )
+}
+
+/// A request to a multicast group (RFC 7252 §8): Non-confirmable, answered by any number of
+/// servers until the window (`--timeout`) closes. Each answer's code and sender go to stderr,
+/// its body to the output. Exit status 0 if any answer was a success, 1 if all answers were
+/// errors, 3 if nobody answered.
+async fn multicast(client: &Client, method: Code, args: &RequestArgs, payload: Vec<u8>) -> Exit {
+    let chosen = match args.multicast_interface {
+        Some(group::Interface::V4(addr)) => client.set_multicast_interface_v4(addr),
+        Some(group::Interface::V6(index)) => client.set_multicast_interface_v6(index),
+        None => Ok(()),
+    };
+    if let Err(e) = chosen {
+        say(args, &format!("cannot pick the multicast interface: {e}"));
+        return Exit::Usage;
+    }
+    let started = Instant::now();
+    let mut request = build(client, method, args, payload);
+    if let Some(window) = args.timeout {
+        request = request.timeout(window);
+    }
+    let mut answers = match request.multicast().await {
+        Ok(answers) => answers,
+        Err(e) => {
+            say(args, &format!("{}: {e}", args.uri));
+            return exit_for(&e);
+        }
+    };
+    let (mut successes, mut total) = (0usize, 0usize);
+    while let Some(answer) = answers.next().await {
+        let response = match answer {
+            Ok(response) => response,
+            Err(e) => {
+                say(args, &format!("{}: {e}", args.uri));
+                continue;
+            }
+        };
+        total += 1;
+        say(
+            args,
+            &format!(
+                "{:?} from {} after {:.1} ms",
+                response.code(),
+                response.peer(),
+                started.elapsed().as_secs_f64() * 1000.0
+            ),
+        );
+        if args.verbose {
+            for line in format::describe_options(response.options()) {
+                eprintln!("   {line}");
+            }
+        }
+        if response.is_success() {
+            successes += 1;
+        }
+        if let Err(e) = write_body(
+            args,
+            response.payload(),
+            response.content_format(),
+            Style::Pretty,
+        ) {
+            say(args, &e);
+            return Exit::Network;
+        }
+    }
+    match (successes, total) {
+        (0, 0) => {
+            say(
+                args,
+                &format!("no answer from {} (the window closed)", args.uri),
+            );
+            Exit::Timeout
+        }
+        (0, _) => Exit::Response,
+        _ => Exit::Success,
     }
 }
 

@@ -20,6 +20,8 @@ use coap_tokio::{
     Code, ContentFormat, IncomingRequest, ResourceAttributes, Response, Router, Server,
 };
 
+use crate::group::Multicast;
+
 /// How often observers of `/time` are notified.
 const TIME_PERIOD: Duration = Duration::from_secs(2);
 
@@ -150,13 +152,16 @@ pub(crate) fn router(block: Stored) -> Router {
 /// Serves the demo resources on exactly `bind` until `shutdown` resolves.
 pub(crate) async fn run(
     bind: SocketAddr,
+    multicast: &Multicast,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), Box<dyn Error + Send + Sync>> {
     let server = Server::builder()
+        .config(multicast.configure(coap_tokio::Config::default()))
         .shutdown_grace(SHUTDOWN_GRACE)
         .bind(bind)
         .await
         .map_err(|e| format!("cannot bind {bind}: {e}"))?;
+    multicast.join_all(&server)?;
     let handle = server.handle();
     tracing::info!("listening on {}", server.local_addr());
     let block: Stored = Arc::new(Mutex::new((initial_block_body(), None)));

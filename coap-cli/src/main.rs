@@ -16,6 +16,7 @@ mod client;
 mod demo;
 mod fileserver;
 mod format;
+mod group;
 mod plugtest;
 mod proxy;
 
@@ -102,6 +103,9 @@ struct ServeArgs {
         default_value = "[::]:5683"
     )]
     bind: SocketAddr,
+
+    #[command(flatten)]
+    multicast: group::Multicast,
 }
 
 /// What the file server takes.
@@ -159,9 +163,11 @@ async fn run(command: Command) -> Exit {
         Command::Patch(args) => client::request(Code::PATCH, args).await,
         Command::Ipatch(args) => client::request(Code::IPATCH, args).await,
         Command::Observe(args) => client::observe(args).await,
-        Command::Serve(args) => server_exit(demo::run(args.bind, shutdown_signal()).await),
+        Command::Serve(args) => {
+            server_exit(demo::run(args.bind, &args.multicast, shutdown_signal()).await)
+        }
         Command::PlugtestServer(args) => {
-            server_exit(plugtest::run(args.bind, shutdown_signal()).await)
+            server_exit(plugtest::run(args.bind, &args.multicast, shutdown_signal()).await)
         }
         Command::Fileserver(args) => {
             server_exit(fileserver::run(args.dir, args.write, args.bind, shutdown_signal()).await)

@@ -21,6 +21,8 @@ use coap_tokio::{
     CoapError, Code, ContentFormat, IncomingRequest, MessageType, Notifier, OptionNumber,
     ResourceAttributes, Response, Router, Server, ServerHandle,
 };
+
+use crate::group::Multicast;
 use tokio::task::JoinHandle;
 
 /// The largest body the small resources (`/test`, `/query`, `/separate` ...) return
@@ -47,6 +49,8 @@ pub(crate) struct PlugtestOptions {
     /// ACK_TIMEOUT (RFC 7252 §4.8). Default 2 s; tests of the retransmission behaviour
     /// shorten it so that a whole give-up sequence takes seconds, not a minute.
     pub(crate) ack_timeout: Duration,
+    /// The longest an answer to a multicast request waits (RFC 7252 §8.2). Default 5 s.
+    pub(crate) leisure: Duration,
 }
 
 impl Default for PlugtestOptions {
@@ -55,6 +59,7 @@ impl Default for PlugtestOptions {
             notify_interval: Duration::from_secs(5),
             separate_delay: Duration::from_secs(1),
             ack_timeout: Duration::from_secs(2),
+            leisure: Duration::from_secs(5),
         }
     }
 }
@@ -87,18 +92,13 @@ impl PlugtestOptions {
 /// Serves the plugtest resources on `bind` until `shutdown` resolves.
 pub(crate) async fn run(
     bind: SocketAddr,
+    multicast: &Multicast,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), Box<dyn Error + Send + Sync>> {
-    run_with(bind, PlugtestOptions::from_env(), shutdown).await
-}
-
-/// [`run`] with chosen timing.
-pub(crate) async fn run_with(
-    bind: SocketAddr,
-    options: PlugtestOptions,
-    shutdown: impl Future<Output = ()> + Send + 'static,
-) -> Result<(), Box<dyn Error + Send + Sync>> {
+    let mut options = PlugtestOptions::from_env();
+    options.leisure = multicast.leisure;
     let plugtest = Plugtest::bind(bind, options).await?;
+    multicast.join_all(&plugtest.server)?;
     tracing::info!("listening on {}", plugtest.server.local_addr());
     plugtest.serve(shutdown).await
 }
@@ -118,6 +118,7 @@ impl Plugtest {
         let mut config = coap_tokio::Config::default();
         config.block_size = BLOCK_SIZE;
         config.ack_timeout = options.ack_timeout;
+        config.default_leisure = options.leisure;
         // TD_COAP_OBS_01 expects Confirmable notifications from `/obs`; `/obs-non` asks for
         // Non-confirmable ones per notification (TD_COAP_OBS_02).
         config.notification_type = MessageType::Con;

@@ -361,6 +361,53 @@ fn observe_stops_on_ctrl_c() {
     assert_eq!(status.code(), Some(0));
 }
 
+/// `serve --join` answers requests sent to the group, and `get` of a group address collects
+/// the answers until its window closes: errors are not answered to a group (RFC 7252 §8.2),
+/// so a missing resource draws silence and exit status 3. The group is joined on the
+/// loopback interface and the request leaves through it: nothing leaves the host.
+#[cfg(target_os = "linux")]
+#[test]
+fn multicast_discovery_with_serve_join() {
+    let port = free_udp_port();
+    let bind = format!("0.0.0.0:{port}");
+    let server = start_server(&[
+        "serve",
+        "--bind",
+        &bind,
+        "--join",
+        "224.0.1.187@127.0.0.1",
+        "--leisure",
+        "0.1",
+    ]);
+    let group = |path: &str| format!("coap://224.0.1.187:{}{path}", server.addr.port());
+    let found = coap(&[
+        "get",
+        &group("/.well-known/core?rt=*"),
+        "--multicast-interface",
+        "127.0.0.1",
+        "--timeout",
+        "1",
+    ]);
+    assert_ok(&found, "multicast discovery");
+    assert!(found.text().contains("</time>"), "{}", found.text());
+    assert_eq!(found.stderr.matches("2.05").count(), 1, "{}", found.stderr);
+    assert!(
+        found.stderr.contains(&format!("from 127.0.0.1:{port}")),
+        "{}",
+        found.stderr
+    );
+    let missing = coap(&[
+        "get",
+        &group("/missing"),
+        "--multicast-interface",
+        "127.0.0.1",
+        "--timeout",
+        "0.5",
+    ]);
+    assert_eq!(missing.code, Some(3), "{missing:?}");
+    assert!(missing.stderr.contains("no answer"), "{}", missing.stderr);
+}
+
 #[test]
 fn exit_statuses() {
     let server = demo();
@@ -570,6 +617,73 @@ fn tool(path: &Path, args: &[&str]) -> Outcome {
 }
 
 // ---- libcoap's coap-client against our servers ----------------------------------------
+
+/// Multicast both ways with libcoap, on the loopback interface only: its coap-client (bound
+/// to 127.0.0.1, so the request leaves through loopback) discovers our demo server in the
+/// group, and our client finds its coap-server joined to the group.
+#[cfg(target_os = "linux")]
+#[test]
+fn multicast_discovery_with_libcoap() {
+    let (Some(client), Some(server_tool)) = (libcoap_client(), libcoap_server()) else {
+        return;
+    };
+    let port = free_udp_port();
+    let bind = format!("0.0.0.0:{port}");
+    let _ours = start_server(&[
+        "serve",
+        "--bind",
+        &bind,
+        "--join",
+        "224.0.1.187@127.0.0.1",
+        "--leisure",
+        "0.1",
+    ]);
+    let group = format!("coap://224.0.1.187:{port}/.well-known/core");
+    let found = tool(&client, &["-N", "-a", "127.0.0.1", "-B", "1", &group]);
+    assert_ok(&found, "coap-client -N GET to the group");
+    assert!(found.text().contains("</time>"), "{}", found.text());
+
+    let port = free_udp_port();
+    let mut command = Command::new(&server_tool);
+    command
+        .args([
+            "-A",
+            "0.0.0.0",
+            "-p",
+            &port.to_string(),
+            "-g",
+            "224.0.1.187",
+            "-G",
+            "lo",
+        ])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+    let _theirs = Guard {
+        child: command.spawn().expect("start coap-server"),
+    };
+    // Once it answers by unicast, it has joined; its answer to the group then comes after a
+    // random leisure of up to 5 s (RFC 7252 §8.2).
+    let unicast = format!("coap://127.0.0.1:{port}/.well-known/core");
+    let started = (0..50).any(|_| coap(&["get", &unicast, "--timeout", "0.2"]).code == Some(0));
+    assert!(started, "libcoap's coap-server did not start");
+    let group = format!("coap://224.0.1.187:{port}/.well-known/core");
+    let found = coap(&[
+        "get",
+        &group,
+        "--multicast-interface",
+        "127.0.0.1",
+        "--timeout",
+        "6",
+    ]);
+    assert_ok(&found, "our GET to the group");
+    assert!(found.text().contains("</time>"), "{}", found.text());
+    assert!(
+        found.stderr.contains(&format!("from 127.0.0.1:{port}")),
+        "{}",
+        found.stderr
+    );
+}
 
 #[test]
 fn libcoap_client_against_our_demo_server() {

@@ -4,7 +4,16 @@
 //! cannot reach IPv6 at all. Every runtime crate turns user-given addresses into the socket's
 //! form before they reach the engine, and back into the plain form before they reach users.
 
-use core::net::{SocketAddr, SocketAddrV4, SocketAddrV6};
+use core::net::{Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4, SocketAddrV6};
+
+/// The IPv4 "All CoAP Nodes" multicast address (RFC 7252 §12.8).
+pub const ALL_COAP_NODES_V4: Ipv4Addr = Ipv4Addr::new(224, 0, 1, 187);
+
+/// The link-local IPv6 "All CoAP Nodes" multicast address, `ff02::fd` (RFC 7252 §12.8).
+pub const ALL_COAP_NODES_V6_LINK_LOCAL: Ipv6Addr = Ipv6Addr::new(0xff02, 0, 0, 0, 0, 0, 0, 0xfd);
+
+/// The site-local IPv6 "All CoAP Nodes" multicast address, `ff05::fd` (RFC 7252 §12.8).
+pub const ALL_COAP_NODES_V6_SITE_LOCAL: Ipv6Addr = Ipv6Addr::new(0xff05, 0, 0, 0, 0, 0, 0, 0xfd);
 
 /// `remote` in the form a socket bound to `local` sends to and receives from: IPv4 peers of
 /// an IPv6 socket as IPv4-mapped IPv6 addresses, IPv4-mapped addresses of an IPv4 socket as

@@ -3,7 +3,7 @@
 use std::collections::HashMap;
 use std::fmt;
 use std::future::Future;
-use std::net::SocketAddr;
+use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::pin::Pin;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
@@ -74,6 +74,51 @@ impl Server {
     /// How many engines serve the address (see [`ServerBuilder::engines`]).
     pub fn engines(&self) -> usize {
         self.drivers.len()
+    }
+
+    /// Joins the IPv4 multicast `group` (such as [`ALL_COAP_NODES_V4`](crate::ALL_COAP_NODES_V4))
+    /// on the interface with address `interface` (`0.0.0.0`: the system chooses). Bind to the
+    /// wildcard address (`0.0.0.0` or `[::]`) to receive what is sent to the group. On Linux
+    /// the requests sent to the group are then answered as RFC 7252 §8.2 asks: after a random
+    /// leisure ([`Config::default_leisure`]), never with an error or a Reset, and from the
+    /// server's unicast address; elsewhere they are answered like unicast requests.
+    ///
+    /// With several engines the first one joins and answers; the others' sockets are told
+    /// to ignore the group (see [`coap_udp::report_group_destinations`]).
+    pub fn join_multicast_v4(&self, group: Ipv4Addr, interface: Ipv4Addr) -> Result<(), Error> {
+        self.join(|s| coap_udp::join_multicast_v4(s, group, interface))
+    }
+
+    /// Joins the IPv6 multicast `group` (such as
+    /// [`ALL_COAP_NODES_V6_LINK_LOCAL`](crate::ALL_COAP_NODES_V6_LINK_LOCAL)) on the interface
+    /// with index `interface` (0: the system chooses); see
+    /// [`join_multicast_v4`](Server::join_multicast_v4).
+    pub fn join_multicast_v6(&self, group: Ipv6Addr, interface: u32) -> Result<(), Error> {
+        self.join(|s| coap_udp::join_multicast_v6(s, group, interface))
+    }
+
+    /// Leaves an IPv4 multicast group joined with [`join_multicast_v4`](Server::join_multicast_v4).
+    pub fn leave_multicast_v4(&self, group: Ipv4Addr, interface: Ipv4Addr) -> Result<(), Error> {
+        Ok(socket2::SockRef::from(&*self.handle.first.socket)
+            .leave_multicast_v4(&group, &interface)?)
+    }
+
+    /// Leaves an IPv6 multicast group joined with [`join_multicast_v6`](Server::join_multicast_v6).
+    pub fn leave_multicast_v6(&self, group: Ipv6Addr, interface: u32) -> Result<(), Error> {
+        Ok(socket2::SockRef::from(&*self.handle.first.socket)
+            .leave_multicast_v6(&group, interface)?)
+    }
+
+    /// Joins a group with the first engine's socket, and keeps the others from hearing it.
+    fn join(
+        &self,
+        join: impl FnOnce(socket2::SockRef<'_>) -> std::io::Result<()>,
+    ) -> Result<(), Error> {
+        join(socket2::SockRef::from(&*self.handle.first.socket))?;
+        for other in self.handle.engines.iter().skip(1) {
+            coap_udp::report_group_destinations(&*other.socket)?;
+        }
+        Ok(())
     }
 
     /// A handle for introspection and shutdown while the server runs.

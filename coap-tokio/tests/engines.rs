@@ -261,3 +261,57 @@ async fn the_shutdown_signal_stops_every_engine() {
     })
     .await;
 }
+
+/// With several engines on a port, a request sent to a group the server joined is answered
+/// once, by the engine whose socket joined, and as a multicast request (RFC 7252 §8.2: a
+/// request for a missing resource draws no answer).
+#[cfg(target_os = "linux")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_group_request_is_answered_by_one_engine() {
+    use std::net::Ipv4Addr;
+    bounded(async {
+        let mut config = coap_tokio::Config::default();
+        config.default_leisure = Duration::from_millis(50);
+        let server = Server::builder()
+            .engines(ENGINES)
+            .config(config)
+            .bind("0.0.0.0:0")
+            .await
+            .unwrap();
+        // Joined on the loopback interface, and the client bound to loopback: nothing
+        // leaves the host.
+        server
+            .join_multicast_v4(coap_tokio::ALL_COAP_NODES_V4, Ipv4Addr::LOCALHOST)
+            .unwrap();
+        let port = server.local_addr().port();
+        let (tx, _observers) = watch::channel(0);
+        let handle = server.handle();
+        let task = tokio::spawn(server.serve(app(Arc::new(AtomicUsize::new(0)), tx)));
+        let group = format!("coap://{}:{port}", coap_tokio::ALL_COAP_NODES_V4);
+        // Several clients, so that peers land on both engines.
+        for n in 0..8 {
+            let client = Client::bind("127.0.0.1:0").await.unwrap();
+            let mut answers = client
+                .get(format!("{group}/echo?n={n}"))
+                .timeout(Duration::from_millis(300))
+                .multicast()
+                .await
+                .unwrap();
+            let mut got = Vec::new();
+            while let Some(rsp) = answers.next().await {
+                got.push(rsp.unwrap().payload_str().unwrap_or_default().to_string());
+            }
+            assert_eq!(got, [n.to_string()]);
+            let mut answers = client
+                .get(format!("{group}/missing"))
+                .timeout(Duration::from_millis(200))
+                .multicast()
+                .await
+                .unwrap();
+            assert!(answers.next().await.is_none());
+        }
+        handle.shutdown().await.unwrap();
+        task.await.unwrap().unwrap();
+    })
+    .await;
+}

@@ -31,7 +31,7 @@
 //! the workspace.
 
 use std::io;
-use std::net::SocketAddr;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 #[cfg(target_os = "linux")]
 use std::os::fd::AsFd;
 
@@ -64,6 +64,16 @@ const STRIDE: usize = SLOT + 256;
 /// The least room the send buffer has for datagrams packed back to back.
 const SEND_BUFFER: usize = 64 * 1024;
 
+/// One datagram of a [`RecvBatch`]: where it lies, where it came from, and the multicast
+/// group it was sent to, if the socket reports destinations and it was.
+#[derive(Clone, Copy, Debug)]
+struct Arrival {
+    slot: usize,
+    len: usize,
+    from: SocketAddr,
+    group: Option<IpAddr>,
+}
+
 /// Up to [`RECV_BATCH`] datagrams received by one call, each with its source address.
 pub struct RecvBatch {
     /// `width` slots, [`STRIDE`] bytes apart.
@@ -71,16 +81,33 @@ pub struct RecvBatch {
     width: usize,
     /// The most datagrams the next call takes (1 to `width`).
     limit: usize,
-    /// Slot, length and source of each datagram of the last call.
-    received: Vec<(usize, usize, SocketAddr)>,
+    /// The datagrams of the last call.
+    received: Vec<Arrival>,
     /// An error met after some datagrams of a [`RecvBatch::recv_with`] call: returned by the
     /// next call, so that it is not lost.
     deferred: Option<io::Error>,
-    /// The socket last received from and whether it is IPv6 (which picks the `recvmmsg`
-    /// headers), learnt from the system when the socket changes.
+    /// What the system said of the socket last received from, asked again when the socket
+    /// changes or another socket has joined a group since.
     #[cfg(target_os = "linux")]
-    family: Option<(std::os::fd::RawFd, bool)>,
+    socket: Option<SocketTraits>,
 }
+
+/// What [`RecvBatch::recv`] needs to know of a socket to prepare its `recvmmsg` headers.
+#[cfg(target_os = "linux")]
+#[derive(Clone, Copy, Debug)]
+struct SocketTraits {
+    fd: std::os::fd::RawFd,
+    v6: bool,
+    /// The socket reports each datagram's destination (`IP_PKTINFO` / `IPV6_RECVPKTINFO`).
+    destinations: bool,
+    /// [`GROUPS_JOINED`] when this was learnt.
+    epoch: u64,
+}
+
+/// Counts the calls to [`report_group_destinations`] in this process. A
+/// [`RecvBatch`] that knew a socket not to report destinations asks again when it moves.
+#[cfg(target_os = "linux")]
+static GROUPS_JOINED: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
 
 impl std::fmt::Debug for RecvBatch {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -103,7 +130,7 @@ impl RecvBatch {
             received: Vec::with_capacity(width),
             deferred: None,
             #[cfg(target_os = "linux")]
-            family: None,
+            socket: None,
         }
     }
 
@@ -137,26 +164,56 @@ impl RecvBatch {
         if let Some(e) = self.deferred.take() {
             return Err(e);
         }
+        let traits = self.traits(socket)?;
+        let (buf, width, received) = (&mut self.buf, self.limit, &mut self.received);
+        let destinations = traits.destinations;
+        let set = usize::from(traits.v6) | usize::from(destinations) << 1;
+        let mut call =
+            |headers: &mut Headers| recv_into(headers, socket, buf, width, destinations, received);
+        HEADERS
+            .try_with(|cell| match cell.try_borrow_mut() {
+                Ok(mut kept) => {
+                    let Some(slot) = kept.get_mut(set) else {
+                        return call(&mut new_headers(destinations)).map(|(n, _)| n);
+                    };
+                    let (n, worn) = call(slot.get_or_insert_with(|| new_headers(destinations)))?;
+                    if worn {
+                        // Some control data did not fit in room a shorter message left:
+                        // start the next call with fresh headers.
+                        *slot = None;
+                    }
+                    Ok(n)
+                }
+                Err(_) => call(&mut new_headers(destinations)).map(|(n, _)| n),
+            })
+            // The thread is ending and its headers are gone: use fresh ones this once.
+            .unwrap_or_else(|_| call(&mut new_headers(destinations)).map(|(n, _)| n))
+    }
+
+    /// The family of `socket` and whether it reports destinations, asked of the system when
+    /// the socket is not the last one or a group has been joined since.
+    #[cfg(target_os = "linux")]
+    fn traits(&mut self, socket: &impl AsFd) -> io::Result<SocketTraits> {
+        use std::sync::atomic::Ordering;
         let fd = std::os::fd::AsRawFd::as_raw_fd(&socket.as_fd());
-        let v6 = match self.family {
-            Some((known, v6)) if known == fd => v6,
+        let epoch = GROUPS_JOINED.load(Ordering::Relaxed);
+        match self.socket {
+            Some(known) if known.fd == fd && (known.destinations || known.epoch == epoch) => {
+                Ok(known)
+            }
             _ => {
                 let local = rustix::net::getsockname(socket)?;
                 let v6 = local.address_family() == rustix::net::AddressFamily::INET6;
-                self.family = Some((fd, v6));
-                v6
+                let traits = SocketTraits {
+                    fd,
+                    v6,
+                    destinations: reports_destinations(socket, v6),
+                    epoch,
+                };
+                self.socket = Some(traits);
+                Ok(traits)
             }
-        };
-        let (buf, width, received) = (&mut self.buf, self.limit, &mut self.received);
-        let mut call = |headers: &mut Headers| recv_into(headers, socket, buf, width, received);
-        let headers = if v6 { &V6_HEADERS } else { &V4_HEADERS };
-        headers
-            .try_with(|cell| match cell.try_borrow_mut() {
-                Ok(mut kept) => call(kept.get_or_insert_with(new_headers)),
-                Err(_) => call(&mut new_headers()),
-            })
-            // The thread is ending and its headers are gone: use fresh ones this once.
-            .unwrap_or_else(|_| call(&mut new_headers()))
+        }
     }
 
     /// Receives up to [`limit`](RecvBatch::limit) datagrams by calling `recv_from` (a
@@ -178,7 +235,12 @@ impl RecvBatch {
                 break;
             };
             match recv_from(buf) {
-                Ok((len, from)) => self.received.push((slot, len.min(SLOT), from)),
+                Ok((len, from)) => self.received.push(Arrival {
+                    slot,
+                    len: len.min(SLOT),
+                    from,
+                    group: None,
+                }),
                 Err(e) if self.received.is_empty() => return Err(e),
                 Err(e) => {
                     if e.kind() != io::ErrorKind::WouldBlock {
@@ -203,9 +265,17 @@ impl RecvBatch {
 
     /// Datagram `i` of the last call and its source.
     pub fn get(&self, i: usize) -> Option<(SocketAddr, &[u8])> {
-        let &(slot, len, from) = self.received.get(i)?;
-        let start = slot * STRIDE;
-        Some((from, self.buf.get(start..start + len)?))
+        let a = self.received.get(i)?;
+        let start = a.slot * STRIDE;
+        Some((a.from, self.buf.get(start..start + a.len)?))
+    }
+
+    /// The multicast group datagram `i` of the last call was sent to, or `None` if it came
+    /// by unicast or the socket does not report destinations (only a socket that joined a
+    /// group and was prepared with [`report_group_destinations`] does, and only on
+    /// Linux).
+    pub fn group(&self, i: usize) -> Option<IpAddr> {
+        self.received.get(i)?.group
     }
 
     /// The datagrams of the last call, in arrival order, with their sources.
@@ -708,10 +778,16 @@ impl DatagramIo {
             }
             match received {
                 Ok(n) => {
-                    for (from, datagram) in self.rx.iter() {
+                    for (i, (from, datagram)) in self.rx.iter().enumerate() {
                         let Some(from) = for_socket(self.local, from) else {
                             continue;
                         };
+                        if let Some(group) = self.rx.group(i) {
+                            // RFC 7252 §8.2: answered after a leisure, errors suppressed.
+                            trace!(peer = %from, %group, len = datagram.len(), "multicast datagram received");
+                            ep.handle_multicast_datagram(now, from, datagram);
+                            continue;
+                        }
                         trace!(peer = %from, len = datagram.len(), "datagram received");
                         ep.handle_datagram(now, from, datagram);
                     }
@@ -836,6 +912,67 @@ impl DatagramIo {
     }
 }
 
+/// Prepares a socket that joins multicast groups (call it with the join): on Linux the socket
+/// then reports each datagram's destination (`IP_PKTINFO`, or `IPV6_RECVPKTINFO` on an IPv6
+/// socket, which reports IPv4 destinations too), so that [`RecvBatch::group`] tells the
+/// datagrams sent to a group and [`DatagramIo::receive`] hands them to
+/// [`Endpoint::handle_multicast_datagram`] (RFC 7252 §8.2: answered after a random leisure,
+/// never with an error or a Reset). It also stops the socket from receiving what is sent to
+/// groups that only other sockets of the host joined (`IP_MULTICAST_ALL`, which Linux turns
+/// on by default for sockets bound to the wildcard address): with several engines sharing a
+/// port, only the one whose socket joined answers. Elsewhere it does nothing, and datagrams
+/// sent to a group are handled like any other.
+#[cfg(target_os = "linux")]
+pub fn report_group_destinations(socket: &impl AsFd) -> io::Result<()> {
+    use nix::sys::socket::{setsockopt, sockopt};
+    use std::sync::atomic::Ordering;
+    let v6 =
+        rustix::net::getsockname(socket)?.address_family() == rustix::net::AddressFamily::INET6;
+    let s = socket2::SockRef::from(socket);
+    if v6 {
+        setsockopt(socket, sockopt::Ipv6RecvPacketInfo, &true).map_err(io::Error::from)?;
+        // Kernels before 4.20 lack the IPv6 option; a dual-stack socket also takes the
+        // IPv4 one.
+        let _ = s.set_multicast_all_v6(false);
+        let _ = s.set_multicast_all_v4(false);
+    } else {
+        setsockopt(socket, sockopt::Ipv4PacketInfo, &true).map_err(io::Error::from)?;
+        s.set_multicast_all_v4(false)?;
+    }
+    GROUPS_JOINED.fetch_add(1, Ordering::Relaxed);
+    Ok(())
+}
+
+/// Prepares a socket that joins multicast groups; see the Linux version. Elsewhere the
+/// socket cannot report destinations and this does nothing.
+#[cfg(not(target_os = "linux"))]
+pub fn report_group_destinations<S>(_socket: &S) -> io::Result<()> {
+    Ok(())
+}
+
+/// Joins the IPv4 multicast `group` on the interface with address `interface` (`0.0.0.0`:
+/// the system chooses) and prepares the socket with [`report_group_destinations`], so that
+/// requests sent to the group are handled as multicast requests.
+pub fn join_multicast_v4(
+    socket: socket2::SockRef<'_>,
+    group: Ipv4Addr,
+    interface: Ipv4Addr,
+) -> io::Result<()> {
+    socket.join_multicast_v4(&group, &interface)?;
+    report_group_destinations(&*socket)
+}
+
+/// Joins the IPv6 multicast `group` on the interface with index `interface` (0: the system
+/// chooses) and prepares the socket with [`report_group_destinations`].
+pub fn join_multicast_v6(
+    socket: socket2::SockRef<'_>,
+    group: Ipv6Addr,
+    interface: u32,
+) -> io::Result<()> {
+    socket.join_multicast_v6(&group, interface)?;
+    report_group_destinations(&*socket)
+}
+
 /// Reads up to [`RECV_BATCH`] entries of the socket's error queue (Linux, `MSG_ERRQUEUE` on a
 /// socket with `IP_RECVERR` / `IPV6_RECVERR`, see ip(7)) and returns the original destinations
 /// of the datagrams that drew an ICMP error, except "packet too big", which reports a path
@@ -871,33 +1008,71 @@ pub fn error_queue_peers(socket: &impl AsFd) -> Vec<SocketAddr> {
 
 /// The message headers `recvmmsg` fills in. They hold raw pointers, so they cannot live in a
 /// [`RecvBatch`] that moves between threads; each thread keeps its own instead, one set per
-/// address family. A set keeps each message's address length from its last call (nix does
-/// not reset it, and the kernel copies no more than that): since every peer of a socket has
-/// the socket's address family (IPv4 peers of a dual-stack socket arrive IPv4-mapped),
-/// sockets of one family never leave a set too short for the next.
+/// address family and per kind of socket (reporting destinations or not). A set keeps each
+/// message's address and control lengths from its last call (nix does not reset them, and
+/// the kernel copies no more than that). Every peer of a socket has the socket's address
+/// family (IPv4 peers of a dual-stack socket arrive IPv4-mapped), and a socket reporting
+/// destinations adds the same control message to every datagram (an IPv6 socket reports
+/// IPv4 destinations IPv4-mapped, in the same form), so sockets of one set never leave it
+/// too short for the next; a message that still finds its control data cut short
+/// (`MSG_CTRUNC`) has the set replaced.
 #[cfg(target_os = "linux")]
 type Headers = nix::sys::socket::MultiHeaders<nix::sys::socket::SockaddrStorage>;
 
 #[cfg(target_os = "linux")]
 thread_local! {
-    static V4_HEADERS: std::cell::RefCell<Option<Headers>> = const { std::cell::RefCell::new(None) };
-    static V6_HEADERS: std::cell::RefCell<Option<Headers>> = const { std::cell::RefCell::new(None) };
+    /// Indexed by `v6 | destinations << 1`.
+    static HEADERS: std::cell::RefCell<[Option<Headers>; 4]> =
+        const { std::cell::RefCell::new([None, None, None, None]) };
 }
 
 #[cfg(target_os = "linux")]
-fn new_headers() -> Headers {
-    nix::sys::socket::MultiHeaders::preallocate(RECV_BATCH, None)
+fn new_headers(destinations: bool) -> Headers {
+    // Room for the larger of the two destination reports.
+    let control = destinations.then(|| nix::cmsg_space!(nix::libc::in6_pktinfo));
+    nix::sys::socket::MultiHeaders::preallocate(RECV_BATCH, control)
 }
 
-/// One `recvmmsg` of up to `width` datagrams into the slots of `buf`.
+/// Whether `socket` reports each datagram's destination address.
+#[cfg(target_os = "linux")]
+fn reports_destinations(socket: &impl AsFd, v6: bool) -> bool {
+    use nix::sys::socket::{getsockopt, sockopt};
+    if v6 {
+        getsockopt(socket, sockopt::Ipv6RecvPacketInfo).unwrap_or(false)
+    } else {
+        getsockopt(socket, sockopt::Ipv4PacketInfo).unwrap_or(false)
+    }
+}
+
+/// The multicast destination a control message reports, if it reports one.
+#[cfg(target_os = "linux")]
+fn multicast_destination(c: &nix::sys::socket::ControlMessageOwned) -> Option<IpAddr> {
+    use nix::sys::socket::ControlMessageOwned;
+    let to = match c {
+        // ip(7): `ipi_addr` is the destination address in the packet header.
+        ControlMessageOwned::Ipv4PacketInfo(info) => {
+            IpAddr::V4(Ipv4Addr::from(u32::from_be(info.ipi_addr.s_addr)))
+        }
+        ControlMessageOwned::Ipv6PacketInfo(info) => {
+            let v6 = Ipv6Addr::from(info.ipi6_addr.s6_addr);
+            v6.to_ipv4_mapped().map_or(IpAddr::V6(v6), IpAddr::V4)
+        }
+        _ => return None,
+    };
+    to.is_multicast().then_some(to)
+}
+
+/// One `recvmmsg` of up to `width` datagrams into the slots of `buf`. Returns how many
+/// arrived and whether a message found its control data cut short.
 #[cfg(target_os = "linux")]
 fn recv_into(
     headers: &mut Headers,
     socket: &impl AsFd,
     buf: &mut [u8],
     width: usize,
-    received: &mut Vec<(usize, usize, SocketAddr)>,
-) -> io::Result<usize> {
+    destinations: bool,
+    received: &mut Vec<Arrival>,
+) -> io::Result<(usize, bool)> {
     use nix::sys::socket::{recvmmsg, MsgFlags};
     use std::io::IoSliceMut;
     use std::os::fd::AsRawFd;
@@ -917,12 +1092,27 @@ fn recv_into(
         MsgFlags::MSG_DONTWAIT,
         None,
     )?;
+    let mut worn = false;
     for (slot, msg) in results.enumerate() {
+        let group = if destinations {
+            worn |= msg.flags.contains(MsgFlags::MSG_CTRUNC);
+            msg.cmsgs()
+                .into_iter()
+                .flatten()
+                .find_map(|c| multicast_destination(&c))
+        } else {
+            None
+        };
         if let Some(from) = msg.address.as_ref().and_then(storage_to_socket_addr) {
-            received.push((slot, msg.bytes.min(SLOT), from));
+            received.push(Arrival {
+                slot,
+                len: msg.bytes.min(SLOT),
+                from,
+                group,
+            });
         }
     }
-    Ok(received.len())
+    Ok((received.len(), worn))
 }
 
 #[cfg(target_os = "linux")]
@@ -1598,6 +1788,140 @@ mod tests {
         assert_eq!(
             c.as_bytes()[SegmentSize::HEADER..SegmentSize::HEADER + 2],
             1000u16.to_ne_bytes()
+        );
+    }
+
+    /// The All CoAP Nodes group (RFC 7252 §12.8), joined on the loopback interface only, so
+    /// nothing leaves the host.
+    #[cfg(target_os = "linux")]
+    const GROUP: Ipv4Addr = Ipv4Addr::new(224, 0, 1, 187);
+
+    /// A sender whose multicast datagrams leave through the loopback interface.
+    #[cfg(target_os = "linux")]
+    fn loopback_sender() -> UdpSocket {
+        let tx = UdpSocket::bind("127.0.0.1:0").unwrap();
+        socket2::SockRef::from(&tx)
+            .set_multicast_if_v4(&Ipv4Addr::LOCALHOST)
+            .unwrap();
+        tx
+    }
+
+    /// Receives until `n` datagrams came or 5 s passed; returns each one's first byte and
+    /// group.
+    #[cfg(target_os = "linux")]
+    fn collect(batch: &mut RecvBatch, rx: &UdpSocket, n: usize) -> Vec<(u8, Option<IpAddr>)> {
+        let mut got = Vec::new();
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        while got.len() < n && std::time::Instant::now() < deadline {
+            match batch.recv(rx) {
+                Ok(k) => got.extend((0..k).map(|i| {
+                    let (_, d) = batch.get(i).unwrap();
+                    (d[0], batch.group(i))
+                })),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    std::thread::sleep(Duration::from_millis(1));
+                }
+                Err(e) => panic!("{e}"),
+            }
+        }
+        got
+    }
+
+    #[cfg(target_os = "linux")]
+    #[test]
+    fn datagrams_sent_to_a_joined_group_are_told_apart() {
+        for bind in ["0.0.0.0:0", "[::]:0"] {
+            let rx = UdpSocket::bind(bind).unwrap();
+            rx.set_nonblocking(true).unwrap();
+            let port = rx.local_addr().unwrap().port();
+            let tx = loopback_sender();
+            let mut batch = RecvBatch::new(RECV_BATCH);
+            // Before the join the batch learns that the socket reports nothing.
+            tx.send_to(&[1], ("127.0.0.1", port)).unwrap();
+            assert_eq!(collect(&mut batch, &rx, 1), [(1, None)], "{bind}");
+            socket2::SockRef::from(&rx)
+                .join_multicast_v4(&GROUP, &Ipv4Addr::LOCALHOST)
+                .unwrap();
+            report_group_destinations(&rx).unwrap();
+            tx.send_to(&[2], (GROUP, port)).unwrap();
+            tx.send_to(&[3], ("127.0.0.1", port)).unwrap();
+            tx.send_to(&[4], (GROUP, port)).unwrap();
+            let group = Some(IpAddr::V4(GROUP));
+            assert_eq!(
+                collect(&mut batch, &rx, 3),
+                [(2, group), (3, None), (4, group)],
+                "{bind}"
+            );
+        }
+    }
+
+    #[cfg(target_os = "linux")]
+    #[test]
+    fn a_socket_that_did_not_join_does_not_get_the_groups_datagrams() {
+        // Two engines' sockets on one port: only the one that joined hears the group.
+        let open = |addr: SocketAddr| {
+            let s =
+                socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::DGRAM, None).unwrap();
+            s.set_reuse_port(true).unwrap();
+            s.set_nonblocking(true).unwrap();
+            s.bind(&addr.into()).unwrap();
+            UdpSocket::from(s)
+        };
+        let joined = open("0.0.0.0:0".parse().unwrap());
+        let port = joined.local_addr().unwrap().port();
+        let other = open(SocketAddr::from(([0, 0, 0, 0], port)));
+        socket2::SockRef::from(&joined)
+            .join_multicast_v4(&GROUP, &Ipv4Addr::LOCALHOST)
+            .unwrap();
+        report_group_destinations(&joined).unwrap();
+        report_group_destinations(&other).unwrap();
+        let tx = loopback_sender();
+        for i in 0..8 {
+            tx.send_to(&[i], (GROUP, port)).unwrap();
+        }
+        let mut batch = RecvBatch::new(RECV_BATCH);
+        assert_eq!(collect(&mut batch, &joined, 8).len(), 8);
+        assert!(matches!(batch.recv(&other), Err(e) if e.kind() == io::ErrorKind::WouldBlock));
+    }
+
+    #[cfg(target_os = "linux")]
+    #[test]
+    fn group_datagrams_reach_the_engine_as_multicast() {
+        let rx = UdpSocket::bind("0.0.0.0:0").unwrap();
+        rx.set_nonblocking(true).unwrap();
+        let port = rx.local_addr().unwrap().port();
+        socket2::SockRef::from(&rx)
+            .join_multicast_v4(&GROUP, &Ipv4Addr::LOCALHOST)
+            .unwrap();
+        report_group_destinations(&rx).unwrap();
+        let tx = loopback_sender();
+        tx.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        let mut ep = Endpoint::new(Config::default(), 9).unwrap();
+        let mut io = DatagramIo::new(rx.local_addr().unwrap(), 1152);
+        let now = Instant::from_micros(0);
+        let mut get = Vec::new();
+        Message::new(MessageType::Non, Code::GET, 0x1234)
+            .encode_to_vec(&mut get)
+            .unwrap();
+        tx.send_to(&get, (GROUP, port)).unwrap();
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        let mut handled = 0;
+        while handled == 0 && std::time::Instant::now() < deadline {
+            handled += io.receive(&StdSocket(&rx), &mut ep, now, 64).datagrams;
+        }
+        assert_eq!(handled, 1);
+        // A NON request: nothing to acknowledge, and the engine waits for the application.
+        assert!(!io.flush(&StdSocket(&rx), &mut ep, now, 64));
+        let events: Vec<_> = std::iter::from_fn(|| ep.poll_event()).collect();
+        assert!(
+            matches!(
+                events.as_slice(),
+                [coap_proto::Event::Request {
+                    multicast: true,
+                    ..
+                }]
+            ),
+            "{events:?}"
         );
     }
 }

@@ -6,7 +6,7 @@
 //! whole list stays fast on the wall clock; what a request has to wait for, the scenario
 //! releases through the application's gate rather than by sleeping.
 
-use std::net::UdpSocket;
+use std::net::{Ipv4Addr, SocketAddr, UdpSocket};
 use std::sync::atomic::Ordering;
 use std::thread;
 use std::time::{Duration, Instant};
@@ -725,18 +725,65 @@ pub fn dropped_requests_leave_no_state<C: Stack>() {
 
 /// A multicast request collects responses until its window closes, even when nobody answers.
 pub fn multicast_request_collects_until_its_window_closes<C: Stack>() {
-    let client = C::client("0.0.0.0:0", Config::default()).unwrap();
+    // Bound to loopback, so the request leaves through the loopback interface only.
+    let client = C::client("127.0.0.1:0", Config::default()).unwrap();
     let window = Duration::from_millis(100);
     let start = Instant::now();
-    let req = Req::get("coap://224.0.1.187:5683/.well-known/core").timeout(window);
-    let Ok(responses) = client.multicast(req) else {
-        eprintln!("SKIP: no multicast route");
-        return;
-    };
-    // Whoever answers on this group here is collected; the window ends the request.
-    drop(responses);
+    let port = UdpSocket::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let req = Req::get(format!("coap://224.0.1.187:{port}/.well-known/core")).timeout(window);
+    let responses = client.multicast(req).unwrap();
+    assert!(responses.is_empty(), "{responses:?}");
     assert!(start.elapsed() >= window);
     assert!(client.pending().unwrap().is_empty());
+}
+
+/// A server that joined a group answers the requests sent to it as RFC 7252 §8.2 asks:
+/// Non-confirmable, from its unicast address, and not at all when the answer would be an
+/// error; link-format discovery with a filter that matches nothing draws no answer either
+/// (RFC 6690 §4.1). The same requests by unicast are answered, errors included.
+pub fn multicast_requests_reach_group_members<C: Stack, S: Stack>() {
+    let mut config = Config::default();
+    config.default_leisure = Duration::from_millis(150);
+    // Joined on the loopback interface, and the client bound to loopback: nothing leaves
+    // the host.
+    let group = coap_proto::addr::ALL_COAP_NODES_V4;
+    let server = S::serve_in_group("0.0.0.0:0", config, group, Ipv4Addr::LOCALHOST).unwrap();
+    let port = server.addr().port();
+    let client = C::client("127.0.0.1:0", Config::default()).unwrap();
+    let to_group = |path: &str| {
+        Req::get(format!("coap://{group}:{port}{path}")).timeout(Duration::from_millis(600))
+    };
+
+    let responses = client.multicast(to_group("/hello")).unwrap();
+    let [Ok(rsp)] = responses.as_slice() else {
+        panic!("one answer expected: {responses:?}");
+    };
+    assert_eq!((rsp.code(), text(rsp)), (Code::CONTENT, "hello"));
+    assert_eq!(rsp.message_type(), MessageType::Non);
+    assert_eq!(rsp.peer, SocketAddr::from((Ipv4Addr::LOCALHOST, port)));
+
+    let responses = client
+        .multicast(to_group("/.well-known/core?rt=counter"))
+        .unwrap();
+    let [Ok(rsp)] = responses.as_slice() else {
+        panic!("one answer expected: {responses:?}");
+    };
+    assert!(text(rsp).contains("</sensors/counter>"), "{}", text(rsp));
+
+    // Errors are suppressed for the group, and so is an empty discovery answer.
+    for path in ["/nowhere", "/bad", "/.well-known/core?rt=nothing"] {
+        let responses = client.multicast(to_group(path)).unwrap();
+        assert!(responses.is_empty(), "{path}: {responses:?}");
+    }
+    let unicast = format!("coap://127.0.0.1:{port}/nowhere");
+    assert_eq!(
+        client.send(Req::get(unicast)).unwrap().code(),
+        Code::NOT_FOUND
+    );
 }
 
 /// A GET through the forward proxy of `proxy` for `uri` (RFC 7252 §5.7.2: the proxy's

@@ -43,7 +43,7 @@
 //! | `/n?i=N` | GET | 2.05 `"N"` |
 
 use std::fmt;
-use std::net::{SocketAddr, UdpSocket};
+use std::net::{Ipv4Addr, SocketAddr, UdpSocket};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{mpsc, Arc, Once};
 use std::thread;
@@ -76,6 +76,15 @@ pub trait Stack: 'static {
     /// Binds a server on `addr` with `config` and serves the standard application on it
     /// (with a shutdown signal that [`TestServer::stop`] fires).
     fn serve(addr: &str, config: Config) -> Result<Self::Server, StackError>;
+
+    /// Like [`serve`](Stack::serve), with the server's socket joined to the IPv4 multicast
+    /// `group` on the interface with address `interface` before it serves.
+    fn serve_in_group(
+        addr: &str,
+        config: Config,
+        group: Ipv4Addr,
+        interface: Ipv4Addr,
+    ) -> Result<Self::Server, StackError>;
 }
 
 /// A client, through blocking calls.

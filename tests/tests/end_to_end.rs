@@ -33,6 +33,7 @@ macro_rules! pair_tests {
             server_handle_sends_from_the_server_socket,
             ipv6_and_dual_stack_clients,
             proxying_forward_and_reverse,
+            multicast_requests_reach_group_members,
         );
     };
     ($c:ty, $s:ty; $($name:ident),* $(,)?) => {

@@ -2,6 +2,7 @@
 //! process, whose workers run the drivers, the servers and their handlers in between.
 
 use std::future::Future;
+use std::net::Ipv4Addr;
 use std::sync::{Mutex, OnceLock};
 use std::time::Duration;
 
@@ -53,39 +54,60 @@ impl Stack for Tokio {
     }
 
     fn serve(addr: &str, config: Config) -> Result<Server, StackError> {
-        let server = wait(coap_tokio::Server::builder().config(config).bind(addr));
-        let server = server.map_err(error)?;
-        let (state, probe) = app_state();
-        let app = super::async_app!(
-            coap_tokio,
-            tokio::time::sleep,
-            tokio::task::yield_now,
-            spawn_detached,
-            state
-        );
-        let proxy =
-            coap_tokio::Proxy::new(wait(coap_tokio::Client::bind("127.0.0.1:0")).map_err(error)?);
-        let reverse = proxy
-            .reverse(&format!("coap://{}/", server.local_addr()))
-            .map_err(error)?;
-        let app = app
-            .proxy(move |req: coap_tokio::IncomingRequest| {
-                let proxy = proxy.clone();
-                async move { proxy.forward(req).await }
-            })
-            .prefix_any("/rev", reverse);
-        let (stop, signal) = oneshot::channel::<()>();
-        let handle = server.handle();
-        let served = runtime().spawn(server.serve_with_shutdown(app, async {
-            let _ = signal.await;
-        }));
-        Ok(Server {
-            handle,
-            probe,
-            stop: Mutex::new(Some(stop)),
-            served: Mutex::new(Some(served)),
-        })
+        serve(addr, config, None)
     }
+
+    fn serve_in_group(
+        addr: &str,
+        config: Config,
+        group: Ipv4Addr,
+        interface: Ipv4Addr,
+    ) -> Result<Server, StackError> {
+        serve(addr, config, Some((group, interface)))
+    }
+}
+
+/// Binds, joins `group` if given, and serves the standard application.
+fn serve(
+    addr: &str,
+    config: Config,
+    group: Option<(Ipv4Addr, Ipv4Addr)>,
+) -> Result<Server, StackError> {
+    let server = wait(coap_tokio::Server::builder().config(config).bind(addr));
+    let server = server.map_err(error)?;
+    if let Some((group, interface)) = group {
+        server.join_multicast_v4(group, interface).map_err(error)?;
+    }
+    let (state, probe) = app_state();
+    let app = super::async_app!(
+        coap_tokio,
+        tokio::time::sleep,
+        tokio::task::yield_now,
+        spawn_detached,
+        state
+    );
+    let proxy =
+        coap_tokio::Proxy::new(wait(coap_tokio::Client::bind("127.0.0.1:0")).map_err(error)?);
+    let reverse = proxy
+        .reverse(&format!("coap://{}/", server.local_addr()))
+        .map_err(error)?;
+    let app = app
+        .proxy(move |req: coap_tokio::IncomingRequest| {
+            let proxy = proxy.clone();
+            async move { proxy.forward(req).await }
+        })
+        .prefix_any("/rev", reverse);
+    let (stop, signal) = oneshot::channel::<()>();
+    let handle = server.handle();
+    let served = runtime().spawn(server.serve_with_shutdown(app, async {
+        let _ = signal.await;
+    }));
+    Ok(Server {
+        handle,
+        probe,
+        stop: Mutex::new(Some(stop)),
+        served: Mutex::new(Some(served)),
+    })
 }
 
 /// A `coap_tokio::Client`.
