@@ -6,8 +6,8 @@ use std::time::Duration;
 
 use coap_proto::host::{DestinationFilter, ProxyCore};
 
-use crate::client::RequestBuilder;
-use crate::{Client, Error, IncomingRequest};
+use crate::client::{Observation, RequestBuilder};
+use crate::{Client, Error, IncomingRequest, ServerHandle};
 
 /// A proxy: mount [`Proxy::forward`] with [`Router::proxy`](crate::Router::proxy) to serve
 /// requests that carry Proxy-Uri or Proxy-Scheme, and [`Proxy::reverse`] on a prefix route
@@ -35,7 +35,20 @@ pub struct Proxy {
     allow: Option<DestinationFilter>,
     origin: std::time::Instant,
     timeout: Duration,
+    relay: Option<ServerHandle>,
 }
 
 coap_proto::proxy_methods!(std::time::Instant);
-coap_proto::async_proxy_methods!();
+coap_proto::async_proxy_methods!(spawn_relay);
+
+/// Runs a relayed observation on a thread of its own: this crate has no executor to spawn
+/// onto, and the relays are few ([`CacheLimits::max_relays`](coap_proto::proxy::CacheLimits::max_relays)).
+fn spawn_relay(relay: impl std::future::Future<Output = ()> + Send + 'static) {
+    let spawned = std::thread::Builder::new()
+        .name("coap-relay".into())
+        .spawn(move || async_io::block_on(relay));
+    if let Err(e) = spawned {
+        // The observers keep their registration and re-register when its Max-Age runs out.
+        tracing::warn!(error = %e, "cannot start a thread to relay an observation");
+    }
+}

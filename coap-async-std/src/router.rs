@@ -42,5 +42,3 @@ pub type Router = host::Router<IncomingRequest, host::Async>;
 /// What an observable route may add (see [`Router::observable_with`]): an accept hook that
 /// reads the registration as an [`IncomingRequest`], and an observer count hook.
 pub type ObserveHooks = host::ObserveHooks<IncomingRequest>;
-
-pub(crate) use coap_proto::resource::normalize_path as normalize;

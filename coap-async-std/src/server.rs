@@ -15,7 +15,6 @@ use crate::client::{common_builder_methods, first_addr, new_endpoint};
 use crate::driver::{
     Command, Driver, DriverParts, PendingIncoming, PendingRequest, Shared, ShutdownSignal,
 };
-use crate::router::normalize;
 use crate::socket::{self, SocketOptions};
 use crate::{Client, Error, Router};
 
@@ -183,7 +182,7 @@ impl ServerHandle {
     pub fn notifier(&self, path: &str) -> Notifier {
         Notifier {
             shared: Arc::clone(&self.shared),
-            path: normalize(path).into(),
+            path: coap_proto::resource::resource_name(path).into(),
         }
     }
 

@@ -7,8 +7,8 @@ use std::time::{Duration, Instant};
 use coap_proto::host::{self, DestinationFilter, ProxyCore, ProxyStep};
 use coap_proto::Response;
 
-use crate::client::RequestBuilder;
-use crate::{Client, Error, IncomingRequest};
+use crate::client::{Observation, RequestBuilder};
+use crate::{Client, Error, IncomingRequest, ServerHandle};
 
 /// A proxy: mount [`Proxy::forward`] with [`Router::proxy`](crate::Router::proxy) to serve
 /// requests that carry Proxy-Uri or Proxy-Scheme, and [`Proxy::reverse`] on a prefix route
@@ -39,6 +39,7 @@ pub struct Proxy {
     allow: Option<DestinationFilter>,
     origin: Instant,
     timeout: Duration,
+    relay: Option<ServerHandle>,
 }
 
 coap_proto::proxy_methods!(Instant);
@@ -47,9 +48,13 @@ impl Proxy {
     /// Serves a request for a forward proxy, whose destination is in its Proxy-Uri, or its
     /// Proxy-Scheme and Uri-* options (RFC 7252 §5.7.2). Blocks while the origin answers.
     pub fn forward(&self, request: IncomingRequest) -> Response {
-        let step = self
-            .core
-            .start_forward(&request, self.now(), self.timeout, self.allow.as_ref());
+        let step = self.core.start_forward(
+            &request,
+            self.now(),
+            self.timeout,
+            self.allow.as_ref(),
+            self.relay.is_some(),
+        );
         self.run(step)
     }
 
@@ -77,6 +82,53 @@ impl Proxy {
                 let outcome = RequestBuilder::from_spec(self.client.clone(), spec).send();
                 self.core.finish(forward, outcome, self.now())
             }
+            ProxyStep::Observe { key, spec } => {
+                let Some(server) = self.relay.clone() else {
+                    self.core.relay_end(&key);
+                    return Response::new(coap_proto::msg::Code::INTERNAL_SERVER_ERROR);
+                };
+                let mut observation =
+                    match RequestBuilder::from_spec(self.client.clone(), spec).observe() {
+                        Ok(observation) => observation,
+                        Err(e) => return self.core.relay_first(&key, Some(Err(e))).0,
+                    };
+                let first = observation.next().map(|n| n.map(|n| n.into_response()));
+                let (answer, registered) = self.core.relay_first(&key, first);
+                if registered {
+                    let proxy = self.clone();
+                    let relay_key = key.clone();
+                    let spawned = std::thread::Builder::new()
+                        .name("coap-relay".into())
+                        .spawn(move || proxy.relay(&relay_key, observation, &server));
+                    if let Err(e) = spawned {
+                        tracing::warn!(error = %e, "cannot start a thread to relay an observation");
+                        self.core.relay_end(&key);
+                        return Response::new(coap_proto::msg::Code::SERVICE_UNAVAILABLE);
+                    }
+                }
+                answer
+            }
         }
+    }
+
+    /// Passes the notifications of one observation of an origin on to the observers of its
+    /// target, until the origin ends it or nobody observes the target any more.
+    fn relay(&self, key: &str, mut observation: Observation, server: &ServerHandle) {
+        let notifier = server.notifier(key);
+        let started = self.now();
+        loop {
+            let next = observation.next().map(|n| n.map(|n| n.into_response()));
+            let (representation, goes_on) = self.core.relay_next(key, next);
+            let observers = notifier.notify_with(representation).unwrap_or(0);
+            if !goes_on {
+                break;
+            }
+            if observers == 0 && self.now() > started + host::RELAY_GRACE {
+                // Nobody left: deregister from the origin (RFC 7641 §3.6).
+                let _ = observation.cancel();
+                break;
+            }
+        }
+        self.core.relay_end(key);
     }
 }

@@ -40,5 +40,3 @@ pub type Router = host::Router<IncomingRequest, host::Blocking>;
 /// the registration as an [`IncomingRequest`], and an observer count hook. Both run on the
 /// I/O thread: keep them short.
 pub type ObserveHooks = host::ObserveHooks<IncomingRequest>;
-
-pub(crate) use coap_proto::resource::normalize_path as normalize;

@@ -14,7 +14,6 @@ use rand_core::RngCore;
 use crate::client::{first_addr, new_endpoint, socket_builder_methods};
 use crate::io::{Command, Driver, PendingIncoming, PendingRequest, Service, Shared};
 use crate::pool::Pool;
-use crate::router::normalize;
 use crate::socket::{self, SocketOptions};
 use crate::{Client, Error, Router};
 
@@ -202,7 +201,7 @@ impl ServerHandle {
     pub fn notifier(&self, path: &str) -> Notifier {
         Notifier {
             shared: Arc::clone(&self.shared),
-            path: normalize(path).into(),
+            path: coap_proto::resource::resource_name(path).into(),
         }
     }
 

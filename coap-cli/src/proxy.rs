@@ -115,8 +115,11 @@ pub(crate) async fn run(
         max_bytes: args.cache_bytes,
         ..CacheLimits::default()
     };
+    // Observations through the forward proxy are relayed: one observation of the origin
+    // per target, its notifications passed on to every client observing it.
     let mut proxy = Proxy::with_cache(client, limits)
-        .upstream_timeout(Duration::from_secs_f64(args.upstream_timeout));
+        .upstream_timeout(Duration::from_secs_f64(args.upstream_timeout))
+        .relay_observations(server.handle());
     if !args.allow_host.is_empty() {
         let hosts = args.allow_host.clone();
         proxy = proxy.allow_destinations(move |uri| hosts.contains(uri.host()));

@@ -18,9 +18,7 @@
 //! and one in a response turns it into 5.02 Bad Gateway. Options that belong to one hop are
 //! not forwarded: block-wise transfer (Block1, Block2, Size1, Size2, Request-Tag, Q-Block)
 //! is done on each leg by the endpoints themselves, so the proxy sees whole bodies; Observe
-//! is not relayed (a registration through the proxy gets one response without Observe, which
-//! tells the client it is not on the list, RFC 7641 §4.1); No-Response applies to the leg it
-//! came on. Hop-Limit is decremented, or added with the value 16 (RFC 8768 §3), so that a
+//! belongs to each leg too (see below); No-Response applies to the leg it came on. Hop-Limit is decremented, or added with the value 16 (RFC 8768 §3), so that a
 //! loop of proxies ends with 5.08.
 //!
 //! The cache ([`CacheLimits`]) keeps responses to GET and FETCH (the FETCH body is part of the
@@ -30,6 +28,16 @@
 //! ETag matches (§5.10.6.2), and marks what it holds for a resource as not fresh when a 2.01,
 //! 2.02 or 2.04 comes back for it (§5.9.1). It is bounded in entries and bytes, and evicts the
 //! least recently used entry first.
+//!
+//! Observations can be relayed (RFC 7641 §5: the proxy is the origin's client and its own
+//! clients' server). [`Proxy::start_observe`] turns a registration for a target nobody
+//! observes yet into one observation of the origin; the host opens it with its client,
+//! passes each notification through [`Proxy::relay_notification`] and hands the result to
+//! the observers of [`observe_key`] on its server, which keeps them under that name. A
+//! registration for a target already relayed is answered with the latest notification and
+//! joins the same list, so the origin sees one observer however many clients observe
+//! through the proxy. The relays are bounded ([`CacheLimits::max_relays`]); beyond the bound
+//! a registration is forwarded as a plain request and its answer carries no Observe.
 //!
 //! Towards an origin, the host's client is one client like any other: at most NSTART requests
 //! in flight (§4.7) and no Message ID reused within EXCHANGE_LIFETIME (§4.4), which caps what
@@ -205,6 +213,9 @@ pub struct CacheLimits {
     /// The largest single response kept; larger ones are forwarded but not stored. Default
     /// 64 KiB.
     pub max_entry_bytes: usize,
+    /// The most origin resources observed on clients' behalf at once (see
+    /// [`Proxy::start_observe`]); each keeps its latest notification. Default 64.
+    pub max_relays: usize,
 }
 
 impl Default for CacheLimits {
@@ -213,6 +224,7 @@ impl Default for CacheLimits {
             max_entries: 1024,
             max_bytes: 4 << 20,
             max_entry_bytes: 64 << 10,
+            max_relays: 64,
         }
     }
 }
@@ -233,13 +245,55 @@ pub struct ProxyStats {
     pub evicted: u64,
     /// Requests answered with an error by the proxy itself ([`ProxyError`], 5.02, 5.04).
     pub errors: u64,
+    /// Observations of origin resources opened on clients' behalf.
+    pub relays_opened: u64,
+    /// Notifications passed from origins to observers ([`Proxy::relay_notification`]).
+    pub notifications: u64,
 }
 
 /// A proxy: the rules of §5.7 and a cache. See the [module documentation](self).
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct Proxy {
     cache: Cache,
     stats: ProxyStats,
+    /// Observations relayed, by [`observe_key`]: the latest notification, or `None` while
+    /// the origin's first answer is awaited.
+    relays: BTreeMap<String, Option<Response>>,
+    max_relays: usize,
+}
+
+impl Default for Proxy {
+    fn default() -> Self {
+        Proxy::new(CacheLimits::default())
+    }
+}
+
+/// What [`Proxy::start_observe`] decided for an observe registration.
+// Made once per request and matched at once.
+#[allow(clippy::large_enum_variant)]
+#[derive(Debug)]
+pub enum ObserveStart {
+    /// Answer the client with this. An observation already relayed answers with its latest
+    /// notification, which carries an Observe option: the host's server then puts the
+    /// client on the list of [`observe_key`]. An error carries none.
+    Answer(Response),
+    /// Observe the origin with this request (the host's client adds Observe), pass its
+    /// first answer and every notification after it to [`Proxy::relay_notification`], and
+    /// end with [`Proxy::relay_end`].
+    Observe(Forward),
+    /// Not relayed: the relay table is full, or another registration for the same target
+    /// is waiting for the origin. Serve the request as a plain one.
+    Plain(Start),
+}
+
+/// The name under which a forward proxy's server keeps the observers of a relayed target:
+/// the target URI from Proxy-Uri, or Proxy-Scheme and the Uri-* options ([`forward_target`]),
+/// in its normal form. `None` when the request names no valid target.
+pub fn observe_key(options: &Options) -> Option<String> {
+    forward_target(options)
+        .ok()
+        .flatten()
+        .map(|uri| alloc::string::ToString::to_string(&uri))
 }
 
 /// What [`Proxy::start`] decided.
@@ -332,6 +386,8 @@ impl Proxy {
         Proxy {
             cache: Cache::new(limits),
             stats: ProxyStats::default(),
+            relays: BTreeMap::new(),
+            max_relays: limits.max_relays,
         }
     }
 
@@ -346,6 +402,95 @@ impl Proxy {
     /// The number of responses in the cache and the bytes they take.
     pub fn cache_usage(&self) -> (usize, usize) {
         (self.cache.entries.len(), self.cache.bytes)
+    }
+
+    /// How many origin resources are observed on clients' behalf.
+    pub fn relays(&self) -> usize {
+        self.relays.len()
+    }
+
+    /// Starts serving an observe registration (a GET or FETCH with Observe = 0) for
+    /// `target`, from a forward proxy's client. See [`ObserveStart`].
+    pub fn start_observe(
+        &mut self,
+        method: Code,
+        options: &Options,
+        payload: &Bytes,
+        target: CoapUri,
+        now: Instant,
+    ) -> ObserveStart {
+        let key = alloc::string::ToString::to_string(&target);
+        match self.relays.get(&key) {
+            Some(Some(latest)) => {
+                // §5 of RFC 7641: the proxy answers from the observation it holds.
+                let mut answer = latest.clone();
+                answer.options.set_observe(0);
+                return ObserveStart::Answer(answer);
+            }
+            Some(None) => {
+                return ObserveStart::Plain(self.start(method, options, payload, target, now))
+            }
+            None if self.relays.len() >= self.max_relays => {
+                return ObserveStart::Plain(self.start(method, options, payload, target, now))
+            }
+            None => {}
+        }
+        match forwarded_options(options) {
+            Ok((forwarded, client_etags)) => {
+                self.relays.insert(key, None);
+                self.stats.relays_opened += 1;
+                let resource = resource_key(&target);
+                ObserveStart::Observe(Forward {
+                    method,
+                    uri: target,
+                    options: forwarded,
+                    payload: payload.clone(),
+                    key: None,
+                    resource,
+                    client_etags,
+                    validating: None,
+                    locations: None,
+                })
+            }
+            Err(e) => {
+                self.stats.errors += 1;
+                ObserveStart::Answer(e.response())
+            }
+        }
+    }
+
+    /// Passes a notification of the relayed observation `key` (its first answer included)
+    /// from the origin to the observers: returns the representation for them, with the
+    /// options §5.7.1 lets through, and keeps it as the answer for clients who register
+    /// later. A missing answer becomes 5.04 or 5.02, as in [`finish`](Proxy::finish); an
+    /// error representation ends the observers' observations (RFC 7641 §4.2) and leaves
+    /// nothing to answer later registrations with.
+    pub fn relay_notification(
+        &mut self,
+        key: &str,
+        outcome: Result<Response, UpstreamError>,
+    ) -> Response {
+        let response = match outcome {
+            Ok(upstream) => downstream(upstream).unwrap_or_else(|| {
+                self.stats.errors += 1;
+                Response::new(Code::BAD_GATEWAY)
+            }),
+            Err(e) => {
+                self.stats.errors += 1;
+                upstream_error(e)
+            }
+        };
+        if let Some(latest) = self.relays.get_mut(key) {
+            self.stats.notifications += 1;
+            *latest = response.code.is_success().then(|| response.clone());
+        }
+        response
+    }
+
+    /// Ends the relayed observation `key`: the host's client stopped observing the origin.
+    /// The next registration for the target opens a new one.
+    pub fn relay_end(&mut self, key: &str) {
+        self.relays.remove(key);
     }
 
     /// Starts serving a request with `method`, `options` and `payload` that is to go to
@@ -375,25 +520,7 @@ impl Proxy {
         target: CoapUri,
         now: Instant,
     ) -> Result<Start, ProxyError> {
-        let mut forwarded = Options::new();
-        let mut client_etags: Vec<Vec<u8>> = Vec::new();
-        let mut hop_limit = None;
-        for (number, value) in options.iter() {
-            match classify_request_option(number) {
-                RequestOption::Consumed => {}
-                RequestOption::Forward => forwarded.push(number, value),
-                RequestOption::ETag => client_etags.push(value.to_vec()),
-                RequestOption::HopLimit => hop_limit = decode_uint(value),
-                RequestOption::Refuse => return Err(ProxyError::UnsafeOption(number)),
-            }
-        }
-        // RFC 8768 §3: decrement, and refuse to go on at zero.
-        let hops = match hop_limit {
-            None => DEFAULT_HOP_LIMIT,
-            Some(0 | 1) => return Err(ProxyError::HopLimitReached),
-            Some(n) => u8::try_from(n - 1).unwrap_or(u8::MAX),
-        };
-        forwarded.set_uint(OptionNumber::HOP_LIMIT, u32::from(hops));
+        let (mut forwarded, client_etags) = forwarded_options(options)?;
 
         let resource = resource_key(&target);
         let key = (method == Code::GET || method == Code::FETCH).then(|| {
@@ -456,36 +583,16 @@ impl Proxy {
             Ok(response) => response,
             Err(e) => {
                 self.stats.errors += 1;
-                return match e {
-                    UpstreamError::Timeout => Response::new(Code::GATEWAY_TIMEOUT),
-                    UpstreamError::Failed => Response::new(Code::BAD_GATEWAY),
-                    UpstreamError::Busy => {
-                        Response::new(Code::SERVICE_UNAVAILABLE).with_max_age(BUSY_RETRY_AFTER)
-                    }
-                };
+                return upstream_error(e);
             }
         };
-        let mut options = Options::new();
-        for (number, value) in upstream.options.iter() {
-            match classify_response_option(number) {
-                ResponseOption::Drop => {}
-                ResponseOption::Forward => options.push(number, value),
-                ResponseOption::Refuse => {
-                    // §5.7.1: an unrecognized Unsafe option in a response.
-                    self.stats.errors += 1;
-                    return Response::new(Code::BAD_GATEWAY);
-                }
-            }
-        }
+        let Some(mut response) = downstream(upstream) else {
+            self.stats.errors += 1;
+            return Response::new(Code::BAD_GATEWAY);
+        };
         if let Some((origin, local)) = &forward.locations {
-            map_location_path(&mut options, origin, local);
+            map_location_path(&mut response.options, origin, local);
         }
-        let response = Response {
-            code: upstream.code,
-            options,
-            payload: upstream.payload,
-            message_type: None,
-        };
         let code = response.code;
 
         if matches!(code, Code::CREATED | Code::DELETED | Code::CHANGED) {
@@ -528,6 +635,61 @@ impl Proxy {
     }
 }
 
+/// The options of a request to forward, with Hop-Limit decremented or added (RFC 8768 §3),
+/// and apart from them the ETags the client holds; or why the request cannot be forwarded.
+fn forwarded_options(options: &Options) -> Result<(Options, Vec<Vec<u8>>), ProxyError> {
+    let mut forwarded = Options::new();
+    let mut client_etags: Vec<Vec<u8>> = Vec::new();
+    let mut hop_limit = None;
+    for (number, value) in options.iter() {
+        match classify_request_option(number) {
+            RequestOption::Consumed => {}
+            RequestOption::Forward => forwarded.push(number, value),
+            RequestOption::ETag => client_etags.push(value.to_vec()),
+            RequestOption::HopLimit => hop_limit = decode_uint(value),
+            RequestOption::Refuse => return Err(ProxyError::UnsafeOption(number)),
+        }
+    }
+    // Decrement, and refuse to go on at zero.
+    let hops = match hop_limit {
+        None => DEFAULT_HOP_LIMIT,
+        Some(0 | 1) => return Err(ProxyError::HopLimitReached),
+        Some(n) => u8::try_from(n - 1).unwrap_or(u8::MAX),
+    };
+    forwarded.set_uint(OptionNumber::HOP_LIMIT, u32::from(hops));
+    Ok((forwarded, client_etags))
+}
+
+/// The origin's response as the proxy passes it on: its code and body, and the options
+/// §5.7.1 lets through. `None` if it carries an unrecognized Unsafe option (5.02).
+fn downstream(upstream: Response) -> Option<Response> {
+    let mut options = Options::new();
+    for (number, value) in upstream.options.iter() {
+        match classify_response_option(number) {
+            ResponseOption::Drop => {}
+            ResponseOption::Forward => options.push(number, value),
+            ResponseOption::Refuse => return None,
+        }
+    }
+    Some(Response {
+        code: upstream.code,
+        options,
+        payload: upstream.payload,
+        message_type: None,
+    })
+}
+
+/// The answer for a request the origin did not answer (§5.7.1).
+fn upstream_error(e: UpstreamError) -> Response {
+    match e {
+        UpstreamError::Timeout => Response::new(Code::GATEWAY_TIMEOUT),
+        UpstreamError::Failed => Response::new(Code::BAD_GATEWAY),
+        UpstreamError::Busy => {
+            Response::new(Code::SERVICE_UNAVAILABLE).with_max_age(BUSY_RETRY_AFTER)
+        }
+    }
+}
+
 /// What a proxy does with a request option.
 enum RequestOption {
     /// Used by the proxy itself or meaningful for one hop only: not forwarded.
@@ -543,8 +705,8 @@ enum RequestOption {
 }
 
 /// Options that belong to one leg of a proxied exchange, in requests and responses alike:
-/// each leg does its own block-wise transfer (RFC 7959, RFC 9175, RFC 9177), and observations
-/// are not relayed.
+/// each leg does its own block-wise transfer (RFC 7959, RFC 9175, RFC 9177) and keeps its own
+/// Observe sequence (RFC 7641 §5).
 const ONE_LEG: &[OptionNumber] = &[
     OptionNumber::OBSERVE,
     OptionNumber::BLOCK1,

@@ -72,6 +72,18 @@ pub fn normalize_path(path: &str) -> String {
     path_from_segments(path.split('/').filter(|s| !s.is_empty()))
 }
 
+/// The name the engine keeps a resource's observers under (what
+/// [`Endpoint::notify`](crate::Endpoint::notify) takes): the [`normalize_path`] of a path,
+/// or a URI as it is: a forward proxy keeps the observers of a target it relays under the
+/// target's URI ([`proxy::observe_key`](crate::proxy::observe_key)).
+pub fn resource_name(path: &str) -> String {
+    if path.contains("://") {
+        String::from(path)
+    } else {
+        normalize_path(path)
+    }
+}
+
 /// The path of the resource discovery resource, as Uri-Path segments (RFC 6690 §4).
 ///
 /// [`Router::resolve`] answers a GET for it with [`Resolution::WellKnownCore`] unless the

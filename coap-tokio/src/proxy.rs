@@ -6,8 +6,8 @@ use std::time::Duration;
 
 use coap_proto::host::{DestinationFilter, ProxyCore};
 
-use crate::client::RequestBuilder;
-use crate::{Client, Error, IncomingRequest};
+use crate::client::{Observation, RequestBuilder};
+use crate::{Client, Error, IncomingRequest, ServerHandle};
 
 /// A proxy: mount [`Proxy::forward`] with [`Router::proxy`](crate::Router::proxy) to serve
 /// requests that carry Proxy-Uri or Proxy-Scheme, and [`Proxy::reverse`] on a prefix route
@@ -35,7 +35,13 @@ pub struct Proxy {
     allow: Option<DestinationFilter>,
     origin: tokio::time::Instant,
     timeout: Duration,
+    relay: Option<ServerHandle>,
 }
 
 coap_proto::proxy_methods!(tokio::time::Instant);
-coap_proto::async_proxy_methods!();
+coap_proto::async_proxy_methods!(spawn_relay);
+
+/// Runs a relayed observation as a task of its own.
+fn spawn_relay(relay: impl std::future::Future<Output = ()> + Send + 'static) {
+    tokio::spawn(relay);
+}

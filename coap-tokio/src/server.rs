@@ -308,17 +308,9 @@ impl ServerHandle {
     /// A handle to announce changes of the observable resource at `path` (the full request
     /// path, such as `"/sensors/temp"`; see [`Router::observable`]).
     pub fn notifier(&self, path: &str) -> Notifier {
-        let mut normalized = String::new();
-        for segment in path.split('/').filter(|s| !s.is_empty()) {
-            normalized.push('/');
-            normalized.push_str(segment);
-        }
-        if normalized.is_empty() {
-            normalized.push('/');
-        }
         Notifier {
             engines: Arc::clone(&self.engines),
-            path: normalized.into(),
+            path: coap_proto::resource::resource_name(path).into(),
         }
     }
 

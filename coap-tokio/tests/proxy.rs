@@ -286,3 +286,80 @@ async fn a_destination_filter_refuses_with_5_05() {
     })
     .await;
 }
+
+/// A relayed observation ends once nobody observes the target: the first notification
+/// after the last observer left (and after the grace period) deregisters the proxy from the
+/// origin, and the next registration opens a new observation.
+#[tokio::test(start_paused = true)]
+async fn a_relayed_observation_ends_when_its_observers_are_gone() {
+    bounded(async {
+        let value = Arc::new(AtomicU32::new(0));
+        let shown = Arc::clone(&value);
+        let origin = Server::bind("127.0.0.1:0").await.unwrap();
+        let origin_addr = origin.local_addr();
+        let origin_handle = origin.handle();
+        tokio::spawn(origin.serve(Router::new().observable("/obs", move |_req| {
+            let v = shown.load(Ordering::SeqCst);
+            async move { Response::content(v.to_string()) }
+        })));
+        let notifier = origin_handle.notifier("/obs");
+
+        let server = Server::bind("127.0.0.1:0").await.unwrap();
+        let proxy_addr = server.local_addr();
+        let proxy = Proxy::new(Client::bind("127.0.0.1:0").await.unwrap())
+            .relay_observations(server.handle());
+        let forward = proxy.clone();
+        tokio::spawn(
+            server.serve(Router::new().proxy(move |req: IncomingRequest| {
+                let proxy = forward.clone();
+                async move { proxy.forward(req).await }
+            })),
+        );
+
+        let target = format!("coap://{origin_addr}/obs");
+        let client = Client::bind("127.0.0.1:0").await.unwrap();
+        let observe = || {
+            client
+                .get(format!("coap://{proxy_addr}"))
+                .option_str(OptionNumber::PROXY_URI, &target)
+                .observe()
+        };
+        let mut observation = observe().await.unwrap();
+        let first = observation.next().await.unwrap().unwrap();
+        assert_eq!(first.response().payload_str(), Some("0"));
+        assert!(first.sequence().is_some());
+        assert_eq!(notifier.observer_count().await.unwrap(), 1);
+
+        // The client forgets the observation: the proxy's next notification to it draws a
+        // Reset, which takes it off the proxy's list.
+        drop(observation);
+        value.store(1, Ordering::SeqCst);
+        assert_eq!(notifier.notify().await.unwrap(), 1);
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        assert_eq!(
+            notifier.observer_count().await.unwrap(),
+            1,
+            "within the grace period"
+        );
+        // Past the grace period, the next notification finds nobody: the proxy deregisters.
+        tokio::time::sleep(coap_proto::host::RELAY_GRACE).await;
+        value.store(2, Ordering::SeqCst);
+        assert_eq!(notifier.notify().await.unwrap(), 1);
+        for _ in 0..100 {
+            if notifier.observer_count().await.unwrap() == 0 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        assert_eq!(notifier.observer_count().await.unwrap(), 0);
+        assert_eq!(proxy.stats().relays_opened, 1);
+
+        // A new registration opens a new observation of the origin.
+        let mut again = observe().await.unwrap();
+        let first = again.next().await.unwrap().unwrap();
+        assert_eq!(first.response().payload_str(), Some("2"));
+        assert!(first.sequence().is_some());
+        assert_eq!(proxy.stats().relays_opened, 2);
+    })
+    .await;
+}

@@ -10,7 +10,7 @@
 
 use bytes::Bytes;
 use coap_proto::msg::{Code, Message};
-use coap_proto::proxy::{self, CacheLimits, Proxy, Start, UpstreamError};
+use coap_proto::proxy::{self, CacheLimits, ObserveStart, Proxy, Start, UpstreamError};
 use coap_proto::{Instant, Response};
 use core::time::Duration;
 use libfuzzer_sys::fuzz_target;
@@ -31,6 +31,7 @@ fuzz_target!(|input: &[u8]| {
         max_entries: 8,
         max_bytes: 4096,
         max_entry_bytes: 1024,
+        max_relays: 4,
     };
     let mut proxy = Proxy::new(limits);
     let mut now = Instant::ZERO;
@@ -53,28 +54,51 @@ fuzz_target!(|input: &[u8]| {
                 continue;
             }
         };
-        let answer = match proxy.start(
-            request.code,
-            &request.options,
-            &request.payload,
-            target,
-            now,
-        ) {
-            Start::Answer(answer) => answer,
-            Start::Forward(forward) => {
-                let outcome = match Message::parse(response) {
-                    Ok(m) if m.code.is_response() => Ok(Response {
-                        code: m.code,
-                        options: m.options,
-                        payload: Bytes::copy_from_slice(&m.payload),
-                        message_type: None,
-                    }),
-                    Ok(m) if m.code == Code::EMPTY => Err(UpstreamError::Timeout),
-                    _ => Err(UpstreamError::Failed),
-                };
-                proxy.finish(forward, outcome, now)
-            }
+        let outcome = |response: &[u8]| match Message::parse(response) {
+            Ok(m) if m.code.is_response() => Ok(Response {
+                code: m.code,
+                options: m.options,
+                payload: Bytes::copy_from_slice(&m.payload),
+                message_type: None,
+            }),
+            Ok(m) if m.code == Code::EMPTY => Err(UpstreamError::Timeout),
+            _ => Err(UpstreamError::Failed),
         };
+        // Registrations open, join or bypass relayed observations; the response is the
+        // origin's notification, and an odd gap ends the relay afterwards.
+        let start = if request.options.observe() == Some(0) {
+            let key = target.to_string();
+            match proxy.start_observe(
+                request.code,
+                &request.options,
+                &request.payload,
+                target,
+                now,
+            ) {
+                ObserveStart::Answer(answer) => Start::Answer(answer),
+                ObserveStart::Observe(_) => {
+                    let answer = proxy.relay_notification(&key, outcome(response));
+                    if gap % 2 == 1 {
+                        proxy.relay_end(&key);
+                    }
+                    Start::Answer(answer)
+                }
+                ObserveStart::Plain(start) => start,
+            }
+        } else {
+            proxy.start(
+                request.code,
+                &request.options,
+                &request.payload,
+                target,
+                now,
+            )
+        };
+        let answer = match start {
+            Start::Answer(answer) => answer,
+            Start::Forward(forward) => proxy.finish(forward, outcome(response), now),
+        };
+        assert!(proxy.relays() <= limits.max_relays);
         assert!(answer.code.is_response(), "{answer:?}");
         let (entries, bytes) = proxy.cache_usage();
         assert!(entries <= limits.max_entries && bytes <= limits.max_bytes);

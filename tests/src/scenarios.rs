@@ -786,6 +786,64 @@ pub fn multicast_requests_reach_group_members<C: Stack, S: Stack>() {
     );
 }
 
+/// Observations relayed through a forward proxy (RFC 7641 §5): two clients observing one
+/// target through the proxy are one observer at the origin, the origin's notifications
+/// reach both, and an error notification ends every observation along the way.
+pub fn observing_through_a_proxy<C: Stack, S: Stack>() {
+    let proxy = start_server::<S>();
+    let origin = start_server::<S>();
+    let target = at(&origin, COUNTER);
+    origin.probe().set_counter(3);
+    let (a, b) = (bind_client::<C>(), bind_client::<C>());
+    let mut first = a.observe_req(via_proxy(&proxy, &target)).unwrap();
+    let answer = first.next().unwrap().unwrap();
+    assert_eq!(answer.response.payload_str(), Some("3"));
+    assert!(answer.sequence.is_some(), "the proxy took the registration");
+    let mut second = b.observe_req(via_proxy(&proxy, &target)).unwrap();
+    let answer = second.next().unwrap().unwrap();
+    assert_eq!(answer.response.payload_str(), Some("3"));
+    assert!(answer.sequence.is_some());
+    assert_eq!(
+        origin.observer_count(COUNTER).unwrap(),
+        1,
+        "one observer: the proxy"
+    );
+    assert_eq!(proxy.observer_count(&target).unwrap(), 2);
+
+    for value in [4, 5] {
+        origin.probe().set_counter(value);
+        assert_eq!(origin.notify(COUNTER).unwrap(), 1);
+        for obs in [&mut first, &mut second] {
+            let next = obs.next().unwrap().unwrap();
+            assert_eq!(
+                next.response.payload_str(),
+                Some(value.to_string().as_str())
+            );
+            assert!(next.fresh);
+        }
+    }
+
+    // The origin ends its observation with an error: it reaches both clients and ends
+    // their observations (§4.2), and the proxy lets go of the target.
+    let gone = origin.notify_with(COUNTER, Response::new(Code::NOT_FOUND));
+    assert_eq!(gone.unwrap(), 1);
+    for obs in [&mut first, &mut second] {
+        let last = obs.next().unwrap().unwrap();
+        assert_eq!(last.response.code(), Code::NOT_FOUND);
+        assert!(matches!(obs.next(), None | Some(Err(_))));
+    }
+    assert_eq!(origin.observer_count(COUNTER).unwrap(), 0);
+    eventually("the proxy's observers are gone", || {
+        proxy.observer_count(&target).unwrap() == 0
+    });
+
+    // A proxy that does not relay (a plain GET route here, through the reverse route)
+    // answers a registration once, without Observe.
+    let mut plain = a.observe(&at(&proxy, "/rev/hello")).unwrap();
+    let only = plain.next().unwrap().unwrap();
+    assert_eq!((text(&only.response), only.sequence), ("hello", None));
+}
+
 /// A GET through the forward proxy of `proxy` for `uri` (RFC 7252 §5.7.2: the proxy's
 /// address as the destination, the target in Proxy-Uri).
 fn via_proxy(proxy: &impl TestServer, uri: &str) -> Req {

@@ -112,6 +112,10 @@ pub trait TestClient: Clone + Send + Sync + 'static {
     /// Observes `uri` with a GET (RFC 7641).
     fn observe(&self, uri: &str) -> Result<Self::Observation, StackError>;
 
+    /// Observes with `req` (a GET or FETCH, with its options), built the way an
+    /// application would.
+    fn observe_req(&self, req: Req) -> Result<Self::Observation, StackError>;
+
     /// Sends `req` to a multicast group and collects the responses until the window closes.
     fn multicast(&self, req: Req) -> Result<Vec<Result<Rsp, StackError>>, StackError>;
 

@@ -34,6 +34,7 @@ macro_rules! pair_tests {
             ipv6_and_dual_stack_clients,
             proxying_forward_and_reverse,
             multicast_requests_reach_group_members,
+            observing_through_a_proxy,
         );
     };
     ($c:ty, $s:ty; $($name:ident),* $(,)?) => {

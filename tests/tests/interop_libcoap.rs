@@ -397,7 +397,8 @@ async fn libcoap_client_against_our_server() {
 
 /// Our proxy between libcoap's client and libcoap's server: the client names the target in
 /// Proxy-Uri (`-P`), our proxy forwards it (block-wise where the body is large) and caches
-/// the answer; a PUT through the proxy makes the next GET go to the origin again.
+/// the answer; a PUT through the proxy makes the next GET go to the origin again; an
+/// observation of the origin's `/time` is relayed.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn libcoap_client_through_our_proxy_to_libcoap_server() {
     let (Some(client_bin), Some(server_bin)) = (libcoap_client(), libcoap_server()) else {
@@ -406,13 +407,13 @@ async fn libcoap_client_through_our_proxy_to_libcoap_server() {
     tokio::time::timeout(LIMIT, async {
         let upstream = Client::bind("127.0.0.1:0").await.unwrap();
         let (_origin, origin) = start_libcoap_server(&server_bin, &upstream).await;
-        let proxy = coap_tokio::Proxy::new(upstream);
+        let server = Server::bind("127.0.0.1:0").await.unwrap();
+        let proxy = coap_tokio::Proxy::new(upstream).relay_observations(server.handle());
         let forward = proxy.clone();
         let app = Router::new().proxy(move |req: IncomingRequest| {
             let proxy = forward.clone();
             async move { proxy.forward(req).await }
         });
-        let server = Server::bind("127.0.0.1:0").await.unwrap();
         let via = format!("coap://{}", server.local_addr());
         tokio::spawn(server.serve(app));
         let target = |path: &str| format!("coap://{origin}{path}");
@@ -443,6 +444,28 @@ async fn libcoap_client_through_our_proxy_to_libcoap_server() {
         )
         .await;
         assert!(out.contains("5.05") || err.contains("5.05"), "{out} {err}");
+
+        // Observed through the proxy for 4 s: libcoap's /time changes every second, and the
+        // proxy relays its one observation of it.
+        let (ok, out, err) = run(
+            &client_bin,
+            &[
+                "-B",
+                "10",
+                "-s",
+                "4",
+                "-m",
+                "get",
+                "-P",
+                &via,
+                &target("/time"),
+            ],
+        )
+        .await;
+        assert!(ok, "stdout: {out} stderr: {err}");
+        let stats = proxy.stats();
+        assert_eq!(stats.relays_opened, 1, "{stats:?}");
+        assert!(stats.notifications >= 3, "{stats:?}");
     })
     .await
     .expect("the interop test took too long");

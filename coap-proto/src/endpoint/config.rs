@@ -67,7 +67,10 @@ pub struct Config {
     /// Whether the application acts as a forward proxy. If false, requests with Proxy-Uri or
     /// Proxy-Scheme are answered 5.05 Proxying Not Supported (RFC 7252 §5.7.2). If true, they
     /// reach the application, and unrecognized critical options that are Safe-to-Forward no
-    /// longer make the engine answer 4.02 (a proxy forwards them, §5.7.1). Default false; the
+    /// longer make the engine answer 4.02 (a proxy forwards them, §5.7.1); an observe
+    /// registration among them is kept under the target URI
+    /// ([`proxy::observe_key`](crate::proxy::observe_key)) and registers the client only if
+    /// the application's 2.xx answer carries an Observe option. Default false; the
     /// runtime crates set it and let their router decide (a router without a proxy route
     /// answers 5.05).
     pub proxy: bool,

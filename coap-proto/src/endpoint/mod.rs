@@ -379,6 +379,9 @@ struct ObserveRequest {
     key: CacheKey,
     request: Message,
     accepted: bool,
+    /// A registration through a forward proxy: it registers only if the proxy's answer
+    /// carries Observe, that is if the proxy relays an observation of the origin.
+    proxied: bool,
 }
 
 /// Why [`Endpoint::accept_observer`] refused.
@@ -1109,7 +1112,11 @@ impl Endpoint {
         };
         let mut response = response;
         match ex.observe.take() {
-            Some(reg) if reg.accepted && response.code.is_success() => {
+            Some(reg)
+                if reg.accepted
+                    && response.code.is_success()
+                    && (!reg.proxied || response.options.observe().is_some()) =>
+            {
                 let (oid, seq) = self.observers.add(
                     now,
                     &reg.path,
@@ -2194,12 +2201,22 @@ impl Endpoint {
         if !matches!(request.code, Code::GET | Code::FETCH) {
             return None;
         }
-        let path = crate::resource::path_from_segments(request.options.uri_path());
+        let proxied = self.config.proxy
+            && (request.options.contains(OptionNumber::PROXY_URI)
+                || request.options.contains(OptionNumber::PROXY_SCHEME));
+        let path = if proxied {
+            // A forward proxy relaying observations keeps the observers of each target under
+            // the target's URI (RFC 7641 §5).
+            crate::proxy::observe_key(&request.options)?
+        } else {
+            crate::resource::path_from_segments(request.options.uri_path())
+        };
         Some(Box::new(ObserveRequest {
             path,
             key: CacheKey::new(request.code, &request.options, BLOCKWISE_OBSERVE_EXCLUDED),
             request: request.clone(),
             accepted: false,
+            proxied,
         }))
     }
 

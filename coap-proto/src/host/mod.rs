@@ -189,7 +189,9 @@ pub use client::{
 pub use error::{is_unreachable, Error};
 pub use guards::{AnswerGuard, CancelGuard};
 pub use incoming::{Deferred, Incoming, IntoReply, Reply};
-pub use proxy::{reverse_base, DestinationFilter, ProxyCore, ProxyStep, DEFAULT_UPSTREAM_TIMEOUT};
+pub use proxy::{
+    reverse_base, DestinationFilter, ProxyCore, ProxyStep, DEFAULT_UPSTREAM_TIMEOUT, RELAY_GRACE,
+};
 pub use rand_core::RngCore;
 pub use response::{IncomingResponse, Notification};
 pub use router::{

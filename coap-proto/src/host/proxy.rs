@@ -8,7 +8,9 @@ use std::sync::{Mutex, MutexGuard, PoisonError};
 
 use super::{Error, Incoming, IncomingResponse, RequestSpec};
 use crate::msg::Code;
-use crate::proxy::{self, CacheLimits, Forward, ProxyError, ProxyStats, Start, UpstreamError};
+use crate::proxy::{
+    self, CacheLimits, Forward, ObserveStart, ProxyError, ProxyStats, Start, UpstreamError,
+};
 use crate::request::Response;
 use crate::uri::{CoapUri, Scheme};
 use crate::Instant;
@@ -37,7 +39,22 @@ pub enum ProxyStep {
     Answer(Response),
     /// Send this request with the proxy's client, then call [`ProxyCore::finish`].
     Send(Forward, RequestSpec),
+    /// Observe the origin with this request, on behalf of every client observing the target
+    /// `key` ([`proxy::observe_key`]): hand its first answer to [`ProxyCore::relay_first`]
+    /// and each later one to [`ProxyCore::relay_next`], notifying the observers of `key` on
+    /// the proxy's server, and end with [`ProxyCore::relay_end`].
+    Observe {
+        /// The name the server keeps the target's observers under.
+        key: alloc::string::String,
+        /// The registration to send to the origin.
+        spec: RequestSpec,
+    },
 }
+
+/// How long a relayed observation goes on while its target has no observer: the first
+/// registration's answer may still be on its way to the engine when the origin's next
+/// notification comes.
+pub const RELAY_GRACE: Duration = Duration::from_secs(5);
 
 impl ProxyCore {
     /// A proxy whose cache keeps within `limits`.
@@ -54,18 +71,36 @@ impl ProxyCore {
 
     /// Starts a forward-proxy request: the destination is in its Proxy-Uri, or Proxy-Scheme
     /// and Uri-* options (RFC 7252 §5.7.2). `timeout` bounds the request to the origin; a
-    /// destination `allow` refuses is answered 5.05.
+    /// destination `allow` refuses is answered 5.05. With `relay`, an observe registration
+    /// is relayed ([`ProxyStep::Observe`], RFC 7641 §5); without it, it is forwarded as a
+    /// plain request and answered without Observe.
     pub fn start_forward(
         &self,
         request: &Incoming,
         now: Instant,
         timeout: Duration,
         allow: Option<&DestinationFilter>,
+        relay: bool,
     ) -> ProxyStep {
         match proxy::forward_target(&request.message.options) {
             Ok(Some(target)) if allow.is_some_and(|allow| !allow(&target)) => {
                 let refused = ProxyError::DestinationRefused(target.host().to_string());
                 ProxyStep::Answer(refused.response())
+            }
+            Ok(Some(target)) if relay && request.is_observe_registration() => {
+                let m = &request.message;
+                let key = target.to_string();
+                let started = self
+                    .lock()
+                    .start_observe(m.code, &m.options, &m.payload, target, now);
+                match started {
+                    ObserveStart::Answer(response) => ProxyStep::Answer(response),
+                    ObserveStart::Observe(forward) => ProxyStep::Observe {
+                        key,
+                        spec: spec_for(&forward, timeout),
+                    },
+                    ObserveStart::Plain(start) => step(start, timeout),
+                }
             }
             Ok(Some(target)) => self.start(request, target, now, timeout),
             Ok(None) => ProxyStep::Answer(Response::new(Code::PROXYING_NOT_SUPPORTED)),
@@ -104,21 +139,10 @@ impl ProxyCore {
         timeout: Duration,
     ) -> ProxyStep {
         let m = &request.message;
-        match self
+        let start = self
             .lock()
-            .start(m.code, &m.options, &m.payload, target, now)
-        {
-            Start::Answer(response) => ProxyStep::Answer(response),
-            Start::Forward(forward) => {
-                let mut spec = RequestSpec::new(forward.method(), forward.uri().to_string());
-                for (number, value) in forward.options().iter() {
-                    spec.push_option(number, value);
-                }
-                spec.set_payload(forward.payload().clone());
-                spec.set_timeout(timeout);
-                ProxyStep::Send(forward, spec)
-            }
-        }
+            .start(m.code, &m.options, &m.payload, target, now);
+        step(start, timeout)
     }
 
     /// Finishes a forwarded request with what the client got, and returns the answer.
@@ -138,17 +162,100 @@ impl ProxyCore {
                     message_type: None,
                 })
             }
-            // RFC 7252 §5.7.1: a timeout is 5.04, anything else the proxy cannot use 5.02.
-            Err(Error::Timeout) => Err(UpstreamError::Timeout),
-            Err(Error::Busy(_)) => Err(UpstreamError::Busy),
-            Err(_) => Err(UpstreamError::Failed),
+            Err(e) => Err(upstream_error(&e)),
         };
         self.lock().finish(forward, outcome, now)
+    }
+
+    /// Passes on the first answer of the relayed observation `key`: returns the answer for
+    /// the registering client and whether the origin took the registration. If it did, the
+    /// answer carries Observe (so the server puts the client on the list) and the
+    /// observation goes on; if not, the relay ends here and the answer carries none.
+    pub fn relay_first(
+        &self,
+        key: &str,
+        first: Option<Result<IncomingResponse, Error>>,
+    ) -> (Response, bool) {
+        let (mut response, registered) = self.relay(key, first);
+        if registered {
+            response.options.set_observe(0);
+        } else {
+            self.relay_end(key);
+        }
+        (response, registered)
+    }
+
+    /// Passes on a later notification of the relayed observation `key` (`None` when the
+    /// client's observation ended): returns the representation for the observers and
+    /// whether the origin's observation goes on. When it does not, notify the observers
+    /// with the representation and call [`relay_end`](ProxyCore::relay_end).
+    pub fn relay_next(
+        &self,
+        key: &str,
+        next: Option<Result<IncomingResponse, Error>>,
+    ) -> (Response, bool) {
+        self.relay(key, next)
+    }
+
+    /// Ends the relayed observation `key`.
+    pub fn relay_end(&self, key: &str) {
+        self.lock().relay_end(key);
+    }
+
+    fn relay(&self, key: &str, item: Option<Result<IncomingResponse, Error>>) -> (Response, bool) {
+        let outcome = match item {
+            Some(Ok(response)) => Ok(response.into_message()),
+            Some(Err(e)) => Err(upstream_error(&e)),
+            None => Err(UpstreamError::Failed),
+        };
+        // A 2.xx with Observe: the origin keeps the proxy on its list (RFC 7641 §3.2).
+        let goes_on = outcome
+            .as_ref()
+            .is_ok_and(|m| m.code.is_success() && m.options.observe().is_some());
+        let outcome = outcome.map(|m| Response {
+            code: m.code,
+            options: m.options,
+            payload: m.payload,
+            message_type: None,
+        });
+        (self.lock().relay_notification(key, outcome), goes_on)
     }
 
     fn lock(&self) -> MutexGuard<'_, proxy::Proxy> {
         // The proxy's calls do not panic, and the lock is never held across a wait.
         self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+/// What a proxy's client error means for the proxy's answer: RFC 7252 §5.7.1 makes a
+/// timeout 5.04 and anything else the proxy cannot use 5.02.
+fn upstream_error(e: &Error) -> UpstreamError {
+    match e {
+        Error::Timeout => UpstreamError::Timeout,
+        Error::Busy(_) => UpstreamError::Busy,
+        _ => UpstreamError::Failed,
+    }
+}
+
+/// The request a proxy sends for `forward`.
+fn spec_for(forward: &Forward, timeout: Duration) -> RequestSpec {
+    let mut spec = RequestSpec::new(forward.method(), forward.uri().to_string());
+    for (number, value) in forward.options().iter() {
+        spec.push_option(number, value);
+    }
+    spec.set_payload(forward.payload().clone());
+    spec.set_timeout(timeout);
+    spec
+}
+
+/// The step for what [`proxy::Proxy::start`] decided.
+fn step(start: Start, timeout: Duration) -> ProxyStep {
+    match start {
+        Start::Answer(response) => ProxyStep::Answer(response),
+        Start::Forward(forward) => {
+            let spec = spec_for(&forward, timeout);
+            ProxyStep::Send(forward, spec)
+        }
     }
 }
 
@@ -162,11 +269,13 @@ pub fn reverse_base(base: &str) -> Result<CoapUri, Error> {
 }
 
 /// Writes what a runtime crate's `Proxy` shares with the others: `new`, `with_cache`,
-/// `upstream_timeout`, `allow_destinations`, `stats`, the private clock `now`, and `Debug`.
+/// `upstream_timeout`, `allow_destinations`, `relay_observations`, `stats`, the private
+/// clock `now`, and `Debug`.
 ///
 /// The `Proxy` must have the fields `client` (the crate's `Client`), `core`
 /// (`Arc<ProxyCore>`), `origin` (an instant of the clock `$instant`, which has `now()` and
-/// `elapsed()`), `timeout` (a `Duration`) and `allow` (`Option<DestinationFilter>`).
+/// `elapsed()`), `timeout` (a `Duration`), `allow` (`Option<DestinationFilter>`) and
+/// `relay` (`Option<ServerHandle>`, the crate's server handle).
 #[macro_export]
 macro_rules! proxy_methods {
     ($instant:ty) => {
@@ -185,7 +294,24 @@ macro_rules! proxy_methods {
                     origin: <$instant>::now(),
                     timeout: $crate::host::DEFAULT_UPSTREAM_TIMEOUT,
                     allow: None,
+                    relay: None,
                 }
+            }
+
+            /// Relays observations through the forward proxy (RFC 7641 §5): a registration
+            /// for a target is forwarded as an observation of the origin, one for every
+            /// client observing that target, and each notification is passed on to them
+            /// through `server`, the handle of the server this proxy's route serves on.
+            /// Without it, a registration through the proxy is answered once, without
+            /// Observe (§4.1: the client is not on a list). At most
+            /// [`CacheLimits::max_relays`](coap_proto::proxy::CacheLimits::max_relays)
+            /// targets are observed at once; an observation of the origin ends when the
+            /// origin ends it, or at the first notification once no client observes the
+            /// target any more.
+            #[must_use]
+            pub fn relay_observations(mut self, server: ServerHandle) -> Proxy {
+                self.relay = Some(server);
+                self
             }
 
             /// How long to wait for the origin before answering 5.04 Gateway Timeout
@@ -227,6 +353,7 @@ macro_rules! proxy_methods {
                     .field("core", &self.core)
                     .field("timeout", &self.timeout)
                     .field("filtered", &self.allow.is_some())
+                    .field("relays_observations", &self.relay.is_some())
                     .finish()
             }
         }
@@ -234,13 +361,15 @@ macro_rules! proxy_methods {
 }
 
 /// Writes the request handlers of an async runtime crate's `Proxy`: `forward`, `reverse`
-/// (with its `ProxyFuture`) and the private `run`, on top of [`proxy_methods!`].
+/// (with its `ProxyFuture`) and the private `run` and `relay`, on top of [`proxy_methods!`].
 ///
 /// The invoking module must have the crate's `IncomingRequest`, `RequestBuilder` (with a
-/// `from_spec(Client, RequestSpec)` constructor it can await) and `Error` in scope.
+/// `from_spec(Client, RequestSpec)` constructor it can await, and `observe()`),
+/// `Observation`, `ServerHandle` and `Error` in scope. `$spawn` runs a relayed observation's
+/// future (`Send + 'static`) to its end in the background.
 #[macro_export]
 macro_rules! async_proxy_methods {
-    () => {
+    ($spawn:path) => {
         /// The future a [`Proxy::reverse`] handler returns.
         pub type ProxyFuture = ::core::pin::Pin<
             ::std::boxed::Box<dyn ::core::future::Future<Output = $crate::Response> + Send>,
@@ -255,6 +384,7 @@ macro_rules! async_proxy_methods {
                     self.now(),
                     self.timeout,
                     self.allow.as_ref(),
+                    self.relay.is_some(),
                 );
                 self.run(step).await
             }
@@ -289,7 +419,59 @@ macro_rules! async_proxy_methods {
                         let outcome = RequestBuilder::from_spec(self.client.clone(), spec).await;
                         self.core.finish(forward, outcome, self.now())
                     }
+                    $crate::host::ProxyStep::Observe { key, spec } => {
+                        let Some(server) = self.relay.clone() else {
+                            self.core.relay_end(&key);
+                            return $crate::Response::new($crate::msg::Code::INTERNAL_SERVER_ERROR);
+                        };
+                        let observed = RequestBuilder::from_spec(self.client.clone(), spec)
+                            .observe()
+                            .await;
+                        let mut observation = match observed {
+                            Ok(observation) => observation,
+                            Err(e) => return self.core.relay_first(&key, Some(Err(e))).0,
+                        };
+                        let first = observation
+                            .next()
+                            .await
+                            .map(|n| n.map(|n| n.into_response()));
+                        let (answer, registered) = self.core.relay_first(&key, first);
+                        if registered {
+                            $spawn(self.clone().relay(key, observation, server));
+                        }
+                        answer
+                    }
                 }
+            }
+
+            /// Passes the notifications of one observation of an origin on to the observers
+            /// of its target, until the origin ends it or nobody observes the target any
+            /// more.
+            async fn relay(
+                self,
+                key: ::std::string::String,
+                mut observation: Observation,
+                server: ServerHandle,
+            ) {
+                let notifier = server.notifier(&key);
+                let started = self.now();
+                loop {
+                    let next = observation
+                        .next()
+                        .await
+                        .map(|n| n.map(|n| n.into_response()));
+                    let (representation, goes_on) = self.core.relay_next(&key, next);
+                    let observers = notifier.notify_with(representation).await.unwrap_or(0);
+                    if !goes_on {
+                        break;
+                    }
+                    if observers == 0 && self.now() > started + $crate::host::RELAY_GRACE {
+                        // Nobody left: deregister from the origin (RFC 7641 §3.6).
+                        let _ = observation.cancel().await;
+                        break;
+                    }
+                }
+                self.core.relay_end(&key);
             }
         }
     };

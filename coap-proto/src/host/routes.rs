@@ -111,6 +111,9 @@ pub struct Routes<H, R> {
     observable: HashMap<String, ObserveHooks<R>>,
     /// What serves requests that name their destination in Proxy-Uri or Proxy-Scheme.
     proxy: Option<H>,
+    /// The proxy route takes every registration: the engine registers the client only if
+    /// the proxy's answer carries Observe (it relays an observation of the target).
+    proxy_observe: ObserveHooks<R>,
 }
 
 impl<H: Clone, R> Clone for Routes<H, R> {
@@ -119,6 +122,7 @@ impl<H: Clone, R> Clone for Routes<H, R> {
             table: self.table.clone(),
             observable: self.observable.clone(),
             proxy: self.proxy.clone(),
+            proxy_observe: self.proxy_observe.clone(),
         }
     }
 }
@@ -129,6 +133,7 @@ impl<H, R> Default for Routes<H, R> {
             table: resource::Router::new(),
             observable: HashMap::new(),
             proxy: None,
+            proxy_observe: ObserveHooks::default(),
         }
     }
 }
@@ -260,7 +265,7 @@ impl<H, R> Routes<H, R> {
             return match &self.proxy {
                 Some(handler) => Route::Handler {
                     handler,
-                    observe: None,
+                    observe: Some(&self.proxy_observe),
                 },
                 None => Route::Answer(Response::new(Code::PROXYING_NOT_SUPPORTED)),
             };

@@ -331,6 +331,7 @@ fn the_cache_stays_within_its_limits_evicting_the_least_recently_used() {
         max_entries: 3,
         max_bytes: 1 << 20,
         max_entry_bytes: 200,
+        ..CacheLimits::default()
     };
     let mut p = Proxy::new(limits);
     let uri = |i: u32| alloc::format!("coap://10.0.0.1/{i}");
@@ -357,6 +358,7 @@ fn the_cache_stays_within_its_limits_evicting_the_least_recently_used() {
         max_entries: 100,
         max_bytes: 350,
         max_entry_bytes: 350,
+        ..CacheLimits::default()
     });
     for i in 0..20 {
         let f = forward(&mut p, &proxy_uri(&uri(i)), &uri(i), t(0));
@@ -384,6 +386,82 @@ fn a_proxy_with_no_room_forwards_everything() {
         "coap://10.0.0.1/a",
         t(0) + Duration::from_millis(1),
     );
+}
+
+/// Starts an observe registration.
+fn observe(p: &mut Proxy, uri: &str) -> ObserveStart {
+    let mut options = proxy_uri(uri);
+    options.set_observe(0);
+    p.start_observe(Code::GET, &options, &Bytes::new(), target(uri), t(0))
+}
+
+fn notification(body: &'static [u8], seq: u32) -> Response {
+    let mut r = content(body);
+    r.options.set_observe(seq);
+    r
+}
+
+#[test]
+fn one_observation_of_the_origin_serves_every_observer_of_a_target() {
+    let mut p = Proxy::new(CacheLimits {
+        max_relays: 1,
+        ..CacheLimits::default()
+    });
+    let uri = "coap://10.0.0.1/obs";
+    let key = observe_key(&proxy_uri(uri)).unwrap();
+    assert_eq!(key, uri);
+
+    // The first registration opens an observation of the origin: Observe is the origin
+    // leg's own (the client adds it), Hop-Limit is added as for any forwarded request.
+    let ObserveStart::Observe(f) = observe(&mut p, uri) else {
+        panic!("expected an observation of the origin");
+    };
+    assert_eq!(f.uri().to_string(), uri);
+    assert_eq!(f.options().observe(), None);
+    assert_eq!(f.options().get_uint(OptionNumber::HOP_LIMIT), Some(16));
+    // A second one before the origin answered is served as a plain request.
+    assert!(matches!(observe(&mut p, uri), ObserveStart::Plain(_)));
+    // So is one for another target while the table is full.
+    assert!(matches!(
+        observe(&mut p, "coap://10.0.0.1/other"),
+        ObserveStart::Plain(_)
+    ));
+
+    // Notifications pass on without the origin's Observe (the server sets its own) and the
+    // latest answers later registrations, marked with Observe so that they register.
+    let first = p.relay_notification(&key, Ok(notification(b"1", 7)));
+    assert_eq!((first.code, first.options.observe()), (Code::CONTENT, None));
+    let second = p.relay_notification(&key, Ok(notification(b"2", 8)));
+    assert_eq!(&second.payload[..], b"2");
+    let ObserveStart::Answer(joined) = observe(&mut p, uri) else {
+        panic!("expected an answer from the relayed observation");
+    };
+    assert_eq!(
+        (&joined.payload[..], joined.options.observe()),
+        (&b"2"[..], Some(0))
+    );
+    assert_eq!(p.stats().relays_opened, 1);
+    assert_eq!(p.stats().notifications, 2);
+
+    // An error ends the observers' observations and leaves nothing to answer with.
+    let gone = p.relay_notification(&key, Err(UpstreamError::Timeout));
+    assert_eq!(gone.code, Code::GATEWAY_TIMEOUT);
+    assert!(matches!(observe(&mut p, uri), ObserveStart::Plain(_)));
+    // Once ended, the next registration opens a new observation.
+    p.relay_end(&key);
+    assert_eq!(p.relays(), 0);
+    assert!(matches!(observe(&mut p, uri), ObserveStart::Observe(_)));
+    assert_eq!(p.stats().relays_opened, 2);
+}
+
+#[test]
+fn a_relayed_notification_with_an_unsafe_unknown_option_is_a_bad_gateway() {
+    let mut p = Proxy::default();
+    let uri = "coap://10.0.0.1/obs";
+    assert!(matches!(observe(&mut p, uri), ObserveStart::Observe(_)));
+    let mut odd = notification(b"x", 1);
+    odd.options.push(OptionNumber(65002), &[1]);
+    assert_eq!(p.relay_notification(uri, Ok(odd)).code, Code::BAD_GATEWAY);
 }
 
 mod properties {
@@ -439,7 +517,12 @@ mod properties {
             max_entries in 0usize..6,
             max_bytes in 0usize..1500,
         ) {
-            let limits = CacheLimits { max_entries, max_bytes, max_entry_bytes: 600 };
+            let limits = CacheLimits {
+                max_entries,
+                max_bytes,
+                max_entry_bytes: 600,
+                ..CacheLimits::default()
+            };
             let mut p = Proxy::new(limits);
             let mut now = Instant::ZERO;
             for Step::Request { r, put, code, len, max_age, etag, wait_ms } in steps {

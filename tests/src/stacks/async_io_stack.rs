@@ -116,7 +116,8 @@ fn serve<E: Executor>(
     let app = super::async_app!(coap_async_std, sleep, future::yield_now, E::spawn, state);
     let proxy = coap_async_std::Proxy::new(
         E::block_on(coap_async_std::Client::bind("127.0.0.1:0")).map_err(error)?,
-    );
+    )
+    .relay_observations(server.handle());
     let reverse = proxy
         .reverse(&format!("coap://{}/", server.local_addr()))
         .map_err(error)?;

@@ -61,7 +61,7 @@ fn serve(
         server.join_multicast_v4(group, interface).map_err(error)?;
     }
     let (state, probe) = app_state();
-    let app = with_proxy(app(state), server.local_addr())?;
+    let app = with_proxy(app(state), &server)?;
     let (stop, signal) = mpsc::channel::<()>();
     let handle = server.handle();
     let served = thread::Builder::new()
@@ -197,9 +197,10 @@ fn app(state: AppState) -> Router {
 }
 
 /// The standard application's proxy routes: a forward proxy, and `/rev` onto `origin`.
-fn with_proxy(app: Router, origin: std::net::SocketAddr) -> Result<Router, StackError> {
+fn with_proxy(app: Router, server: &coap_blocking::Server) -> Result<Router, StackError> {
+    let origin = server.local_addr();
     let client = coap_blocking::Client::bind("127.0.0.1:0").map_err(error)?;
-    let proxy = coap_blocking::Proxy::new(client);
+    let proxy = coap_blocking::Proxy::new(client).relay_observations(server.handle());
     let reverse = proxy.reverse(&format!("coap://{origin}/")).map_err(error)?;
     Ok(app
         .proxy(move |req: IncomingRequest| proxy.forward(req))
@@ -258,6 +259,13 @@ impl TestClient for Client {
 
     fn drop_unsent(&self, req: Req) {
         drop(builder(&self.0, req));
+    }
+
+    fn observe_req(&self, req: Req) -> Result<Observation, StackError> {
+        builder(&self.0, req)
+            .observe()
+            .map(Observation::from)
+            .map_err(error)
     }
 
     fn multicast(&self, req: Req) -> Result<Vec<Result<Rsp, StackError>>, StackError> {

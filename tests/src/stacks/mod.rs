@@ -275,6 +275,11 @@ macro_rules! async_client_calls {
             drop(builder(&self.0, req).send());
         }
 
+        fn observe_req(&self, req: Req) -> Result<Self::Observation, StackError> {
+            let observation = $wait(builder(&self.0, req).observe());
+            observation.map(<Self::Observation>::from).map_err(error)
+        }
+
         fn multicast(&self, req: Req) -> Result<Vec<Result<Rsp, StackError>>, StackError> {
             let items = $wait(async {
                 let mut responses = builder(&self.0, req).multicast().await?;

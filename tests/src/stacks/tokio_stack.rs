@@ -87,7 +87,8 @@ fn serve(
         state
     );
     let proxy =
-        coap_tokio::Proxy::new(wait(coap_tokio::Client::bind("127.0.0.1:0")).map_err(error)?);
+        coap_tokio::Proxy::new(wait(coap_tokio::Client::bind("127.0.0.1:0")).map_err(error)?)
+            .relay_observations(server.handle());
     let reverse = proxy
         .reverse(&format!("coap://{}/", server.local_addr()))
         .map_err(error)?;
