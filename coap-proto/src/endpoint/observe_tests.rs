@@ -556,3 +556,51 @@ fn a_reset_after_non_lifetime_does_not_cancel() {
     server.handle_datagram(now, CLIENT, &rst(newer));
     assert_eq!(server.observer_count("/temp"), 0);
 }
+
+/// A registration through a forward proxy (Config::proxy) is kept under the target's URI,
+/// and registers only when the proxy's answer carries Observe: a proxy that relays the
+/// observation says so, one that does not answers a plain response (RFC 7641 §4.1, §5).
+#[test]
+fn a_proxied_registration_registers_only_with_an_observed_answer() {
+    let mut server = endpoint_with(|c| c.proxy = true);
+    let target = "coap://192.0.2.7/temp";
+    let register = |server: &mut Endpoint, mid: u16, token: u8| {
+        let mut m = Message::new(MessageType::Con, Code::GET, mid);
+        m.token = Token::new(&[token]);
+        m.options.set_observe(0);
+        m.options.set_proxy_uri(target);
+        server.handle_datagram(t(0), CLIENT, &encode(&m));
+        match events(server).as_slice() {
+            [Event::Request { id, .. }] => *id,
+            other => panic!("{other:?}"),
+        }
+    };
+
+    // Answered without Observe: not registered, and the answer says so.
+    let id = register(&mut server, 1, 1);
+    server.accept_observer(id).unwrap();
+    server.respond(t(0), id, Response::content("once")).unwrap();
+    let answer = sent(&mut server);
+    assert_eq!(answer[0].1.options.observe(), None);
+    assert_eq!(server.observer_count(target), 0);
+    assert!(events(&mut server).is_empty());
+
+    // Answered with Observe: registered under the target's URI, with the server's own
+    // sequence number.
+    let id = register(&mut server, 2, 2);
+    server.accept_observer(id).unwrap();
+    let mut relayed = Response::content("relayed");
+    relayed.options.set_observe(0);
+    server.respond(t(0), id, relayed).unwrap();
+    let answer = sent(&mut server);
+    assert!(answer[0].1.options.observe().is_some());
+    assert_eq!(server.observer_count(target), 1);
+    assert!(matches!(
+        events(&mut server).as_slice(),
+        [Event::ObserverAdded { resource, observers: 1, .. }] if resource == target
+    ));
+    assert_eq!(
+        server.notify(t(1), target, Some(Response::content("next"))),
+        1
+    );
+}
