@@ -68,9 +68,13 @@ impl Proxy {
         let base = Arc::new(host::reverse_base(base)?);
         let proxy = self.clone();
         Ok(move |request: IncomingRequest| {
-            let step = proxy
-                .core
-                .start_reverse(&base, &request, proxy.now(), proxy.timeout);
+            let step = proxy.core.start_reverse(
+                &base,
+                &request,
+                proxy.now(),
+                proxy.timeout,
+                proxy.relay.is_some(),
+            );
             proxy.run(step)
         })
     }

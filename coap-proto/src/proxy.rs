@@ -33,7 +33,8 @@
 //! clients' server). [`Proxy::start_observe`] turns a registration for a target nobody
 //! observes yet into one observation of the origin; the host opens it with its client,
 //! passes each notification through [`Proxy::relay_notification`] and hands the result to
-//! the observers of [`observe_key`] on its server, which keeps them under that name. A
+//! the observers on its server, which keeps them under the target's URI ([`observe_key`])
+//! for a forward proxy, under the local path for a reverse proxy. A
 //! registration for a target already relayed is answered with the latest notification and
 //! joins the same list, so the origin sees one observer however many clients observe
 //! through the proxy. The relays are bounded ([`CacheLimits::max_relays`]); beyond the bound
@@ -410,17 +411,18 @@ impl Proxy {
     }
 
     /// Starts serving an observe registration (a GET or FETCH with Observe = 0) for
-    /// `target`, from a forward proxy's client. See [`ObserveStart`].
+    /// `target`, whose observers the host's server keeps under `key`: [`observe_key`] for a
+    /// forward proxy, the local path for a reverse proxy's route. See [`ObserveStart`].
     pub fn start_observe(
         &mut self,
+        key: &str,
         method: Code,
         options: &Options,
         payload: &Bytes,
         target: CoapUri,
         now: Instant,
     ) -> ObserveStart {
-        let key = alloc::string::ToString::to_string(&target);
-        match self.relays.get(&key) {
+        match self.relays.get(key) {
             Some(Some(latest)) => {
                 // §5 of RFC 7641: the proxy answers from the observation it holds.
                 let mut answer = latest.clone();
@@ -437,7 +439,7 @@ impl Proxy {
         }
         match forwarded_options(options) {
             Ok((forwarded, client_etags)) => {
-                self.relays.insert(key, None);
+                self.relays.insert(String::from(key), None);
                 self.stats.relays_opened += 1;
                 let resource = resource_key(&target);
                 ObserveStart::Observe(Forward {

@@ -69,6 +69,7 @@ fuzz_target!(|input: &[u8]| {
         let start = if request.options.observe() == Some(0) {
             let key = target.to_string();
             match proxy.start_observe(
+                &key,
                 request.code,
                 &request.options,
                 &request.payload,

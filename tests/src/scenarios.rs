@@ -786,9 +786,10 @@ pub fn multicast_requests_reach_group_members<C: Stack, S: Stack>() {
     );
 }
 
-/// Observations relayed through a forward proxy (RFC 7641 §5): two clients observing one
-/// target through the proxy are one observer at the origin, the origin's notifications
-/// reach both, and an error notification ends every observation along the way.
+/// Observations relayed through a forward proxy and a reverse route (RFC 7641 §5): two
+/// clients observing one target through the proxy are one observer at the origin, the
+/// origin's notifications reach both, and an error notification ends every observation
+/// along the way.
 pub fn observing_through_a_proxy<C: Stack, S: Stack>() {
     let proxy = start_server::<S>();
     let origin = start_server::<S>();
@@ -837,11 +838,32 @@ pub fn observing_through_a_proxy<C: Stack, S: Stack>() {
         proxy.observer_count(&target).unwrap() == 0
     });
 
-    // A proxy that does not relay (a plain GET route here, through the reverse route)
-    // answers a registration once, without Observe.
+    // A reverse route relays too: observing /rev/sensors/counter on the proxy observes the
+    // resource behind it (on the proxy server itself here), and the observers are kept
+    // under the local path.
+    let rev = "/rev/sensors/counter";
+    proxy.probe().set_counter(8);
+    let mut relayed = a.observe(&at(&proxy, rev)).unwrap();
+    let answer = relayed.next().unwrap().unwrap();
+    assert_eq!(answer.response.payload_str(), Some("8"));
+    assert!(answer.sequence.is_some());
+    assert_eq!(
+        proxy.observer_count(COUNTER).unwrap(),
+        1,
+        "the proxy's client"
+    );
+    assert_eq!(proxy.observer_count(rev).unwrap(), 1);
+    proxy.probe().set_counter(9);
+    assert_eq!(proxy.notify(COUNTER).unwrap(), 1);
+    let next = relayed.next().unwrap().unwrap();
+    assert_eq!(next.response.payload_str(), Some("9"));
+    assert!(next.sequence > answer.sequence);
+
+    // What the origin does not let be observed is answered once, without Observe.
     let mut plain = a.observe(&at(&proxy, "/rev/hello")).unwrap();
     let only = plain.next().unwrap().unwrap();
     assert_eq!((text(&only.response), only.sequence), ("hello", None));
+    assert!(plain.next().is_none());
 }
 
 /// A GET through the forward proxy of `proxy` for `uri` (RFC 7252 §5.7.2: the proxy's

@@ -379,9 +379,10 @@ struct ObserveRequest {
     key: CacheKey,
     request: Message,
     accepted: bool,
-    /// A registration through a forward proxy: it registers only if the proxy's answer
-    /// carries Observe, that is if the proxy relays an observation of the origin.
-    proxied: bool,
+    /// It registers only if the answer carries Observe: a registration through a forward
+    /// proxy (the proxy relays an observation of the origin, or not), or one accepted with
+    /// [`Endpoint::accept_observer_if_observed`].
+    if_observed: bool,
 }
 
 /// Why [`Endpoint::accept_observer`] refused.
@@ -990,6 +991,21 @@ impl Endpoint {
     /// observer of the request's path and the response carries the Observe option. Without
     /// this call a registration is answered as a plain request (RFC 7641 §4.1).
     pub fn accept_observer(&mut self, id: IncomingId) -> Result<(), ObserveError> {
+        self.accept(id, false)
+    }
+
+    /// Accepts the registration `id` like [`accept_observer`](Endpoint::accept_observer),
+    /// on the condition that the response carries an Observe option: a 2.xx response with
+    /// one makes the client an observer (the engine puts its own sequence number in it),
+    /// one without is a plain response (RFC 7641 §4.1). For handlers that find out while
+    /// answering whether they can offer the observation, such as a proxy relaying the
+    /// origin's. A registration through a forward proxy ([`Config::proxy`]) is always
+    /// taken this way.
+    pub fn accept_observer_if_observed(&mut self, id: IncomingId) -> Result<(), ObserveError> {
+        self.accept(id, true)
+    }
+
+    fn accept(&mut self, id: IncomingId, if_observed: bool) -> Result<(), ObserveError> {
         let limits = ObserverLimits {
             total: self.config.max_observers,
             per_resource: self.config.max_observers_per_resource,
@@ -1008,6 +1024,7 @@ impl Endpoint {
             return Err(ObserveError::TooManyObservers);
         }
         reg.accepted = true;
+        reg.if_observed |= if_observed;
         Ok(())
     }
 
@@ -1115,7 +1132,7 @@ impl Endpoint {
             Some(reg)
                 if reg.accepted
                     && response.code.is_success()
-                    && (!reg.proxied || response.options.observe().is_some()) =>
+                    && (!reg.if_observed || response.options.observe().is_some()) =>
             {
                 let (oid, seq) = self.observers.add(
                     now,
@@ -2216,7 +2233,7 @@ impl Endpoint {
             key: CacheKey::new(request.code, &request.options, BLOCKWISE_OBSERVE_EXCLUDED),
             request: request.clone(),
             accepted: false,
-            proxied,
+            if_observed: proxied,
         }))
     }
 

@@ -389,9 +389,9 @@ pub struct Dispatch {
     /// was ready at once). Without one, the answer comes later through [`Host::respond`], or
     /// [`Host::abandon`] answers 5.00.
     pub answer: Option<Response>,
-    /// The request registers an observation on an observable route that accepts it: the
-    /// engine is told before the answer, so a 2.xx answer makes the client an observer.
-    pub accept_observer: bool,
+    /// Whether the request registers an observation its route takes: the engine is told
+    /// before the answer.
+    pub accept_observer: AcceptObserver,
 }
 
 impl Dispatch {
@@ -399,9 +399,24 @@ impl Dispatch {
     pub fn answer(response: Response) -> Dispatch {
         Dispatch {
             answer: Some(response),
-            accept_observer: false,
+            accept_observer: AcceptObserver::No,
         }
     }
+}
+
+/// Whether the engine takes a request that registers an observation (a GET or FETCH with
+/// Observe = 0, RFC 7641 §4.1), as a [`Service`] decides before the answer.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum AcceptObserver {
+    /// Not a registration its route takes: it is answered as a plain request.
+    #[default]
+    No,
+    /// Taken: a 2.xx answer makes the client an observer (an observable route).
+    Yes,
+    /// Taken if the answer says so: a 2.xx answer that carries an Observe option makes the
+    /// client an observer (a proxy relaying the origin's observation, a prefix route whose
+    /// handler notifies the path itself); one without Observe is a plain answer.
+    IfObserved,
 }
 
 /// A request this endpoint sent and that has not ended yet.
@@ -1045,10 +1060,14 @@ impl<C: Channels> Host<C> {
         let settled = match catch_unwind(AssertUnwindSafe(call)) {
             Ok(None) => false,
             Ok(Some(dispatch)) => {
-                if dispatch.accept_observer && !render {
-                    if let Err(e) = ep.accept_observer(id) {
-                        debug!(error = ?e, "registration not accepted");
-                    }
+                let accepted = match dispatch.accept_observer {
+                    _ if render => Ok(()),
+                    AcceptObserver::No => Ok(()),
+                    AcceptObserver::Yes => ep.accept_observer(id),
+                    AcceptObserver::IfObserved => ep.accept_observer_if_observed(id),
+                };
+                if let Err(e) = accepted {
+                    debug!(error = ?e, "registration not accepted");
                 }
                 match dispatch.answer {
                     Some(response) => answer(ep, now, id, response).1,

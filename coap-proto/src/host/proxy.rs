@@ -88,19 +88,8 @@ impl ProxyCore {
                 ProxyStep::Answer(refused.response())
             }
             Ok(Some(target)) if relay && request.is_observe_registration() => {
-                let m = &request.message;
                 let key = target.to_string();
-                let started = self
-                    .lock()
-                    .start_observe(m.code, &m.options, &m.payload, target, now);
-                match started {
-                    ObserveStart::Answer(response) => ProxyStep::Answer(response),
-                    ObserveStart::Observe(forward) => ProxyStep::Observe {
-                        key,
-                        spec: spec_for(&forward, timeout),
-                    },
-                    ObserveStart::Plain(start) => step(start, timeout),
-                }
+                self.start_observe(key, request, target, now, timeout)
             }
             Ok(Some(target)) => self.start(request, target, now, timeout),
             Ok(None) => ProxyStep::Answer(Response::new(Code::PROXYING_NOT_SUPPORTED)),
@@ -109,15 +98,22 @@ impl ProxyCore {
     }
 
     /// Starts a reverse-proxy request: the destination is `base` followed by the request's
-    /// path below its route's prefix, and its query (RFC 7252 §5.7.3).
+    /// path below its route's prefix, and its query (RFC 7252 §5.7.3). With `relay`, an
+    /// observe registration is relayed ([`ProxyStep::Observe`]; the server keeps the
+    /// observers under the request's own path).
     pub fn start_reverse(
         &self,
         base: &CoapUri,
         request: &Incoming,
         now: Instant,
         timeout: Duration,
+        relay: bool,
     ) -> ProxyStep {
         match proxy::reverse_target(base, request.rest(), request.query()) {
+            Ok(target) if relay && request.is_observe_registration() => {
+                let key = request.path_string();
+                self.start_observe(key, request, target, now, timeout)
+            }
             Ok(target) => match self.start(request, target, now, timeout) {
                 ProxyStep::Send(mut forward, spec) => {
                     // The route's prefix: the segments the route matched.
@@ -128,6 +124,28 @@ impl ProxyCore {
                 answer => answer,
             },
             Err(e) => ProxyStep::Answer(e.response()),
+        }
+    }
+
+    fn start_observe(
+        &self,
+        key: alloc::string::String,
+        request: &Incoming,
+        target: CoapUri,
+        now: Instant,
+        timeout: Duration,
+    ) -> ProxyStep {
+        let m = &request.message;
+        let started = self
+            .lock()
+            .start_observe(&key, m.code, &m.options, &m.payload, target, now);
+        match started {
+            ObserveStart::Answer(response) => ProxyStep::Answer(response),
+            ObserveStart::Observe(forward) => ProxyStep::Observe {
+                key,
+                spec: spec_for(&forward, timeout),
+            },
+            ObserveStart::Plain(start) => step(start, timeout),
         }
     }
 
@@ -298,10 +316,11 @@ macro_rules! proxy_methods {
                 }
             }
 
-            /// Relays observations through the forward proxy (RFC 7641 §5): a registration
-            /// for a target is forwarded as an observation of the origin, one for every
-            /// client observing that target, and each notification is passed on to them
-            /// through `server`, the handle of the server this proxy's route serves on.
+            /// Relays observations through the forward proxy and the reverse routes (RFC 7641
+            /// §5): a registration for a target is forwarded as an observation of the
+            /// origin, one for every client observing that target, and each notification is
+            /// passed on to them through `server`, the handle of the server this proxy's
+            /// routes serve on.
             /// Without it, a registration through the proxy is answered once, without
             /// Observe (§4.1: the client is not on a list). At most
             /// [`CacheLimits::max_relays`](coap_proto::proxy::CacheLimits::max_relays)
@@ -403,10 +422,13 @@ macro_rules! async_proxy_methods {
                 let base = ::std::sync::Arc::new($crate::host::reverse_base(base)?);
                 let proxy = self.clone();
                 Ok(move |request: IncomingRequest| -> ProxyFuture {
-                    let step =
-                        proxy
-                            .core
-                            .start_reverse(&base, &request, proxy.now(), proxy.timeout);
+                    let step = proxy.core.start_reverse(
+                        &base,
+                        &request,
+                        proxy.now(),
+                        proxy.timeout,
+                        proxy.relay.is_some(),
+                    );
                     let proxy = proxy.clone();
                     ::std::boxed::Box::pin(async move { proxy.run(step).await })
                 })

@@ -11,7 +11,8 @@ use core::pin::Pin;
 use core::task::{Context, Poll, Waker};
 
 use super::{
-    AnswerGuard, Channels, Dispatch, Incoming, IntoReply, ObserveHooks, Reply, Route, Routes,
+    AcceptObserver, AnswerGuard, Channels, Dispatch, Incoming, IntoReply, ObserveHooks, Reply,
+    Route, Routes,
 };
 use tracing::{debug, trace, warn};
 
@@ -93,9 +94,9 @@ pub enum Routed<'r, Req, S: HandlerStyle> {
         handler: &'r Handler<Req, S>,
         /// The request, with how much of its path the route matched.
         request: Req,
-        /// The request registers an observation on an observable route whose accept hook
-        /// takes it: tell the engine before the answer.
-        accept_observer: bool,
+        /// Whether the request registers an observation its route takes: tell the engine
+        /// before the answer.
+        accept_observer: AcceptObserver,
     },
 }
 
@@ -207,6 +208,12 @@ impl<Req: 'static, S: HandlerStyle> Router<Req, S> {
     }
 
     /// Serves every method on `prefix` and every path below it.
+    ///
+    /// An observe registration on a prefix route becomes an observation only if the
+    /// handler's 2.xx answer carries an Observe option (as a reverse proxy route's does when
+    /// it relays the origin's observation, see [`crate::proxy`]); the observers are then
+    /// notified through the request's full path. Any other answer is a plain one (RFC 7641
+    /// §4.1).
     pub fn prefix_any<H, O>(mut self, prefix: &str, handler: H) -> Self
     where
         H: Fn(Req) -> O + Send + Sync + 'static,
@@ -280,9 +287,13 @@ impl<Req: 'static, S: HandlerStyle> Router<Req, S> {
     ) -> Routed<'_, Req, S> {
         match self.routes.route(&mut head) {
             Route::Answer(response) => Routed::Answer(response),
-            Route::Handler { handler, observe } => {
+            Route::Handler {
+                handler,
+                observe,
+                if_observed,
+            } => {
                 let request = request(head);
-                let accept_observer = observe.is_some_and(|hooks| hooks.accepts(&request));
+                let accept_observer = super::routes::acceptance(observe, if_observed, &request);
                 Routed::Handler {
                     handler,
                     request,
@@ -318,9 +329,13 @@ impl<Req: 'static> Router<Req, Async> {
         // handler, without passing through a `Routed` on the way.
         let (mut future, accept_observer) = match self.routes.route(&mut head) {
             Route::Answer(response) => return Dispatch::answer(response),
-            Route::Handler { handler, observe } => {
+            Route::Handler {
+                handler,
+                observe,
+                if_observed,
+            } => {
                 let request = request(head);
-                let accept_observer = observe.is_some_and(|hooks| hooks.accepts(&request));
+                let accept_observer = super::routes::acceptance(observe, if_observed, &request);
                 (handler(request), accept_observer)
             }
         };
@@ -399,7 +414,7 @@ impl<Req: 'static> Router<Req, Blocking> {
         &self,
         head: Incoming,
         request: impl FnOnce(Incoming) -> Req,
-    ) -> Result<(&Handler<Req, Blocking>, Req, bool), Response> {
+    ) -> Result<(&Handler<Req, Blocking>, Req, AcceptObserver), Response> {
         match self.dispatch(head, request) {
             Routed::Answer(response) => Err(response),
             Routed::Handler {

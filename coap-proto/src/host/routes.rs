@@ -8,7 +8,7 @@ use core::fmt;
 
 use hashbrown::HashMap;
 
-use super::Incoming;
+use super::{AcceptObserver, Incoming};
 use crate::link_format::LinkFormatError;
 use crate::msg::{Code, OptionNumber};
 use crate::request::Response;
@@ -95,7 +95,24 @@ pub enum Route<'r, H, R> {
         /// The hooks of the observable route, when the request registers an observation on
         /// one; ask [`ObserveHooks::accepts`] whether the registration is taken.
         observe: Option<&'r ObserveHooks<R>>,
+        /// The registration is taken only if the handler's answer carries Observe (the proxy
+        /// route and prefix routes, see [`AcceptObserver::IfObserved`]).
+        if_observed: bool,
     },
+}
+
+/// What to tell the engine about `request`, routed to a handler with `observe` and
+/// `if_observed` (see [`Route::Handler`]).
+pub(crate) fn acceptance<R>(
+    observe: Option<&ObserveHooks<R>>,
+    if_observed: bool,
+    request: &R,
+) -> AcceptObserver {
+    match observe {
+        Some(hooks) if hooks.accepts(request) && if_observed => AcceptObserver::IfObserved,
+        Some(hooks) if hooks.accepts(request) => AcceptObserver::Yes,
+        _ => AcceptObserver::No,
+    }
 }
 
 /// A routing table ([`resource::Router`]) of handlers `H`, with the observable routes and
@@ -111,9 +128,9 @@ pub struct Routes<H, R> {
     observable: HashMap<String, ObserveHooks<R>>,
     /// What serves requests that name their destination in Proxy-Uri or Proxy-Scheme.
     proxy: Option<H>,
-    /// The proxy route takes every registration: the engine registers the client only if
-    /// the proxy's answer carries Observe (it relays an observation of the target).
-    proxy_observe: ObserveHooks<R>,
+    /// The hooks of the proxy route and of prefix routes: every registration is taken, and
+    /// the engine registers the client only if the handler's answer carries Observe.
+    any_observe: ObserveHooks<R>,
 }
 
 impl<H: Clone, R> Clone for Routes<H, R> {
@@ -122,7 +139,7 @@ impl<H: Clone, R> Clone for Routes<H, R> {
             table: self.table.clone(),
             observable: self.observable.clone(),
             proxy: self.proxy.clone(),
-            proxy_observe: self.proxy_observe.clone(),
+            any_observe: self.any_observe.clone(),
         }
     }
 }
@@ -133,7 +150,7 @@ impl<H, R> Default for Routes<H, R> {
             table: resource::Router::new(),
             observable: HashMap::new(),
             proxy: None,
-            proxy_observe: ObserveHooks::default(),
+            any_observe: ObserveHooks::default(),
         }
     }
 }
@@ -265,7 +282,8 @@ impl<H, R> Routes<H, R> {
             return match &self.proxy {
                 Some(handler) => Route::Handler {
                     handler,
-                    observe: Some(&self.proxy_observe),
+                    observe: Some(&self.any_observe),
+                    if_observed: true,
                 },
                 None => Route::Answer(Response::new(Code::PROXYING_NOT_SUPPORTED)),
             };
@@ -276,12 +294,23 @@ impl<H, R> Routes<H, R> {
                 rest,
                 route,
             } => {
-                // Only a registration on an exact observable route looks at the hooks.
-                let observe = (!route.prefix && request.is_observe_registration())
-                    .then(|| self.observable.get(route.path))
-                    .flatten();
+                // A registration on an exact observable route asks its hooks; one on a prefix
+                // route is taken if the handler's answer says so (a reverse proxy relaying an
+                // observation).
+                let registration = request.is_observe_registration();
+                let observe = if route.prefix {
+                    registration.then_some(&self.any_observe)
+                } else {
+                    registration
+                        .then(|| self.observable.get(route.path))
+                        .flatten()
+                };
                 request.matched = rest.start;
-                Route::Handler { handler, observe }
+                Route::Handler {
+                    handler,
+                    observe,
+                    if_observed: route.prefix,
+                }
             }
             Resolution::WellKnownCore => {
                 let response = self.table.well_known_core_response(&message.options);

@@ -152,13 +152,17 @@ impl Service for TestService {
             Behaviour::Answer => Dispatch::answer(hello()),
             Behaviour::Defer => Dispatch {
                 answer: None,
-                accept_observer: false,
+                accept_observer: AcceptObserver::No,
             },
             Behaviour::BadCode => Dispatch::answer(Response::new(Code::GET)),
             Behaviour::Panic => panic!("handler failure (expected by the test)"),
             Behaviour::Observable => Dispatch {
                 answer: Some(hello()),
-                accept_observer: request.is_observe_registration(),
+                accept_observer: if request.is_observe_registration() {
+                    AcceptObserver::Yes
+                } else {
+                    AcceptObserver::No
+                },
             },
         }
     }
@@ -867,10 +871,28 @@ fn routes_find_handlers_and_answer_the_rest() {
     routes.nest("/sensors", sub);
 
     let mut req = incoming(Code::GET, "/files/x/y", None, false);
-    let Route::Handler { handler, observe } = routes.route(&mut req) else {
+    let Route::Handler {
+        handler,
+        observe,
+        if_observed,
+    } = routes.route(&mut req)
+    else {
         panic!("no handler");
     };
-    assert_eq!((*handler, observe.is_none()), ("files", true));
+    assert_eq!(
+        (*handler, observe.is_none(), if_observed),
+        ("files", true, true)
+    );
+    // A registration on a prefix route is taken if the handler's answer carries Observe.
+    let mut reg = incoming(Code::GET, "/files/x", Some(0), false);
+    assert!(matches!(
+        routes.route(&mut reg),
+        Route::Handler {
+            observe: Some(_),
+            if_observed: true,
+            ..
+        }
+    ));
     assert_eq!(req.rest().collect::<Vec<_>>(), ["x", "y"]);
 
     let answer = |r: Route<'_, &str, Incoming>| match r {
@@ -968,7 +990,7 @@ fn a_router_hands_out_handlers_of_its_style() {
     else {
         panic!("no handler");
     };
-    assert!(!accept_observer);
+    assert_eq!(accept_observer, AcceptObserver::No);
     let Reply::Response(rsp) = handler(request) else {
         panic!("deferred");
     };
@@ -991,7 +1013,7 @@ fn a_router_hands_out_handlers_of_its_style() {
     assert!(matches!(
         blocking.dispatch(registration, |head| head),
         Routed::Handler {
-            accept_observer: true,
+            accept_observer: AcceptObserver::Yes,
             ..
         }
     ));

@@ -392,7 +392,7 @@ fn a_proxy_with_no_room_forwards_everything() {
 fn observe(p: &mut Proxy, uri: &str) -> ObserveStart {
     let mut options = proxy_uri(uri);
     options.set_observe(0);
-    p.start_observe(Code::GET, &options, &Bytes::new(), target(uri), t(0))
+    p.start_observe(uri, Code::GET, &options, &Bytes::new(), target(uri), t(0))
 }
 
 fn notification(body: &'static [u8], seq: u32) -> Response {
