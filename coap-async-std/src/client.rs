@@ -3,7 +3,7 @@
 
 use std::fmt;
 use std::future::{Future, IntoFuture};
-use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::net::{Ipv4Addr, SocketAddr};
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
@@ -156,40 +156,6 @@ impl Client {
     /// The send buffer size the system granted (`SO_SNDBUF`).
     pub fn send_buffer_size(&self) -> Result<usize, Error> {
         Ok(self.sock_ref().send_buffer_size()?)
-    }
-
-    /// Joins the IPv4 multicast `group` on the interface with address `interface`
-    /// (`0.0.0.0`: the system chooses).
-    ///
-    /// On Linux, requests sent to the group then reach a client with a service (such as
-    /// a server's) as multicast requests (RFC 7252 §8.2): answered after a random leisure,
-    /// never with an error.
-    pub fn join_multicast_v4(&self, group: Ipv4Addr, interface: Ipv4Addr) -> Result<(), Error> {
-        Ok(coap_udp::join_multicast_v4(
-            self.sock_ref(),
-            group,
-            interface,
-        )?)
-    }
-
-    /// Joins the IPv6 multicast `group` on the interface with index `interface` (0: the
-    /// system chooses).
-    pub fn join_multicast_v6(&self, group: Ipv6Addr, interface: u32) -> Result<(), Error> {
-        Ok(coap_udp::join_multicast_v6(
-            self.sock_ref(),
-            group,
-            interface,
-        )?)
-    }
-
-    /// Leaves an IPv4 multicast group.
-    pub fn leave_multicast_v4(&self, group: Ipv4Addr, interface: Ipv4Addr) -> Result<(), Error> {
-        Ok(self.std_socket().leave_multicast_v4(&group, &interface)?)
-    }
-
-    /// Leaves an IPv6 multicast group.
-    pub fn leave_multicast_v6(&self, group: Ipv6Addr, interface: u32) -> Result<(), Error> {
-        Ok(self.std_socket().leave_multicast_v6(&group, interface)?)
     }
 
     /// The interface (by IPv4 address) IPv4 multicast requests leave from.
@@ -596,3 +562,5 @@ async fn resolve(shared: &Shared, uri: &CoapUri) -> Result<SocketAddr, Error> {
         }
     }
 }
+
+coap_udp::group_methods!(Client, |this| this.sock_ref());

@@ -2,7 +2,7 @@
 
 use std::fmt;
 use std::future::Future;
-use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -63,44 +63,6 @@ impl Server {
     /// The local address of the socket.
     pub fn local_addr(&self) -> SocketAddr {
         self.shared.local_addr
-    }
-
-    /// Joins the IPv4 multicast `group` (such as [`ALL_COAP_NODES_V4`](crate::ALL_COAP_NODES_V4))
-    /// on the interface with address `interface` (`0.0.0.0`: the system chooses). Bind to the
-    /// wildcard address (`0.0.0.0` or `[::]`) to receive what is sent to the group. On Linux
-    /// the requests sent to the group are then answered as RFC 7252 §8.2 asks: after a random
-    /// leisure ([`Config::default_leisure`]), never with an error or a Reset, and from the
-    /// server's unicast address; elsewhere they are answered like unicast requests.
-    pub fn join_multicast_v4(&self, group: Ipv4Addr, interface: Ipv4Addr) -> Result<(), Error> {
-        Ok(coap_udp::join_multicast_v4(
-            socket2::SockRef::from(self.shared.socket.get_ref()),
-            group,
-            interface,
-        )?)
-    }
-
-    /// Joins the IPv6 multicast `group` (such as
-    /// [`ALL_COAP_NODES_V6_LINK_LOCAL`](crate::ALL_COAP_NODES_V6_LINK_LOCAL)) on the interface
-    /// with index `interface` (0: the system chooses); see
-    /// [`join_multicast_v4`](Server::join_multicast_v4).
-    pub fn join_multicast_v6(&self, group: Ipv6Addr, interface: u32) -> Result<(), Error> {
-        Ok(coap_udp::join_multicast_v6(
-            socket2::SockRef::from(self.shared.socket.get_ref()),
-            group,
-            interface,
-        )?)
-    }
-
-    /// Leaves an IPv4 multicast group joined with [`join_multicast_v4`](Server::join_multicast_v4).
-    pub fn leave_multicast_v4(&self, group: Ipv4Addr, interface: Ipv4Addr) -> Result<(), Error> {
-        Ok(socket2::SockRef::from(self.shared.socket.get_ref())
-            .leave_multicast_v4(&group, &interface)?)
-    }
-
-    /// Leaves an IPv6 multicast group joined with [`join_multicast_v6`](Server::join_multicast_v6).
-    pub fn leave_multicast_v6(&self, group: Ipv6Addr, interface: u32) -> Result<(), Error> {
-        Ok(socket2::SockRef::from(self.shared.socket.get_ref())
-            .leave_multicast_v6(&group, interface)?)
     }
 
     /// A handle for introspection, notifications and shutdown while the server runs.
@@ -300,3 +262,7 @@ impl ServerBuilder {
         Ok(Server { driver, shared })
     }
 }
+
+coap_udp::group_methods!(Server, |this| socket2::SockRef::from(
+    this.shared.socket.get_ref()
+));

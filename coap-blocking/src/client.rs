@@ -2,7 +2,7 @@
 //! callback, observations and multicast responses as iterators.
 
 use std::fmt;
-use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr, ToSocketAddrs};
+use std::net::{Ipv4Addr, SocketAddr, ToSocketAddrs};
 use std::sync::{mpsc, Arc};
 use std::thread;
 use std::time::{Duration, Instant};
@@ -146,38 +146,6 @@ impl Client {
     /// The send buffer size the system granted (`SO_SNDBUF`).
     pub fn send_buffer_size(&self) -> Result<usize, Error> {
         Ok(socket2::SockRef::from(&*self.shared.socket).send_buffer_size()?)
-    }
-
-    /// Joins an IPv4 multicast group on the interface with address `interface`.
-    ///
-    /// On Linux, requests sent to the group then reach a client with a service (such as
-    /// a server's) as multicast requests (RFC 7252 §8.2): answered after a random leisure,
-    /// never with an error.
-    pub fn join_multicast_v4(&self, group: Ipv4Addr, interface: Ipv4Addr) -> Result<(), Error> {
-        Ok(coap_udp::join_multicast_v4(
-            socket2::SockRef::from(&*self.shared.socket),
-            group,
-            interface,
-        )?)
-    }
-
-    /// Joins an IPv6 multicast group on the interface with index `interface` (0: any).
-    pub fn join_multicast_v6(&self, group: Ipv6Addr, interface: u32) -> Result<(), Error> {
-        Ok(coap_udp::join_multicast_v6(
-            socket2::SockRef::from(&*self.shared.socket),
-            group,
-            interface,
-        )?)
-    }
-
-    /// Leaves an IPv4 multicast group.
-    pub fn leave_multicast_v4(&self, group: Ipv4Addr, interface: Ipv4Addr) -> Result<(), Error> {
-        Ok(self.shared.socket.leave_multicast_v4(&group, &interface)?)
-    }
-
-    /// Leaves an IPv6 multicast group.
-    pub fn leave_multicast_v6(&self, group: Ipv6Addr, interface: u32) -> Result<(), Error> {
-        Ok(self.shared.socket.leave_multicast_v6(&group, interface)?)
     }
 
     /// The interface (by IPv4 address) IPv4 multicast requests leave from.
@@ -611,3 +579,5 @@ fn resolve(shared: &Shared, uri: &CoapUri) -> Result<SocketAddr, Error> {
         }
     }
 }
+
+coap_udp::group_methods!(Client, |this| socket2::SockRef::from(&*this.shared.socket));

@@ -365,9 +365,9 @@ fn observe_stops_on_ctrl_c() {
 /// the answers until its window closes: errors are not answered to a group (RFC 7252 §8.2),
 /// so a missing resource draws silence and exit status 3. The group is joined on the
 /// loopback interface and the request leaves through it: nothing leaves the host.
-#[cfg(target_os = "linux")]
-#[test]
-fn multicast_discovery_with_serve_join() {
+/// The demo server on the wildcard address of a free port, in the All CoAP Nodes group
+/// joined on the loopback interface, answering the group after at most 0.1 s.
+fn demo_in_group() -> (Running, u16) {
     let port = free_udp_port();
     let bind = format!("0.0.0.0:{port}");
     let server = start_server(&[
@@ -379,7 +379,14 @@ fn multicast_discovery_with_serve_join() {
         "--leisure",
         "0.1",
     ]);
-    let group = |path: &str| format!("coap://224.0.1.187:{}{path}", server.addr.port());
+    (server, port)
+}
+
+#[cfg(target_os = "linux")]
+#[test]
+fn multicast_discovery_with_serve_join() {
+    let (_server, port) = demo_in_group();
+    let group = |path: &str| format!("coap://224.0.1.187:{port}{path}");
     let found = coap(&[
         "get",
         &group("/.well-known/core?rt=*"),
@@ -627,17 +634,7 @@ fn multicast_discovery_with_libcoap() {
     let (Some(client), Some(server_tool)) = (libcoap_client(), libcoap_server()) else {
         return;
     };
-    let port = free_udp_port();
-    let bind = format!("0.0.0.0:{port}");
-    let _ours = start_server(&[
-        "serve",
-        "--bind",
-        &bind,
-        "--join",
-        "224.0.1.187@127.0.0.1",
-        "--leisure",
-        "0.1",
-    ]);
+    let (_ours, port) = demo_in_group();
     let group = format!("coap://224.0.1.187:{port}/.well-known/core");
     let found = tool(&client, &["-N", "-a", "127.0.0.1", "-B", "1", &group]);
     assert_ok(&found, "coap-client -N GET to the group");

@@ -2,7 +2,7 @@
 
 use std::fmt;
 use std::future::{Future, IntoFuture};
-use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::net::{Ipv4Addr, SocketAddr};
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
@@ -153,40 +153,6 @@ impl Client {
     /// The send buffer size the system granted (`SO_SNDBUF`).
     pub fn send_buffer_size(&self) -> Result<usize, Error> {
         Ok(socket2::SockRef::from(&*self.shared.socket).send_buffer_size()?)
-    }
-
-    /// Joins an IPv4 multicast group on the interface with address `interface`
-    /// (`0.0.0.0` lets the system choose), to receive what is sent to it.
-    ///
-    /// On Linux, requests sent to the group then reach a client with a service (such as
-    /// a server's) as multicast requests (RFC 7252 §8.2): answered after a random leisure,
-    /// never with an error.
-    pub fn join_multicast_v4(&self, group: Ipv4Addr, interface: Ipv4Addr) -> Result<(), Error> {
-        Ok(coap_udp::join_multicast_v4(
-            socket2::SockRef::from(&*self.shared.socket),
-            group,
-            interface,
-        )?)
-    }
-
-    /// Joins an IPv6 multicast group on the interface with index `interface` (0 lets the
-    /// system choose).
-    pub fn join_multicast_v6(&self, group: Ipv6Addr, interface: u32) -> Result<(), Error> {
-        Ok(coap_udp::join_multicast_v6(
-            socket2::SockRef::from(&*self.shared.socket),
-            group,
-            interface,
-        )?)
-    }
-
-    /// Leaves an IPv4 multicast group.
-    pub fn leave_multicast_v4(&self, group: Ipv4Addr, interface: Ipv4Addr) -> Result<(), Error> {
-        Ok(self.shared.socket.leave_multicast_v4(group, interface)?)
-    }
-
-    /// Leaves an IPv6 multicast group.
-    pub fn leave_multicast_v6(&self, group: Ipv6Addr, interface: u32) -> Result<(), Error> {
-        Ok(self.shared.socket.leave_multicast_v6(&group, interface)?)
     }
 
     /// Picks the interface (by its IPv4 address) that IPv4 multicast requests leave from.
@@ -633,3 +599,5 @@ async fn resolve_name(local: SocketAddr, name: &str, port: u16) -> Result<Socket
         })?;
     host::choose_address(local, name, addrs)
 }
+
+coap_udp::group_methods!(Client, |this| socket2::SockRef::from(&*this.shared.socket));

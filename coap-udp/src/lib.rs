@@ -973,6 +973,65 @@ pub fn join_multicast_v6(
     report_group_destinations(&*socket)
 }
 
+/// Writes `join_multicast_v4`, `join_multicast_v6`, `leave_multicast_v4` and
+/// `leave_multicast_v6` for a runtime crate's type (a client or a single-engine server)
+/// whose socket `$socket` names as a [`socket2::SockRef`], with `$this` standing for
+/// `self`. The invoking module must have the crate's `Error` (from [`io::Error`]) in scope.
+#[macro_export]
+macro_rules! group_methods {
+    ($ty:ty, |$this:ident| $socket:expr) => {
+        impl $ty {
+            /// Joins the IPv4 multicast `group` (such as `ALL_COAP_NODES_V4`) on the
+            /// interface with address `interface` (`0.0.0.0`: the system chooses). Bind to
+            /// the wildcard address (`0.0.0.0` or `[::]`) to receive what is sent to the
+            /// group. On Linux the requests sent to the group are then answered as RFC 7252
+            /// §8.2 asks: after a random leisure (`Config::default_leisure`), never with an
+            /// error or a Reset, and from the unicast address; elsewhere they are answered
+            /// like unicast requests.
+            pub fn join_multicast_v4(
+                &self,
+                group: ::std::net::Ipv4Addr,
+                interface: ::std::net::Ipv4Addr,
+            ) -> Result<(), Error> {
+                let $this = self;
+                Ok($crate::join_multicast_v4($socket, group, interface)?)
+            }
+
+            /// Joins the IPv6 multicast `group` (such as `ALL_COAP_NODES_V6_LINK_LOCAL`) on
+            /// the interface with index `interface` (0: the system chooses); see
+            /// `join_multicast_v4`.
+            pub fn join_multicast_v6(
+                &self,
+                group: ::std::net::Ipv6Addr,
+                interface: u32,
+            ) -> Result<(), Error> {
+                let $this = self;
+                Ok($crate::join_multicast_v6($socket, group, interface)?)
+            }
+
+            /// Leaves an IPv4 multicast group.
+            pub fn leave_multicast_v4(
+                &self,
+                group: ::std::net::Ipv4Addr,
+                interface: ::std::net::Ipv4Addr,
+            ) -> Result<(), Error> {
+                let $this = self;
+                Ok($socket.leave_multicast_v4(&group, &interface)?)
+            }
+
+            /// Leaves an IPv6 multicast group.
+            pub fn leave_multicast_v6(
+                &self,
+                group: ::std::net::Ipv6Addr,
+                interface: u32,
+            ) -> Result<(), Error> {
+                let $this = self;
+                Ok($socket.leave_multicast_v6(&group, interface)?)
+            }
+        }
+    };
+}
+
 /// Reads up to [`RECV_BATCH`] entries of the socket's error queue (Linux, `MSG_ERRQUEUE` on a
 /// socket with `IP_RECVERR` / `IPV6_RECVERR`, see ip(7)) and returns the original destinations
 /// of the datagrams that drew an ICMP error, except "packet too big", which reports a path

@@ -73,18 +73,30 @@ pub trait Stack: 'static {
     /// Binds a client on `addr` with `config`.
     fn client(addr: &str, config: Config) -> Result<Self::Client, StackError>;
 
-    /// Binds a server on `addr` with `config` and serves the standard application on it
-    /// (with a shutdown signal that [`TestServer::stop`] fires).
-    fn serve(addr: &str, config: Config) -> Result<Self::Server, StackError>;
+    /// Binds a server on `addr` with `config`, joins the IPv4 multicast `group` (a group and
+    /// the address of the interface to join it on) if given, and serves the standard
+    /// application on it (with a shutdown signal that [`TestServer::stop`] fires).
+    fn serve_with(
+        addr: &str,
+        config: Config,
+        group: Option<(Ipv4Addr, Ipv4Addr)>,
+    ) -> Result<Self::Server, StackError>;
 
-    /// Like [`serve`](Stack::serve), with the server's socket joined to the IPv4 multicast
-    /// `group` on the interface with address `interface` before it serves.
+    /// [`serve_with`](Stack::serve_with) without a group.
+    fn serve(addr: &str, config: Config) -> Result<Self::Server, StackError> {
+        Self::serve_with(addr, config, None)
+    }
+
+    /// [`serve_with`](Stack::serve_with) in the IPv4 multicast `group`, joined on the
+    /// interface with address `interface`.
     fn serve_in_group(
         addr: &str,
         config: Config,
         group: Ipv4Addr,
         interface: Ipv4Addr,
-    ) -> Result<Self::Server, StackError>;
+    ) -> Result<Self::Server, StackError> {
+        Self::serve_with(addr, config, Some((group, interface)))
+    }
 }
 
 /// A client, through blocking calls.

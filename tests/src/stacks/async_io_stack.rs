@@ -87,64 +87,50 @@ impl<E: Executor> Stack for AsyncIoStack<E> {
         bound.map(Client::from).map_err(error)
     }
 
-    fn serve(addr: &str, config: Config) -> Result<Server<E>, StackError> {
-        serve::<E>(addr, config, None)
-    }
-
-    fn serve_in_group(
+    fn serve_with(
         addr: &str,
         config: Config,
-        group: Ipv4Addr,
-        interface: Ipv4Addr,
+        group: Option<(Ipv4Addr, Ipv4Addr)>,
     ) -> Result<Server<E>, StackError> {
-        serve::<E>(addr, config, Some((group, interface)))
-    }
-}
-
-/// Binds, joins `group` if given, and serves the standard application.
-fn serve<E: Executor>(
-    addr: &str,
-    config: Config,
-    group: Option<(Ipv4Addr, Ipv4Addr)>,
-) -> Result<Server<E>, StackError> {
-    let server =
-        E::block_on(coap_async_std::Server::builder().config(config).bind(addr)).map_err(error)?;
-    if let Some((group, interface)) = group {
-        server.join_multicast_v4(group, interface).map_err(error)?;
-    }
-    let (state, probe) = app_state();
-    let app = super::async_app!(coap_async_std, sleep, future::yield_now, E::spawn, state);
-    let proxy = coap_async_std::Proxy::new(
-        E::block_on(coap_async_std::Client::bind("127.0.0.1:0")).map_err(error)?,
-    )
-    .relay_observations(server.handle());
-    let reverse = proxy
-        .reverse(&format!("coap://{}/", server.local_addr()))
-        .map_err(error)?;
-    let app = app
-        .proxy(move |req: coap_async_std::IncomingRequest| {
-            let proxy = proxy.clone();
-            async move { proxy.forward(req).await }
-        })
-        .prefix_any("/rev", reverse);
-    let (stop, signal) = async_channel::bounded::<()>(1);
-    let (done, served) = async_channel::bounded(1);
-    let handle = server.handle();
-    E::spawn(async move {
-        let result = server
-            .serve_with_shutdown(app, async move {
-                let _ = signal.recv().await;
+        let server = E::block_on(coap_async_std::Server::builder().config(config).bind(addr))
+            .map_err(error)?;
+        if let Some((group, interface)) = group {
+            server.join_multicast_v4(group, interface).map_err(error)?;
+        }
+        let (state, probe) = app_state();
+        let app = super::async_app!(coap_async_std, sleep, future::yield_now, E::spawn, state);
+        let proxy = coap_async_std::Proxy::new(
+            E::block_on(coap_async_std::Client::bind("127.0.0.1:0")).map_err(error)?,
+        )
+        .relay_observations(server.handle());
+        let reverse = proxy
+            .reverse(&format!("coap://{}/", server.local_addr()))
+            .map_err(error)?;
+        let app = app
+            .proxy(move |req: coap_async_std::IncomingRequest| {
+                let proxy = proxy.clone();
+                async move { proxy.forward(req).await }
             })
-            .await;
-        let _ = done.send(result).await;
-    });
-    Ok(Server {
-        handle,
-        probe,
-        stop,
-        served: Mutex::new(Some(served)),
-        executor: PhantomData,
-    })
+            .prefix_any("/rev", reverse);
+        let (stop, signal) = async_channel::bounded::<()>(1);
+        let (done, served) = async_channel::bounded(1);
+        let handle = server.handle();
+        E::spawn(async move {
+            let result = server
+                .serve_with_shutdown(app, async move {
+                    let _ = signal.recv().await;
+                })
+                .await;
+            let _ = done.send(result).await;
+        });
+        Ok(Server {
+            handle,
+            probe,
+            stop,
+            served: Mutex::new(Some(served)),
+            executor: PhantomData,
+        })
+    }
 }
 
 /// A `coap_async_std::Client`.

@@ -33,51 +33,37 @@ impl Stack for Blocking {
         bound.map(Client).map_err(error)
     }
 
-    fn serve(addr: &str, config: Config) -> Result<Server, StackError> {
-        serve(addr, config, None)
-    }
-
-    fn serve_in_group(
+    fn serve_with(
         addr: &str,
         config: Config,
-        group: Ipv4Addr,
-        interface: Ipv4Addr,
+        group: Option<(Ipv4Addr, Ipv4Addr)>,
     ) -> Result<Server, StackError> {
-        serve(addr, config, Some((group, interface)))
-    }
-}
-
-/// Binds, joins `group` if given, and serves the standard application.
-fn serve(
-    addr: &str,
-    config: Config,
-    group: Option<(Ipv4Addr, Ipv4Addr)>,
-) -> Result<Server, StackError> {
-    let server = coap_blocking::Server::builder()
-        .config(config)
-        .bind(addr)
-        .map_err(error)?;
-    if let Some((group, interface)) = group {
-        server.join_multicast_v4(group, interface).map_err(error)?;
-    }
-    let (state, probe) = app_state();
-    let app = with_proxy(app(state), &server)?;
-    let (stop, signal) = mpsc::channel::<()>();
-    let handle = server.handle();
-    let served = thread::Builder::new()
-        .name("coap-blocking server".into())
-        .spawn(move || {
-            server.serve_with_shutdown(app, move || {
-                let _ = signal.recv();
+        let server = coap_blocking::Server::builder()
+            .config(config)
+            .bind(addr)
+            .map_err(error)?;
+        if let Some((group, interface)) = group {
+            server.join_multicast_v4(group, interface).map_err(error)?;
+        }
+        let (state, probe) = app_state();
+        let app = with_proxy(app(state), &server)?;
+        let (stop, signal) = mpsc::channel::<()>();
+        let handle = server.handle();
+        let served = thread::Builder::new()
+            .name("coap-blocking server".into())
+            .spawn(move || {
+                server.serve_with_shutdown(app, move || {
+                    let _ = signal.recv();
+                })
             })
+            .map_err(|e| StackError::Other(e.to_string()))?;
+        Ok(Server {
+            handle,
+            probe,
+            stop: Mutex::new(Some(stop)),
+            served: Mutex::new(Some(served)),
         })
-        .map_err(|e| StackError::Other(e.to_string()))?;
-    Ok(Server {
-        handle,
-        probe,
-        stop: Mutex::new(Some(stop)),
-        served: Mutex::new(Some(served)),
-    })
+    }
 }
 
 /// The standard application (see [`crate::stack`]) with the crate's synchronous handlers.

@@ -53,62 +53,48 @@ impl Stack for Tokio {
         bound.map(Client).map_err(error)
     }
 
-    fn serve(addr: &str, config: Config) -> Result<Server, StackError> {
-        serve(addr, config, None)
-    }
-
-    fn serve_in_group(
+    fn serve_with(
         addr: &str,
         config: Config,
-        group: Ipv4Addr,
-        interface: Ipv4Addr,
+        group: Option<(Ipv4Addr, Ipv4Addr)>,
     ) -> Result<Server, StackError> {
-        serve(addr, config, Some((group, interface)))
-    }
-}
-
-/// Binds, joins `group` if given, and serves the standard application.
-fn serve(
-    addr: &str,
-    config: Config,
-    group: Option<(Ipv4Addr, Ipv4Addr)>,
-) -> Result<Server, StackError> {
-    let server = wait(coap_tokio::Server::builder().config(config).bind(addr));
-    let server = server.map_err(error)?;
-    if let Some((group, interface)) = group {
-        server.join_multicast_v4(group, interface).map_err(error)?;
-    }
-    let (state, probe) = app_state();
-    let app = super::async_app!(
-        coap_tokio,
-        tokio::time::sleep,
-        tokio::task::yield_now,
-        spawn_detached,
-        state
-    );
-    let proxy =
-        coap_tokio::Proxy::new(wait(coap_tokio::Client::bind("127.0.0.1:0")).map_err(error)?)
-            .relay_observations(server.handle());
-    let reverse = proxy
-        .reverse(&format!("coap://{}/", server.local_addr()))
-        .map_err(error)?;
-    let app = app
-        .proxy(move |req: coap_tokio::IncomingRequest| {
-            let proxy = proxy.clone();
-            async move { proxy.forward(req).await }
+        let server = wait(coap_tokio::Server::builder().config(config).bind(addr));
+        let server = server.map_err(error)?;
+        if let Some((group, interface)) = group {
+            server.join_multicast_v4(group, interface).map_err(error)?;
+        }
+        let (state, probe) = app_state();
+        let app = super::async_app!(
+            coap_tokio,
+            tokio::time::sleep,
+            tokio::task::yield_now,
+            spawn_detached,
+            state
+        );
+        let proxy =
+            coap_tokio::Proxy::new(wait(coap_tokio::Client::bind("127.0.0.1:0")).map_err(error)?)
+                .relay_observations(server.handle());
+        let reverse = proxy
+            .reverse(&format!("coap://{}/", server.local_addr()))
+            .map_err(error)?;
+        let app = app
+            .proxy(move |req: coap_tokio::IncomingRequest| {
+                let proxy = proxy.clone();
+                async move { proxy.forward(req).await }
+            })
+            .prefix_any("/rev", reverse);
+        let (stop, signal) = oneshot::channel::<()>();
+        let handle = server.handle();
+        let served = runtime().spawn(server.serve_with_shutdown(app, async {
+            let _ = signal.await;
+        }));
+        Ok(Server {
+            handle,
+            probe,
+            stop: Mutex::new(Some(stop)),
+            served: Mutex::new(Some(served)),
         })
-        .prefix_any("/rev", reverse);
-    let (stop, signal) = oneshot::channel::<()>();
-    let handle = server.handle();
-    let served = runtime().spawn(server.serve_with_shutdown(app, async {
-        let _ = signal.await;
-    }));
-    Ok(Server {
-        handle,
-        probe,
-        stop: Mutex::new(Some(stop)),
-        served: Mutex::new(Some(served)),
-    })
+    }
 }
 
 /// A `coap_tokio::Client`.
