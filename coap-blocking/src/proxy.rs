@@ -48,14 +48,19 @@ impl Proxy {
     /// Serves a request for a forward proxy, whose destination is in its Proxy-Uri, or its
     /// Proxy-Scheme and Uri-* options (RFC 7252 §5.7.2). Blocks while the origin answers.
     pub fn forward(&self, request: IncomingRequest) -> Response {
-        let step = self.core.start_forward(
-            &request,
-            self.now(),
-            self.timeout,
-            self.allow.as_ref(),
-            self.relay.is_some(),
-        );
-        self.run(step)
+        loop {
+            let step = self.core.start_forward(
+                &request,
+                self.now(),
+                self.timeout,
+                self.allow.as_ref(),
+                self.relay.is_some(),
+            );
+            match step {
+                ProxyStep::Wait { key } => self.core.wait_relay_settled(&key, self.timeout),
+                step => return self.run(step),
+            }
+        }
     }
 
     /// A handler for a prefix route (`Router::prefix_any("/sensors", handler)`) that forwards
@@ -67,7 +72,7 @@ impl Proxy {
     ) -> Result<impl Fn(IncomingRequest) -> Response + Clone + Send + Sync + 'static, Error> {
         let base = Arc::new(host::reverse_base(base)?);
         let proxy = self.clone();
-        Ok(move |request: IncomingRequest| {
+        Ok(move |request: IncomingRequest| loop {
             let step = proxy.core.start_reverse(
                 &base,
                 &request,
@@ -75,13 +80,18 @@ impl Proxy {
                 proxy.timeout,
                 proxy.relay.is_some(),
             );
-            proxy.run(step)
+            match step {
+                ProxyStep::Wait { key } => proxy.core.wait_relay_settled(&key, proxy.timeout),
+                step => return proxy.run(step),
+            }
         })
     }
 
     fn run(&self, step: ProxyStep) -> Response {
         match step {
             ProxyStep::Answer(response) => response,
+            // `forward` and `reverse` wait themselves.
+            ProxyStep::Wait { .. } => Response::new(coap_proto::msg::Code::SERVICE_UNAVAILABLE),
             ProxyStep::Send(forward, spec) => {
                 let outcome = RequestBuilder::from_spec(self.client.clone(), spec).send();
                 self.core.finish(forward, outcome, self.now())

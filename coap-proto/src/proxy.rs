@@ -37,7 +37,8 @@
 //! for a forward proxy, under the local path for a reverse proxy. A
 //! registration for a target already relayed is answered with the latest notification and
 //! joins the same list, so the origin sees one observer however many clients observe
-//! through the proxy. The relays are bounded ([`CacheLimits::max_relays`]); beyond the bound
+//! through the proxy; one that comes while the origin's first answer is awaited waits for
+//! it. The relays are bounded ([`CacheLimits::max_relays`]); beyond the bound
 //! a registration is forwarded as a plain request and its answer carries no Observe.
 //!
 //! Towards an origin, the host's client is one client like any other: at most NSTART requests
@@ -282,9 +283,12 @@ pub enum ObserveStart {
     /// first answer and every notification after it to [`Proxy::relay_notification`], and
     /// end with [`Proxy::relay_end`].
     Observe(Forward),
-    /// Not relayed: the relay table is full, or another registration for the same target
-    /// is waiting for the origin. Serve the request as a plain one.
+    /// Not relayed: the relay table is full. Serve the request as a plain one.
     Plain(Start),
+    /// Another registration for the same target is waiting for the origin's first answer:
+    /// wait until [`Proxy::relay_pending`] is false, then start again (the registration then
+    /// joins the observation, or opens a new one if that one failed).
+    Wait,
 }
 
 /// The name under which a forward proxy's server keeps the observers of a relayed target:
@@ -429,9 +433,7 @@ impl Proxy {
                 answer.options.set_observe(0);
                 return ObserveStart::Answer(answer);
             }
-            Some(None) => {
-                return ObserveStart::Plain(self.start(method, options, payload, target, now))
-            }
+            Some(None) => return ObserveStart::Wait,
             None if self.relays.len() >= self.max_relays => {
                 return ObserveStart::Plain(self.start(method, options, payload, target, now))
             }
@@ -459,6 +461,13 @@ impl Proxy {
                 ObserveStart::Answer(e.response())
             }
         }
+    }
+
+    /// Whether the relayed observation `key` has no representation to answer with: it waits
+    /// for the origin's first answer, or its last notification was an error and it is about
+    /// to end.
+    pub fn relay_pending(&self, key: &str) -> bool {
+        matches!(self.relays.get(key), Some(None))
     }
 
     /// Passes a notification of the relayed observation `key` (its first answer included)

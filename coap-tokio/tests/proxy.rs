@@ -363,3 +363,80 @@ async fn a_relayed_observation_ends_when_its_observers_are_gone() {
     })
     .await;
 }
+
+/// A reverse route relays an observation too, its observers kept under the local path.
+#[tokio::test(start_paused = true)]
+async fn a_reverse_route_relays_an_observation() {
+    bounded(async {
+        let value = Arc::new(AtomicU32::new(5));
+        let shown = Arc::clone(&value);
+        let origin = Server::bind("127.0.0.1:0").await.unwrap();
+        let origin_addr = origin.local_addr();
+        let notifier = origin.handle().notifier("/obs");
+        let other = origin.handle().notifier("/other");
+        let render = move |_req| {
+            let v = shown.load(Ordering::SeqCst);
+            async move { Response::content(v.to_string()) }
+        };
+        let app = Router::new()
+            .observable("/obs", render.clone())
+            .observable("/other", render);
+        tokio::spawn(origin.serve(app));
+        let server = Server::bind("127.0.0.1:0").await.unwrap();
+        let proxy_addr = server.local_addr();
+        let proxy = Proxy::new(Client::bind("127.0.0.1:0").await.unwrap())
+            .relay_observations(server.handle());
+        let reverse = proxy.reverse(&format!("coap://{origin_addr}/")).unwrap();
+        tokio::spawn(server.serve(Router::new().prefix_any("/", reverse)));
+
+        let client = Client::bind("127.0.0.1:0").await.unwrap();
+        let mut observation = client
+            .observe(format!("coap://{proxy_addr}/obs"))
+            .await
+            .unwrap();
+        let first = observation.next().await.unwrap().unwrap();
+        assert_eq!(first.response().payload_str(), Some("5"));
+        assert!(
+            first.sequence().is_some(),
+            "registered through the reverse route"
+        );
+        value.store(6, Ordering::SeqCst);
+        assert_eq!(notifier.notify().await.unwrap(), 1);
+        let next = observation.next().await.unwrap().unwrap();
+        assert_eq!(next.response().payload_str(), Some("6"));
+
+        // A burst of registrations for a target nobody observes yet: the first opens the
+        // observation of the origin, the others wait for its answer and join it.
+        let burst: Vec<_> = (0..20)
+            .map(|_| {
+                let uri = format!("coap://{proxy_addr}/other");
+                tokio::spawn(async move {
+                    // A client each: one client sends one request at a time (NSTART 1).
+                    let client = Client::bind("127.0.0.1:0").await.unwrap();
+                    let mut observation = client.observe(uri).await.unwrap();
+                    let first = observation.next().await.unwrap().unwrap();
+                    (first.sequence().is_some(), (client, observation))
+                })
+            })
+            .collect();
+        let mut joined = Vec::new();
+        for task in burst {
+            let (registered, observation) = task.await.unwrap();
+            assert!(registered, "every registration of the burst is taken");
+            joined.push(observation);
+        }
+        assert_eq!(other.observer_count().await.unwrap(), 1, "the proxy alone");
+        assert_eq!(proxy.stats().relays_opened, 2);
+
+        // The server keeps observers by path: one with a query is not relayed, it gets one
+        // answer without Observe.
+        let mut with_query = client
+            .observe(format!("coap://{proxy_addr}/obs?unit=c"))
+            .await
+            .unwrap();
+        let only = with_query.next().await.unwrap().unwrap();
+        assert_eq!(only.sequence(), None);
+        assert_eq!(notifier.observer_count().await.unwrap(), 1);
+    })
+    .await;
+}

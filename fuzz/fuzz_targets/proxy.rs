@@ -85,6 +85,10 @@ fuzz_target!(|input: &[u8]| {
                     Start::Answer(answer)
                 }
                 ObserveStart::Plain(start) => start,
+                ObserveStart::Wait => {
+                    assert!(proxy.relay_pending(&key));
+                    continue;
+                }
             }
         } else {
             proxy.start(

@@ -190,7 +190,8 @@ pub use error::{is_unreachable, Error};
 pub use guards::{AnswerGuard, CancelGuard};
 pub use incoming::{Deferred, Incoming, IntoReply, Reply};
 pub use proxy::{
-    reverse_base, DestinationFilter, ProxyCore, ProxyStep, DEFAULT_UPSTREAM_TIMEOUT, RELAY_GRACE,
+    reverse_base, DestinationFilter, ProxyCore, ProxyStep, RelaySettled, DEFAULT_UPSTREAM_TIMEOUT,
+    RELAY_GRACE,
 };
 pub use rand_core::RngCore;
 pub use response::{IncomingResponse, Notification};

@@ -1,10 +1,14 @@
 //! What the runtime crates' `Proxy` share: the [`proxy::Proxy`] behind a lock, and the
 //! conversions between it, a request handed to a handler, and the client that forwards.
 
-use alloc::string::ToString;
+use alloc::string::{String, ToString};
 use alloc::sync::Arc;
+use alloc::vec::Vec;
+use core::future::Future;
+use core::pin::Pin;
+use core::task::{Context, Poll, Waker};
 use core::time::Duration;
-use std::sync::{Mutex, MutexGuard, PoisonError};
+use std::sync::{Condvar, Mutex, MutexGuard, PoisonError};
 
 use super::{Error, Incoming, IncomingResponse, RequestSpec};
 use crate::msg::Code;
@@ -26,7 +30,17 @@ pub type DestinationFilter = Arc<dyn Fn(&CoapUri) -> bool + Send + Sync>;
 /// one decision at a time, never while a request is out.
 #[derive(Debug)]
 pub struct ProxyCore {
-    state: Mutex<proxy::Proxy>,
+    state: Mutex<State>,
+    /// Signalled, like the wakers, when a relayed observation stops waiting for its
+    /// origin's first answer (for blocking hosts).
+    settled: Condvar,
+}
+
+#[derive(Debug)]
+struct State {
+    proxy: proxy::Proxy,
+    /// Tasks waiting for a relayed observation to settle ([`ProxyStep::Wait`]).
+    waiters: Vec<Waker>,
 }
 
 /// What a proxy handler does next, from [`ProxyCore::start_forward`] or
@@ -39,13 +53,20 @@ pub enum ProxyStep {
     Answer(Response),
     /// Send this request with the proxy's client, then call [`ProxyCore::finish`].
     Send(Forward, RequestSpec),
+    /// Another registration is opening the observation of this target: wait until it has
+    /// settled ([`ProxyCore::relay_settled`], or [`ProxyCore::wait_relay_settled`]), then
+    /// start the request again.
+    Wait {
+        /// The relayed observation.
+        key: String,
+    },
     /// Observe the origin with this request, on behalf of every client observing the target
     /// `key` ([`proxy::observe_key`]): hand its first answer to [`ProxyCore::relay_first`]
     /// and each later one to [`ProxyCore::relay_next`], notifying the observers of `key` on
     /// the proxy's server, and end with [`ProxyCore::relay_end`].
     Observe {
         /// The name the server keeps the target's observers under.
-        key: alloc::string::String,
+        key: String,
         /// The registration to send to the origin.
         spec: RequestSpec,
     },
@@ -60,13 +81,17 @@ impl ProxyCore {
     /// A proxy whose cache keeps within `limits`.
     pub fn new(limits: CacheLimits) -> ProxyCore {
         ProxyCore {
-            state: Mutex::new(proxy::Proxy::new(limits)),
+            state: Mutex::new(State {
+                proxy: proxy::Proxy::new(limits),
+                waiters: Vec::new(),
+            }),
+            settled: Condvar::new(),
         }
     }
 
     /// What the proxy has done so far.
     pub fn stats(&self) -> ProxyStats {
-        self.lock().stats()
+        self.lock().proxy.stats()
     }
 
     /// Starts a forward-proxy request: the destination is in its Proxy-Uri, or Proxy-Scheme
@@ -99,8 +124,8 @@ impl ProxyCore {
 
     /// Starts a reverse-proxy request: the destination is `base` followed by the request's
     /// path below its route's prefix, and its query (RFC 7252 §5.7.3). With `relay`, an
-    /// observe registration is relayed ([`ProxyStep::Observe`]; the server keeps the
-    /// observers under the request's own path).
+    /// observe registration without a query is relayed ([`ProxyStep::Observe`]; the server
+    /// keeps the observers under the request's own path).
     pub fn start_reverse(
         &self,
         base: &CoapUri,
@@ -110,7 +135,13 @@ impl ProxyCore {
         relay: bool,
     ) -> ProxyStep {
         match proxy::reverse_target(base, request.rest(), request.query()) {
-            Ok(target) if relay && request.is_observe_registration() => {
+            // The server keeps observers by path, every query's together: a registration
+            // with a query would share their notifications, so it is not relayed.
+            Ok(target)
+                if relay
+                    && request.is_observe_registration()
+                    && request.query().next().is_none() =>
+            {
                 let key = request.path_string();
                 self.start_observe(key, request, target, now, timeout)
             }
@@ -129,7 +160,7 @@ impl ProxyCore {
 
     fn start_observe(
         &self,
-        key: alloc::string::String,
+        key: String,
         request: &Incoming,
         target: CoapUri,
         now: Instant,
@@ -138,6 +169,7 @@ impl ProxyCore {
         let m = &request.message;
         let started = self
             .lock()
+            .proxy
             .start_observe(&key, m.code, &m.options, &m.payload, target, now);
         match started {
             ObserveStart::Answer(response) => ProxyStep::Answer(response),
@@ -146,6 +178,7 @@ impl ProxyCore {
                 spec: spec_for(&forward, timeout),
             },
             ObserveStart::Plain(start) => step(start, timeout),
+            ObserveStart::Wait => ProxyStep::Wait { key },
         }
     }
 
@@ -159,6 +192,7 @@ impl ProxyCore {
         let m = &request.message;
         let start = self
             .lock()
+            .proxy
             .start(m.code, &m.options, &m.payload, target, now);
         step(start, timeout)
     }
@@ -182,7 +216,7 @@ impl ProxyCore {
             }
             Err(e) => Err(upstream_error(&e)),
         };
-        self.lock().finish(forward, outcome, now)
+        self.lock().proxy.finish(forward, outcome, now)
     }
 
     /// Passes on the first answer of the relayed observation `key`: returns the answer for
@@ -217,7 +251,35 @@ impl ProxyCore {
 
     /// Ends the relayed observation `key`.
     pub fn relay_end(&self, key: &str) {
-        self.lock().relay_end(key);
+        let mut state = self.lock();
+        state.proxy.relay_end(key);
+        self.wake(state);
+    }
+
+    /// Resolves once the relayed observation `key` no longer waits for its origin's first
+    /// answer (see [`ProxyStep::Wait`]).
+    pub fn relay_settled<'a>(&'a self, key: &'a str) -> RelaySettled<'a> {
+        RelaySettled { core: self, key }
+    }
+
+    /// Blocks until the relayed observation `key` no longer waits for its origin's first
+    /// answer, or `limit` has passed (see [`ProxyStep::Wait`]).
+    pub fn wait_relay_settled(&self, key: &str, limit: Duration) {
+        let state = self.lock();
+        let _waited = self
+            .settled
+            .wait_timeout_while(state, limit, |s| s.proxy.relay_pending(key))
+            .unwrap_or_else(PoisonError::into_inner);
+    }
+
+    /// Wakes whoever waits for a relayed observation to settle, after a change.
+    fn wake(&self, mut state: MutexGuard<'_, State>) {
+        let waiters = core::mem::take(&mut state.waiters);
+        drop(state);
+        self.settled.notify_all();
+        for waker in waiters {
+            waker.wake();
+        }
     }
 
     fn relay(&self, key: &str, item: Option<Result<IncomingResponse, Error>>) -> (Response, bool) {
@@ -236,12 +298,39 @@ impl ProxyCore {
             payload: m.payload,
             message_type: None,
         });
-        (self.lock().relay_notification(key, outcome), goes_on)
+        let mut state = self.lock();
+        let response = state.proxy.relay_notification(key, outcome);
+        self.wake(state);
+        (response, goes_on)
     }
 
-    fn lock(&self) -> MutexGuard<'_, proxy::Proxy> {
+    fn lock(&self) -> MutexGuard<'_, State> {
         // The proxy's calls do not panic, and the lock is never held across a wait.
         self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+/// The future of [`ProxyCore::relay_settled`].
+#[derive(Debug)]
+#[must_use = "futures do nothing unless polled"]
+pub struct RelaySettled<'a> {
+    core: &'a ProxyCore,
+    key: &'a str,
+}
+
+impl Future for RelaySettled<'_> {
+    type Output = ();
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        let mut state = self.core.lock();
+        if !state.proxy.relay_pending(self.key) {
+            return Poll::Ready(());
+        }
+        // Registered under the lock that every change takes, so no wake-up is missed.
+        if !state.waiters.iter().any(|w| w.will_wake(cx.waker())) {
+            state.waiters.push(cx.waker().clone());
+        }
+        Poll::Pending
     }
 }
 
@@ -398,14 +487,21 @@ macro_rules! async_proxy_methods {
             /// Serves a request for a forward proxy, whose destination is in its Proxy-Uri, or
             /// its Proxy-Scheme and Uri-* options (RFC 7252 §5.7.2).
             pub async fn forward(&self, request: IncomingRequest) -> $crate::Response {
-                let step = self.core.start_forward(
-                    &request,
-                    self.now(),
-                    self.timeout,
-                    self.allow.as_ref(),
-                    self.relay.is_some(),
-                );
-                self.run(step).await
+                loop {
+                    let step = self.core.start_forward(
+                        &request,
+                        self.now(),
+                        self.timeout,
+                        self.allow.as_ref(),
+                        self.relay.is_some(),
+                    );
+                    match step {
+                        $crate::host::ProxyStep::Wait { key } => {
+                            self.core.relay_settled(&key).await;
+                        }
+                        step => return self.run(step).await,
+                    }
+                }
             }
 
             /// A handler for a prefix route (`Router::prefix_any("/sensors", handler)`) that
@@ -422,21 +518,35 @@ macro_rules! async_proxy_methods {
                 let base = ::std::sync::Arc::new($crate::host::reverse_base(base)?);
                 let proxy = self.clone();
                 Ok(move |request: IncomingRequest| -> ProxyFuture {
-                    let step = proxy.core.start_reverse(
-                        &base,
-                        &request,
-                        proxy.now(),
-                        proxy.timeout,
-                        proxy.relay.is_some(),
-                    );
                     let proxy = proxy.clone();
-                    ::std::boxed::Box::pin(async move { proxy.run(step).await })
+                    let base = ::std::sync::Arc::clone(&base);
+                    ::std::boxed::Box::pin(async move {
+                        loop {
+                            let step = proxy.core.start_reverse(
+                                &base,
+                                &request,
+                                proxy.now(),
+                                proxy.timeout,
+                                proxy.relay.is_some(),
+                            );
+                            match step {
+                                $crate::host::ProxyStep::Wait { key } => {
+                                    proxy.core.relay_settled(&key).await;
+                                }
+                                step => return proxy.run(step).await,
+                            }
+                        }
+                    })
                 })
             }
 
             async fn run(&self, step: $crate::host::ProxyStep) -> $crate::Response {
                 match step {
                     $crate::host::ProxyStep::Answer(response) => response,
+                    // `forward` and `reverse` wait themselves.
+                    $crate::host::ProxyStep::Wait { .. } => {
+                        $crate::Response::new($crate::msg::Code::SERVICE_UNAVAILABLE)
+                    }
                     $crate::host::ProxyStep::Send(forward, spec) => {
                         let outcome = RequestBuilder::from_spec(self.client.clone(), spec).await;
                         self.core.finish(forward, outcome, self.now())

@@ -419,8 +419,9 @@ fn one_observation_of_the_origin_serves_every_observer_of_a_target() {
     assert_eq!(f.uri().to_string(), uri);
     assert_eq!(f.options().observe(), None);
     assert_eq!(f.options().get_uint(OptionNumber::HOP_LIMIT), Some(16));
-    // A second one before the origin answered is served as a plain request.
-    assert!(matches!(observe(&mut p, uri), ObserveStart::Plain(_)));
+    // A second one before the origin answered waits for that answer.
+    assert!(matches!(observe(&mut p, uri), ObserveStart::Wait));
+    assert!(p.relay_pending(&key));
     // So is one for another target while the table is full.
     assert!(matches!(
         observe(&mut p, "coap://10.0.0.1/other"),
@@ -430,6 +431,7 @@ fn one_observation_of_the_origin_serves_every_observer_of_a_target() {
     // Notifications pass on without the origin's Observe (the server sets its own) and the
     // latest answers later registrations, marked with Observe so that they register.
     let first = p.relay_notification(&key, Ok(notification(b"1", 7)));
+    assert!(!p.relay_pending(&key));
     assert_eq!((first.code, first.options.observe()), (Code::CONTENT, None));
     let second = p.relay_notification(&key, Ok(notification(b"2", 8)));
     assert_eq!(&second.payload[..], b"2");
@@ -443,10 +445,11 @@ fn one_observation_of_the_origin_serves_every_observer_of_a_target() {
     assert_eq!(p.stats().relays_opened, 1);
     assert_eq!(p.stats().notifications, 2);
 
-    // An error ends the observers' observations and leaves nothing to answer with.
+    // An error ends the observers' observations and leaves nothing to answer with: a
+    // registration waits for the relay to end.
     let gone = p.relay_notification(&key, Err(UpstreamError::Timeout));
     assert_eq!(gone.code, Code::GATEWAY_TIMEOUT);
-    assert!(matches!(observe(&mut p, uri), ObserveStart::Plain(_)));
+    assert!(matches!(observe(&mut p, uri), ObserveStart::Wait));
     // Once ended, the next registration opens a new observation.
     p.relay_end(&key);
     assert_eq!(p.relays(), 0);
