@@ -1198,9 +1198,9 @@ fn proxy_scheme_through_aiocoap_proxy() {
     assert_eq!(via.stdout, direct.stdout);
 }
 
-/// `coap proxy`: our own proxy, both forms of forward request and a reverse route, and the
+/// `coap proxy`: our own proxy, both forms of forward request and a reverse route, the
 /// cache (the demo's /other/block has no Max-Age: 60 s fresh, so the second GET is not seen by
-/// the origin).
+/// the origin), and observations relayed.
 #[test]
 fn our_proxy_forwards_reverses_and_caches() {
     let server = demo();
@@ -1245,6 +1245,23 @@ fn our_proxy_forwards_reverses_and_caches() {
         refused.text().contains("5.05") || refused.stderr.contains("5.05"),
         "{refused:?}"
     );
+
+    // Observations are relayed, through the forward route and the reverse one: the demo's
+    // /time notifies every 2 s, and each observer sees two notifications.
+    for observe in [
+        coap(&[
+            "observe",
+            "--proxy",
+            &via,
+            &server.uri("/time"),
+            "--count",
+            "2",
+        ]),
+        coap(&["observe", &proxy.uri("/demo/time"), "--count", "2"]),
+    ] {
+        assert_ok(&observe, "observe through coap proxy");
+        assert_eq!(observe.text().lines().count(), 2, "{observe:?}");
+    }
 }
 
 /// `coap proxy --allow-host`: a forward proxy that serves only the hosts it is told.

@@ -476,7 +476,8 @@ async fn aiocoap_client_against_our_server() {
 
 /// aiocoap's client through our forward proxy (`--proxy`) to our server: the request arrives
 /// with Proxy-Uri or Proxy-Scheme (whichever aiocoap picks), is forwarded, and its answer,
-/// a large one block-wise, comes back; the second GET is served from the proxy's cache.
+/// a large one block-wise, comes back; the second GET is served from the proxy's cache; an
+/// observation is relayed.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn aiocoap_client_through_our_proxy() {
     let Some(client_bin) = aiocoap_client() else {
@@ -486,13 +487,15 @@ async fn aiocoap_client_through_our_proxy() {
         let origin = Server::bind("127.0.0.1:0").await.unwrap();
         let origin_addr = origin.local_addr();
         tokio::spawn(origin.serve(our_app()));
-        let proxy = coap_tokio::Proxy::new(Client::bind("127.0.0.1:0").await.unwrap());
+        let server = Server::bind("127.0.0.1:0").await.unwrap();
+        let proxy_handle = server.handle();
+        let proxy = coap_tokio::Proxy::new(Client::bind("127.0.0.1:0").await.unwrap())
+            .relay_observations(server.handle());
         let forward = proxy.clone();
         let app = Router::new().proxy(move |req: IncomingRequest| {
             let proxy = forward.clone();
             async move { proxy.forward(req).await }
         });
-        let server = Server::bind("127.0.0.1:0").await.unwrap();
         let via = format!("coap://{}", server.local_addr());
         tokio::spawn(server.serve(app));
         let url = |path: &str| format!("coap://{origin_addr}{path}");
@@ -507,6 +510,33 @@ async fn aiocoap_client_through_our_proxy() {
         let (ok, out, err) = run(&client_bin, &["--proxy", &via, &url("/big")]).await;
         assert!(ok, "stderr: {err}");
         assert_eq!(out.trim_end().as_bytes(), &pattern(5000)[..]);
+
+        // An observation through the proxy is relayed: the origin gets one observer (the
+        // proxy), and the proxy keeps aiocoap's registration under the target's URI.
+        let mut registered = OBSERVERS.subscribe();
+        let mut child = tokio::process::Command::new(&client_bin)
+            .args(["--proxy", &via, "--observe", &url("/obs")])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("spawn aiocoap-client --observe");
+        tokio::time::timeout(STEP, registered.wait_for(|n| *n == 1))
+            .await
+            .expect("the proxy observes the origin")
+            .unwrap();
+        let relayed = proxy_handle.notifier(&url("/obs"));
+        let deadline = tokio::time::Instant::now() + STEP;
+        while relayed.observer_count().await.unwrap() != 1 {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "aiocoap not registered"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        assert_eq!(proxy.stats().relays_opened, 1);
+        child.kill().await.unwrap();
     })
     .await
     .expect("the interop test took too long");
