@@ -326,7 +326,8 @@ async fn our_client_against_aiocoap_server() {
 }
 
 /// The server aiocoap's client talks to.
-fn our_app() -> Router {
+/// Our test application; `observers` hears the observer count of `/obs`.
+fn our_app(observers: tokio::sync::watch::Sender<usize>) -> Router {
     Router::new()
         .get("/hello", |_req: IncomingRequest| async {
             Response::content("hello from coap-tokio")
@@ -352,15 +353,11 @@ fn our_app() -> Router {
         .observable_with(
             "/obs",
             |_req: IncomingRequest| async { Response::content("state-0") },
-            ObserveHooks::new().on_observer_count(|n| {
-                let _ = OBSERVERS.send_replace(n);
+            ObserveHooks::new().on_observer_count(move |n| {
+                let _ = observers.send_replace(n);
             }),
         )
 }
-
-/// The observer count of `/obs`, for the test to wait on.
-static OBSERVERS: std::sync::LazyLock<tokio::sync::watch::Sender<usize>> =
-    std::sync::LazyLock::new(|| tokio::sync::watch::channel(0).0);
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn aiocoap_client_against_our_server() {
@@ -371,7 +368,10 @@ async fn aiocoap_client_against_our_server() {
         let server = Server::bind("127.0.0.1:0").await.unwrap();
         let addr = server.local_addr();
         let handle = server.handle();
-        tokio::spawn(server.serve(our_app()));
+        // Each test its own count: the tests of this file share one process under
+        // `cargo test`.
+        let (observers, mut registered) = tokio::sync::watch::channel(0);
+        tokio::spawn(server.serve(our_app(observers)));
         let url = |path: &str| format!("coap://{addr}{path}");
 
         let (ok, out, err) = run(&client_bin, &[&url("/hello")]).await;
@@ -438,7 +438,6 @@ async fn aiocoap_client_against_our_server() {
         // this way, aiocoap-client 0.4.17 prints no later notification, not even of
         // libcoap's /time, so only the registration is checked here; our client observing
         // aiocoap's server above covers notifications and cancellation.)
-        let mut registered = OBSERVERS.subscribe();
         let mut child = tokio::process::Command::new(&client_bin)
             .args(["--observe", &url("/obs")])
             // Python buffers a pipe's output by the block; the first state must come at once.
@@ -486,7 +485,8 @@ async fn aiocoap_client_through_our_proxy() {
     tokio::time::timeout(LIMIT, async {
         let origin = Server::bind("127.0.0.1:0").await.unwrap();
         let origin_addr = origin.local_addr();
-        tokio::spawn(origin.serve(our_app()));
+        let (observers, mut registered) = tokio::sync::watch::channel(0);
+        tokio::spawn(origin.serve(our_app(observers)));
         let server = Server::bind("127.0.0.1:0").await.unwrap();
         let proxy_handle = server.handle();
         let proxy = coap_tokio::Proxy::new(Client::bind("127.0.0.1:0").await.unwrap())
@@ -513,7 +513,6 @@ async fn aiocoap_client_through_our_proxy() {
 
         // An observation through the proxy is relayed: the origin gets one observer (the
         // proxy), and the proxy keeps aiocoap's registration under the target's URI.
-        let mut registered = OBSERVERS.subscribe();
         let mut child = tokio::process::Command::new(&client_bin)
             .args(["--proxy", &via, "--observe", &url("/obs")])
             .stdin(Stdio::null())
