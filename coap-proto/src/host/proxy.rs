@@ -204,18 +204,7 @@ impl ProxyCore {
         outcome: Result<IncomingResponse, Error>,
         now: Instant,
     ) -> Response {
-        let outcome = match outcome {
-            Ok(response) => {
-                let m = response.into_message();
-                Ok(Response {
-                    code: m.code,
-                    options: m.options,
-                    payload: m.payload,
-                    message_type: None,
-                })
-            }
-            Err(e) => Err(upstream_error(&e)),
-        };
+        let outcome = upstream_outcome(outcome);
         self.lock().proxy.finish(forward, outcome, now)
     }
 
@@ -283,21 +272,12 @@ impl ProxyCore {
     }
 
     fn relay(&self, key: &str, item: Option<Result<IncomingResponse, Error>>) -> (Response, bool) {
-        let outcome = match item {
-            Some(Ok(response)) => Ok(response.into_message()),
-            Some(Err(e)) => Err(upstream_error(&e)),
-            None => Err(UpstreamError::Failed),
-        };
+        // `None`: the client's observation ended without a word from the origin.
+        let outcome = item.map_or(Err(UpstreamError::Failed), upstream_outcome);
         // A 2.xx with Observe: the origin keeps the proxy on its list (RFC 7641 §3.2).
         let goes_on = outcome
             .as_ref()
-            .is_ok_and(|m| m.code.is_success() && m.options.observe().is_some());
-        let outcome = outcome.map(|m| Response {
-            code: m.code,
-            options: m.options,
-            payload: m.payload,
-            message_type: None,
-        });
+            .is_ok_and(|r| r.code.is_success() && r.options.observe().is_some());
         let mut state = self.lock();
         let response = state.proxy.relay_notification(key, outcome);
         self.wake(state);
@@ -334,13 +314,22 @@ impl Future for RelaySettled<'_> {
     }
 }
 
-/// What a proxy's client error means for the proxy's answer: RFC 7252 §5.7.1 makes a
-/// timeout 5.04 and anything else the proxy cannot use 5.02.
-fn upstream_error(e: &Error) -> UpstreamError {
-    match e {
-        Error::Timeout => UpstreamError::Timeout,
-        Error::Busy(_) => UpstreamError::Busy,
-        _ => UpstreamError::Failed,
+/// What the proxy's client got from the origin, as the proxy's rules take it: RFC 7252
+/// §5.7.1 makes a timeout 5.04 and anything else the proxy cannot use 5.02.
+fn upstream_outcome(outcome: Result<IncomingResponse, Error>) -> Result<Response, UpstreamError> {
+    match outcome {
+        Ok(response) => {
+            let m = response.into_message();
+            Ok(Response {
+                code: m.code,
+                options: m.options,
+                payload: m.payload,
+                message_type: None,
+            })
+        }
+        Err(Error::Timeout) => Err(UpstreamError::Timeout),
+        Err(Error::Busy(_)) => Err(UpstreamError::Busy),
+        Err(_) => Err(UpstreamError::Failed),
     }
 }
 
